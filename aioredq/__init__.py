@@ -1,0 +1,41 @@
+"""aioredq: asyncio messaging over Redis: pub/sub, reliable task queues and streams."""
+
+from __future__ import annotations
+
+from ._app import App
+from ._backoff import Backoff
+from ._exceptions import (
+    AioredqError,
+    ConfigurationError,
+    ConnectError,
+    MessageTooLarge,
+    RedisCommandError,
+    Reject,
+    Retry,
+)
+from ._handlers import Handler, StreamHandler, SubscribeHandler, TaskHandler
+from ._message import Message
+from ._stats import HandlerStats, Latency, Stats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AioredqError",
+    "App",
+    "Backoff",
+    "ConfigurationError",
+    "ConnectError",
+    "Handler",
+    "HandlerStats",
+    "Latency",
+    "Message",
+    "MessageTooLarge",
+    "RedisCommandError",
+    "Reject",
+    "Retry",
+    "Stats",
+    "StreamHandler",
+    "SubscribeHandler",
+    "TaskHandler",
+    "__version__",
+]

@@ -1,0 +1,3 @@
+from aioredq._cli import main
+
+main()

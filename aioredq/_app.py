@@ -1,0 +1,455 @@
+"""App: the handler registry, the producing API and the lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Any, Literal, TypeVar
+
+import anyio
+
+from ._backoff import Backoff
+from ._codec import check_size, encode_body, encode_envelope, encode_fields, new_id
+from ._connection import Connection, is_connection_error, parse_url, resolve_url, translated
+from ._exceptions import ConfigurationError, ConnectError
+from ._handlers import (
+    Handler,
+    HandlerFunc,
+    StreamHandler,
+    SubscribeHandler,
+    TaskHandler,
+    stream_spec,
+    subscribe_spec,
+    task_spec,
+)
+from ._stats import Counters, Stats
+from ._stream import GroupConsumer, TailConsumer
+from ._subscribe import Subscriber
+from ._task import TaskConsumer
+from ._transports import pubsub
+from ._transports.queue import QueueTransport
+from ._transports.stream import StreamTransport
+
+log = logging.getLogger("aioredq")
+H = TypeVar("H", bound=Handler)
+DEFAULT_BACKOFF = Backoff()
+
+
+class App:
+    """One app: declare handlers with ``@app.subscribe``, ``@app.task`` and ``@app.stream``,
+    produce with ``publish`` / ``enqueue`` / ``append``, run with ``async with app`` or
+    ``await app.run()``.
+
+    ``url``: ``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://``,
+    ``redis+sentinel://host:port/master`` or ``memory://`` (in-process, for demos and tests);
+    default ``$AIOREDQ_URL``, else ``redis://localhost:6379/0``.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        shutdown_timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        max_body_bytes: int = 512 * 1024,
+    ) -> None:
+        if shutdown_timeout < 0 or connect_timeout < 0:
+            raise ConfigurationError("shutdown_timeout and connect_timeout must be >= 0")
+        if max_body_bytes < 1:
+            raise ConfigurationError("max_body_bytes must be >= 1")
+        self._explicit_url = url is not None
+        self.url = resolve_url(url)
+        self.target = parse_url(self.url)
+        self.shutdown_timeout = float(shutdown_timeout)
+        self.connect_timeout = float(connect_timeout)
+        self.max_body_bytes = max_body_bytes
+        self.handlers: list[Handler] = []
+        self._conn: Connection | None = None
+        self._counters: dict[str, Counters] = {}
+        self._wakeups: dict[str, asyncio.Event] = {}
+        self._serving: asyncio.Task[None] | None = None
+        self._stoppers: list[Callable[[], None]] = []
+
+    def __repr__(self) -> str:
+        return f"<App {self.target.safe_url} handlers={[h.name for h in self.handlers]}>"
+
+    def set_url(self, url: str) -> None:
+        """Point the app at another Redis before it connects (the CLI's ``--url``)."""
+        if self._conn is not None:
+            raise ConfigurationError("set_url() must be called before the app connects")
+        self.target = parse_url(url)
+        self.url = url
+
+    # declaring handlers --------------------------------------------------------------------
+    def task(
+        self,
+        queue: str,
+        *,
+        concurrency: int = 16,
+        max_attempts: int = 5,
+        backoff: Backoff = DEFAULT_BACKOFF,
+        lease: float = 30.0,
+        batch: int = 100,
+    ) -> Callable[[HandlerFunc], TaskHandler]:
+        """Consume the reliable list queue ``queue`` (at-least-once)."""
+
+        def decorate(func: HandlerFunc) -> TaskHandler:
+            return self.add_task(func, queue, concurrency=concurrency, max_attempts=max_attempts,
+                                 backoff=backoff, lease=lease, batch=batch)
+
+        return decorate
+
+    def add_task(self, func: HandlerFunc, queue: str, **options: Any) -> TaskHandler:
+        where = f"handler {getattr(func, '__name__', func)!r}"
+        spec = task_spec(queue, where=where, **{**_TASK_DEFAULTS, **options})
+        return self._add(TaskHandler(self, func, spec, spec.queue))
+
+    def stream(
+        self,
+        stream: str,
+        *,
+        group: str | None = None,
+        concurrency: int = 16,
+        max_deliveries: int = 5,
+        backoff: Backoff = DEFAULT_BACKOFF,
+        lease: float = 30.0,
+        maxlen: int | None = None,
+        start: Literal["latest", "earliest"] = "latest",
+        lag_warning: int = 1000,
+        batch: int = 100,
+    ) -> Callable[[HandlerFunc], StreamHandler]:
+        """Consume the stream ``stream``: in consumer group ``group`` (at-least-once, acked,
+        claimed, dead-lettered), or without a group as a tail of new entries."""
+
+        def decorate(func: HandlerFunc) -> StreamHandler:
+            return self.add_stream(func, stream, group=group, concurrency=concurrency,
+                                   max_deliveries=max_deliveries, backoff=backoff, lease=lease,
+                                   maxlen=maxlen, start=start, lag_warning=lag_warning,
+                                   batch=batch)
+
+        return decorate
+
+    def add_stream(self, func: HandlerFunc, stream: str, **options: Any) -> StreamHandler:
+        where = f"handler {getattr(func, '__name__', func)!r}"
+        spec = stream_spec(stream, where=where, **{**_STREAM_DEFAULTS, **options})
+        return self._add(StreamHandler(self, func, spec, spec.stream))
+
+    def subscribe(
+        self,
+        *channels: str,
+        pattern: str | None = None,
+        sharded: bool = False,
+        buffer: int = 1000,
+        concurrency: int = 1,
+    ) -> Callable[[HandlerFunc], SubscribeHandler]:
+        """Receive what is published on ``channels`` (or ``pattern``); at-most-once."""
+
+        def decorate(func: HandlerFunc) -> SubscribeHandler:
+            return self.add_subscribe(func, *channels, pattern=pattern, sharded=sharded,
+                                      buffer=buffer, concurrency=concurrency)
+
+        return decorate
+
+    def add_subscribe(self, func: HandlerFunc, *channels: str, **options: Any
+                      ) -> SubscribeHandler:
+        where = f"handler {getattr(func, '__name__', func)!r}"
+        spec = subscribe_spec(channels, where=where, **{**_SUBSCRIBE_DEFAULTS, **options})
+        key = spec.pattern if spec.pattern is not None else ",".join(spec.channels)
+        return self._add(SubscribeHandler(self, func, spec, key))
+
+    def _add(self, handler: H) -> H:
+        if self._serving is not None:
+            raise ConfigurationError("handlers must be declared before the app starts")
+        for other in self.handlers:
+            if other.name == handler.name:
+                raise ConfigurationError(
+                    f"two handlers are named {handler.name!r}; give the functions distinct names"
+                )
+            if (
+                other.kind == handler.kind != "subscribe"
+                and other.key == handler.key
+                and getattr(other.spec, "group", None) == getattr(handler.spec, "group", None)
+                and other.body_type != handler.body_type
+            ):
+                raise ConfigurationError(
+                    f"handlers {other.name!r} and {handler.name!r} consume {handler.key!r} "
+                    f"with different body types ({other.body_type!r} vs {handler.body_type!r})"
+                )
+        self.handlers.append(handler)
+        self._counters[handler.name] = Counters()
+        return handler
+
+    def handler(self, name: str) -> Handler:
+        """The handler named ``name`` (the function's name), or the first on key ``name``."""
+        for handler in self.handlers:
+            if handler.name == name:
+                return handler
+        for handler in self.handlers:
+            if handler.key == name:
+                return handler
+        raise KeyError(name)
+
+    # producing -----------------------------------------------------------------------------
+    @property
+    def connection(self) -> Connection:
+        if self._conn is None:
+            self._conn = Connection(self.target, max_connections=max(50, len(self.handlers) * 2
+                                                                      + 20))
+        return self._conn
+
+    def _wake(self, key: str) -> None:
+        event = self._wakeups.get(key)
+        if event is not None:
+            event.set()
+
+    async def publish(self, channel: str, body: Any, *, sharded: bool = False) -> int:
+        """Publish ``body`` on ``channel``; returns how many subscribers received it."""
+        return await self.publish_many(channel, [body], sharded=sharded)
+
+    async def publish_many(self, channel: str, bodies: Iterable[Any], *,
+                           sharded: bool = False) -> int:
+        """Publish every body in one round trip; returns the receivers, summed."""
+        payloads = [self._encode(channel, body) for body in bodies]
+        if not payloads:
+            return 0
+        client = self.connection.command
+        return await translated(f"publish to {channel!r}",
+                                lambda: pubsub.publish(client, channel, payloads, sharded))
+
+    async def enqueue(
+        self,
+        queue: str,
+        body: Any,
+        *,
+        delay: float = 0,
+        at: datetime | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> str:
+        """Put ``body`` on ``queue`` (after ``delay`` seconds, or at ``at``); returns its id."""
+        return (await self._enqueue(queue, [body], delay=delay, at=at, headers=headers))[0]
+
+    async def enqueue_many(self, queue: str, bodies: Iterable[Any], *, delay: float = 0,
+                           at: datetime | None = None) -> list[str]:
+        """Enqueue every body in one round trip; returns their ids."""
+        return await self._enqueue(queue, list(bodies), delay=delay, at=at, headers=None)
+
+    async def _enqueue(self, queue: str, bodies: list[Any], *, delay: float,
+                       at: datetime | None, headers: dict[str, str] | None) -> list[str]:
+        if delay < 0:
+            raise ValueError("delay must be >= 0")
+        ids = [new_id() for _ in bodies]
+        items = [encode_envelope(b, msg_id=i, headers=headers) for b, i in zip(bodies, ids,
+                                                                              strict=True)]
+        for item in items:
+            check_size(item, self.max_body_bytes, queue)
+        if not items:
+            return []
+        transport = QueueTransport(self.connection.command, queue)
+        if at is not None:
+            at_ms = int(at.timestamp() * 1000)
+            await translated(f"enqueue on {queue!r}", lambda: transport.push_at(items, at_ms))
+        elif delay > 0:
+            delay_ms = int(delay * 1000)
+            await translated(f"enqueue on {queue!r}",
+                             lambda: transport.push_delayed(items, delay_ms))
+        else:
+            await translated(f"enqueue on {queue!r}", lambda: transport.push(items))
+            self._wake(queue)
+        return ids
+
+    async def append(self, stream: str, body: Any, *, maxlen: int | None = None) -> str:
+        """Append ``body`` to ``stream``; returns the entry id. Trims with ``MAXLEN ~``."""
+        return (await self.append_many(stream, [body], maxlen=maxlen))[0]
+
+    async def append_many(self, stream: str, bodies: Iterable[Any], *,
+                          maxlen: int | None = None) -> list[str]:
+        """Append every body in one round trip; returns the entry ids."""
+        entries = [encode_fields(body) for body in bodies]
+        for fields in entries:
+            check_size(fields, self.max_body_bytes, stream)
+        if not entries:
+            return []
+        limit = maxlen if maxlen is not None else self._maxlen(stream)
+        transport = StreamTransport(self.connection.command, stream)
+        ids = await translated(f"append to {stream!r}", lambda: transport.append(entries, limit))
+        self._wake(stream)
+        return ids
+
+    def _maxlen(self, stream: str) -> int | None:
+        limits = [h.spec.maxlen for h in self.handlers
+                  if isinstance(h, StreamHandler) and h.key == stream and h.spec.maxlen]
+        return max(limits) if limits else None
+
+    def _encode(self, key: str, body: Any) -> bytes:
+        data = encode_body(body)
+        check_size(data, self.max_body_bytes, key)
+        return data
+
+    # observing -----------------------------------------------------------------------------
+    def stats(self) -> Stats:
+        """A snapshot of every handler's counters and latency in this process."""
+        return Stats({
+            h.name: self._counters[h.name].snapshot(h.name, h.kind, h.key) for h in self.handlers
+        })
+
+    # lifecycle -----------------------------------------------------------------------------
+    async def connect(self) -> None:
+        """Check that Redis answers, retrying for ``connect_timeout`` seconds."""
+        deadline = time.monotonic() + self.connect_timeout
+        while True:
+            try:
+                await self.connection.ping()
+                return
+            except Exception as exc:
+                if not is_connection_error(exc):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise ConnectError(
+                        f"cannot reach Redis at {self.target.safe_url}: {exc}"
+                    ) from exc
+                await anyio.sleep(0.2)
+
+    async def start(self, *, only: Sequence[str] | None = None) -> None:
+        """Connect and start every consumer (or those named in ``only``) in the background."""
+        if self._serving is not None:
+            raise RuntimeError("the app is already running")
+        selected = self._select(only)
+        await self.connect()
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._serving = asyncio.get_running_loop().create_task(self._serve(selected, ready))
+        # Return once every consumer is subscribed / has its group, so nothing produced
+        # right after start() is missed; or raise what stopped it from getting there.
+        await asyncio.wait({ready, self._serving}, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            serving, self._serving = self._serving, None
+            ready.cancel()
+            await serving
+
+    def _select(self, only: Sequence[str] | None) -> list[Handler]:
+        if not only:
+            return list(self.handlers)
+        selected = []
+        for name in only:
+            matches = [h for h in self.handlers if name in (h.name, h.key)]
+            if not matches:
+                known = ", ".join(h.name for h in self.handlers) or "none"
+                raise ConfigurationError(f"no handler named {name!r} (handlers: {known})")
+            selected += [h for h in matches if h not in selected]
+        return selected
+
+    async def _serve(self, handlers: list[Handler], ready: asyncio.Future[None]) -> None:
+        conn = self.connection
+        consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        runners: list[Callable[[float], Any]] = []
+        self._stoppers = []
+        subscribers: list[SubscribeHandler] = []
+        for h in handlers:
+            wakeup = None if conn.can_block else self._wakeups.setdefault(h.key, asyncio.Event())
+            counters = self._counters[h.name]
+            if isinstance(h, TaskHandler):
+                c: Any = TaskConsumer(h, conn, consumer=consumer, counters=counters,
+                                      wakeup=wakeup)
+            elif isinstance(h, StreamHandler):
+                cls = GroupConsumer if h.spec.group is not None else TailConsumer
+                c = cls(h, conn, consumer=consumer, counters=counters, wakeup=wakeup)
+            else:
+                assert isinstance(h, SubscribeHandler)
+                subscribers.append(h)
+                continue
+            runners.append(c.run)
+            self._stoppers.append(c.stop.set)
+        if subscribers:
+            sub = Subscriber(subscribers, conn, self._counters)
+            runners.append(sub.run)
+            self._stoppers.append(lambda: setattr(sub, "stopping", True))
+        async with anyio.create_task_group() as tg:
+            for run in runners:
+                await tg.start(run, self.shutdown_timeout)
+            ready.set_result(None)
+
+    async def stop(self) -> None:
+        """Stop fetching, finish in-flight work within ``shutdown_timeout``, hand back the
+        rest. Safe to call when not running."""
+        serving, self._serving = self._serving, None
+        if serving is None:
+            return
+        for stop in self._stoppers:
+            stop()
+        with anyio.CancelScope(shield=True):
+            try:
+                await asyncio.shield(serving)
+            except asyncio.CancelledError:
+                await serving
+
+    async def aclose(self) -> None:
+        """Stop (if running) and release the connections."""
+        await self.stop()
+        if self._conn is not None:
+            await self._conn.aclose()
+            self._conn = None
+
+    async def __aenter__(self) -> App:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, asgi_app: object = None) -> AsyncIterator[None]:
+        """An ASGI lifespan: ``FastAPI(lifespan=app.lifespan)``."""
+        async with self:
+            yield
+
+    async def run(self, *, only: Sequence[str] | None = None) -> None:
+        """Run until cancelled, SIGINT or SIGTERM, then stop gracefully. After the first
+        signal the default handlers are restored, so a second one exits at once."""
+        await self.start(only=only)
+        try:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                waiter = asyncio.ensure_future(self._wait_serving())
+                async for signum in _first(signals, waiter):
+                    log.info("received %s: stopping (a second signal exits at once)",
+                             signal.Signals(signum).name)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        finally:
+            await self.aclose()
+
+    async def _wait_serving(self) -> None:
+        if self._serving is not None:
+            await asyncio.shield(self._serving)
+
+
+async def _first(signals: Any, serving: asyncio.Future[None]) -> AsyncIterator[int]:
+    """Yield the first signal, or return when serving ends on its own (raising its error)."""
+    next_signal = asyncio.ensure_future(signals.__anext__())
+    try:
+        await asyncio.wait({next_signal, serving}, return_when=asyncio.FIRST_COMPLETED)
+        if next_signal.done():
+            yield next_signal.result()
+        else:
+            serving.result()
+    finally:
+        next_signal.cancel()
+        serving.cancel()
+
+
+_TASK_DEFAULTS: dict[str, Any] = {
+    "concurrency": 16, "max_attempts": 5, "backoff": DEFAULT_BACKOFF, "lease": 30.0, "batch": 100,
+}
+_STREAM_DEFAULTS: dict[str, Any] = {
+    "group": None, "concurrency": 16, "max_deliveries": 5, "backoff": DEFAULT_BACKOFF,
+    "lease": 30.0, "maxlen": None, "start": "latest", "lag_warning": 1000, "batch": 100,
+}
+_SUBSCRIBE_DEFAULTS: dict[str, Any] = {
+    "pattern": None, "sharded": False, "buffer": 1000, "concurrency": 1,
+}

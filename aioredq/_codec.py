@@ -1,0 +1,231 @@
+"""Bodies on the wire: encoding what aioredq writes, decoding and validating what it reads.
+
+Wire rules (see the README): a ``str`` body travels as its UTF-8 text, ``bytes`` as they are,
+anything else as JSON. A stream body that is a flat mapping or model becomes flat fields.
+Task items that aioredq enqueues are JSON envelopes (``ENVELOPE_PREFIX`` ...); any other item is
+a foreign body and is taken as it is.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pydantic_core
+from pydantic import TypeAdapter, ValidationError
+
+from ._exceptions import MessageTooLarge
+
+# Lua scripts match this exact prefix to count deliveries without parsing JSON.
+ENVELOPE_PREFIX = b'{"aioredq":1,"attempts":'
+HEADERS_FIELD = "aioredq-headers"
+
+
+class DecodeError(Exception):
+    """A body could not be decoded or validated; ``str(exc)`` is the reason."""
+
+
+def encode_body(body: Any) -> bytes:
+    """The bytes of ``body`` on the wire: str as UTF-8, bytes as is, anything else JSON."""
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, str):
+        return body.encode()
+    return pydantic_core.to_json(body)
+
+
+def _field_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return pydantic_core.to_json(value).decode()
+
+
+def encode_fields(body: Any) -> dict[str, str | bytes]:
+    """Stream fields for ``body``: a flat mapping/model becomes fields, anything else ``body``."""
+    if isinstance(body, (str, bytes)):
+        return {"body": body}
+    plain = pydantic_core.to_jsonable_python(body)
+    if isinstance(plain, dict) and plain:
+        return {str(k): _field_text(v) for k, v in plain.items()}
+    return {"body": _field_text(plain)}
+
+
+def check_size(data: bytes | Mapping[str, str | bytes], limit: int, name: str) -> None:
+    size = (
+        len(data)
+        if isinstance(data, bytes)
+        else sum(len(k) + len(v) for k, v in data.items())
+    )
+    if size > limit:
+        raise MessageTooLarge(
+            f"body for {name!r} is {size} bytes, over max_body_bytes={limit}; "
+            "store large payloads elsewhere and send a reference"
+        )
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def encode_envelope(
+    body: Any, *, msg_id: str, headers: Mapping[str, str] | None = None
+) -> bytes:
+    """A task item: ``{"aioredq":1,"attempts":0,"id":..,"enqueued_at":..,"headers":..,"body":..}``."""
+    rest: dict[str, Any] = {"id": msg_id, "enqueued_at": round(time.time(), 6)}
+    if headers:
+        rest["headers"] = dict(headers)
+    if isinstance(body, bytes):
+        rest["body_b64"] = base64.b64encode(body).decode()
+    else:
+        rest["body"] = pydantic_core.to_jsonable_python(body)
+    return ENVELOPE_PREFIX + b"0," + pydantic_core.to_json(rest)[1:]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskItem:
+    """A task item as read from a processing list, with its delivery metadata."""
+
+    raw: bytes  # exactly what is in the processing list (the LREM key)
+    id: str
+    attempts: int
+    foreign: bytes | None  # the original item for foreign bodies
+    envelope: dict[str, Any] | None
+
+    @property
+    def original(self) -> bytes:
+        """The item as first produced (what a dead letter or a requeue carries)."""
+        if self.foreign is not None:
+            return self.foreign
+        return reset_attempts(self.raw, 0)
+
+    def undelivered(self) -> bytes:
+        """The item as it was before this delivery was counted (for handing back)."""
+        if self.foreign is not None and self.attempts <= 1:
+            return self.foreign
+        return reset_attempts(self.raw, self.attempts - 1)
+
+
+def reset_attempts(raw: bytes, attempts: int) -> bytes:
+    if not raw.startswith(ENVELOPE_PREFIX):
+        return raw
+    comma = raw.index(b",", len(ENVELOPE_PREFIX))
+    return ENVELOPE_PREFIX + str(attempts).encode() + raw[comma:]
+
+
+def parse_task_item(raw: bytes) -> TaskItem:
+    """Parse an item taken from a processing list (always an envelope after the move script)."""
+    if not raw.startswith(ENVELOPE_PREFIX):
+        return TaskItem(raw, "", 1, raw, None)
+    try:
+        env = pydantic_core.from_json(raw.decode("utf-8", "surrogateescape"))
+    except ValueError:
+        # The prefix matched but the rest is not JSON: treat the item as foreign text.
+        return TaskItem(raw, "", 1, raw, None)
+    attempts = int(env.get("attempts", 1))
+    msg_id = str(env.get("id", ""))
+    if "raw" in env:  # a foreign item wrapped by the move script
+        foreign = str(env["raw"]).encode("utf-8", "surrogateescape")
+        return TaskItem(raw, msg_id, attempts, foreign, None)
+    return TaskItem(raw, msg_id, attempts, None, env)
+
+
+def _core_type(schema: Any) -> str:
+    while isinstance(schema, dict):
+        kind = schema.get("type")
+        if kind in ("definitions", "nullable", "default", "function-after", "function-before",
+                    "function-wrap", "function-plain") and "schema" in schema:
+            schema = schema["schema"]
+            continue
+        if kind == "definition-ref":
+            return "model"
+        return str(kind)
+    return "any"
+
+
+class Codec:
+    """Decodes bodies for one handler and validates them against its annotation."""
+
+    def __init__(self, annotation: Any) -> None:
+        self.annotation = annotation
+        self.adapter: TypeAdapter[Any] = TypeAdapter(annotation)
+        core = _core_type(self.adapter.core_schema)
+        self.wants_str = annotation is str
+        self.wants_bytes = annotation is bytes
+        self.wants_mapping = core in ("dict", "model", "dataclass", "typed-dict", "any",
+                                      "model-fields", "dataclass-args")
+
+    # tasks and pub/sub ------------------------------------------------------------------
+    def decode_text(self, data: bytes) -> Any:
+        """A foreign or published payload: raw text for str/bytes, else JSON then validation."""
+        if self.wants_bytes:
+            return data
+        try:
+            text = data.decode()
+        except UnicodeDecodeError as exc:
+            raise DecodeError(f"UnicodeDecodeError: body is not UTF-8 text ({exc})") from None
+        if self.wants_str:
+            return text
+        try:
+            value: Any = pydantic_core.from_json(text)
+        except ValueError:
+            value = text
+        return self._validate(value)
+
+    def decode_item(self, item: TaskItem) -> Any:
+        if item.foreign is not None:
+            return self.decode_text(item.foreign)
+        env = item.envelope or {}
+        if "body_b64" in env:
+            data = base64.b64decode(env["body_b64"])
+            return data if self.wants_bytes else self.decode_text(data)
+        body = env.get("body")
+        if self.wants_bytes and isinstance(body, str):
+            return body.encode()
+        return self._validate(body)
+
+    # streams ----------------------------------------------------------------------------
+    def decode_fields(self, fields: dict[str, str]) -> Any:
+        if not self.wants_mapping and "body" in fields and len(fields) == 1:
+            return self.decode_text(fields["body"].encode())
+        try:
+            return self.adapter.validate_python(fields)
+        except ValidationError as first:
+            nested = {k: _maybe_json(v) for k, v in fields.items()}
+            if nested == fields:
+                raise DecodeError(_validation_text(first)) from None
+            try:
+                return self.adapter.validate_python(nested)
+            except ValidationError:
+                raise DecodeError(_validation_text(first)) from None
+
+    def _validate(self, value: Any) -> Any:
+        try:
+            return self.adapter.validate_python(value)
+        except ValidationError as exc:
+            raise DecodeError(_validation_text(exc)) from None
+
+
+def _maybe_json(value: str) -> Any:
+    """Nested values travel as JSON text; decode those (and only those) for a second try."""
+    if value[:1] in ("{", "[") or value == "null":
+        try:
+            return pydantic_core.from_json(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _validation_text(exc: ValidationError) -> str:
+    return f"ValidationError: {exc}"
+
+
+def decode_fields_raw(fields: Mapping[bytes, bytes]) -> dict[str, str]:
+    """Stream field names and values as text (bytes that are not UTF-8 are escaped)."""
+    return {
+        k.decode("utf-8", "surrogateescape"): v.decode("utf-8", "surrogateescape")
+        for k, v in fields.items()
+    }

@@ -1,0 +1,196 @@
+"""URLs, Redis clients and the translation of Redis errors into aioredq's.
+
+Two clients per app: ``command`` for producing, acks and bookkeeping, and ``blocking`` for
+consumers' blocking reads, so a consumer parked in a read never starves acks or producers of a
+connection. Blocking reads are short server-side blocks (``BLOCK_SECONDS``), and the blocking
+client's socket timeout is larger than the block: redis-py 8 re-sends a command that outlives
+its socket timeout, and a finite timeout still finds a dead peer within seconds. The command
+client has no socket timeout (a finite one costs about 40 % of throughput in redis-py 8); TCP
+keepalive finds dead peers there.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+import redis.exceptions as rexc
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry as RedisRetry
+from redis.backoff import ExponentialWithJitterBackoff
+
+from ._exceptions import ConfigurationError, ConnectError, RedisCommandError
+
+DEFAULT_URL = "redis://localhost:6379/0"
+BLOCK_SECONDS = 1.0
+BLOCKING_SOCKET_TIMEOUT = BLOCK_SECONDS + 9.0
+
+Scheme = Literal["redis", "cluster", "sentinel", "memory"]
+T = TypeVar("T")
+Client = aioredis.Redis | RedisCluster
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    url: str
+    scheme: Scheme
+
+    @property
+    def safe_url(self) -> str:
+        return redact(self.url)
+
+
+def resolve_url(url: str | None) -> str:
+    """``App(url)`` > ``$AIOREDQ_URL`` > the default."""
+    return url or os.environ.get("AIOREDQ_URL") or DEFAULT_URL
+
+
+def parse_url(url: str) -> Target:
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in ("redis", "rediss", "unix"):
+        return Target(url, "redis")
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        return Target(url, "cluster")
+    if scheme in ("redis+sentinel", "rediss+sentinel"):
+        parts = urlsplit(url)
+        if not parts.path.strip("/"):
+            raise ConfigurationError(
+                f"{redact(url)}: a sentinel URL names its master: "
+                "redis+sentinel://host:port[,host:port]/master-name[/db]"
+            )
+        return Target(url, "sentinel")
+    if scheme == "memory":
+        return Target(url, "memory")
+    raise ConfigurationError(
+        f"unsupported Redis URL {redact(url)!r}: use redis://, rediss://, unix://, "
+        "redis+cluster://, redis+sentinel:// or memory://"
+    )
+
+
+def translate(exc: BaseException, what: str) -> Exception:
+    """The aioredq error for a redis-py error (the original is chained by the caller)."""
+    if isinstance(exc, (rexc.ConnectionError, rexc.TimeoutError, OSError)):
+        return ConnectError(f"{what}: {type(exc).__name__}: {exc}")
+    if isinstance(exc, rexc.RedisError):
+        return RedisCommandError(f"{what}: {type(exc).__name__}: {exc}")
+    return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+
+
+async def translated(what: str, call: Callable[[], Awaitable[T]]) -> T:
+    """Run ``call`` with redis-py errors translated into aioredq's (chained)."""
+    try:
+        return await call()
+    except rexc.RedisError as exc:
+        raise translate(exc, what) from exc
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    return isinstance(exc, (rexc.ConnectionError, rexc.TimeoutError, ConnectError, OSError))
+
+
+class Connection:
+    """The clients of one app, created lazily on first use."""
+
+    def __init__(self, target: Target, *, max_connections: int = 200) -> None:
+        self.target = target
+        self._max_connections = max_connections
+        self._command: Any = None
+        self._blocking: Any = None
+        self._fake_server: Any = None
+
+    @property
+    def can_block(self) -> bool:
+        """False for memory://: fakeredis cannot block, consumers poll instead."""
+        return self.target.scheme != "memory"
+
+    @property
+    def is_cluster(self) -> bool:
+        return self.target.scheme == "cluster"
+
+    @property
+    def command(self) -> Any:
+        if self._command is None:
+            self._command = self._make(socket_timeout=None, retries=3)
+        return self._command
+
+    @property
+    def blocking(self) -> Any:
+        if self._blocking is None:
+            if self.target.scheme == "memory":
+                self._blocking = self.command
+            else:
+                self._blocking = self._make(socket_timeout=BLOCKING_SOCKET_TIMEOUT, retries=1)
+        return self._blocking
+
+    def _make(self, *, socket_timeout: float | None, retries: int) -> Any:
+        retry = RedisRetry(
+            ExponentialWithJitterBackoff(base=0.05, cap=1.0),
+            retries,
+            supported_errors=(rexc.ConnectionError,),
+        )
+        common: dict[str, Any] = {
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": 5.0,
+            "retry": retry,
+        }
+        scheme = self.target.scheme
+        url = self.target.url
+        if scheme == "memory":
+            import fakeredis
+
+            if self._fake_server is None:
+                self._fake_server = fakeredis.FakeServer(version=(7, 0))
+            return fakeredis.FakeAsyncRedis(server=self._fake_server)
+        if scheme == "cluster":
+            plain = url.replace("+cluster", "", 1)
+            return RedisCluster.from_url(
+                plain, max_connections=self._max_connections, **common
+            )
+        if scheme == "sentinel":
+            return _sentinel_master(url, common, self._max_connections)
+        return aioredis.Redis.from_url(url, max_connections=self._max_connections, **common)
+
+    async def ping(self) -> None:
+        await self.command.ping()
+
+    async def aclose(self) -> None:
+        clients, self._command, self._blocking = (self._command, self._blocking), None, None
+        for client in {id(c): c for c in clients if c is not None}.values():
+            await client.aclose()
+
+
+def _sentinel_master(url: str, common: dict[str, Any], max_connections: int) -> Any:
+    from redis.asyncio.sentinel import Sentinel
+
+    parts = urlsplit(url)
+    hosts_part = parts.netloc.rsplit("@", 1)[-1]
+    hosts = []
+    for item in hosts_part.split(","):
+        host, _, port = item.rpartition(":")
+        hosts.append((host or "localhost", int(port or 26379)))
+    path = [p for p in parts.path.split("/") if p]
+    master = unquote(path[0])
+    db = int(path[1]) if len(path) > 1 else 0
+    auth: dict[str, Any] = {}
+    if parts.username:
+        auth["username"] = unquote(parts.username)
+    if parts.password:
+        auth["password"] = unquote(parts.password)
+    sentinel = Sentinel(hosts, sentinel_kwargs={"socket_connect_timeout": 5.0}, **common)
+    if parts.scheme.startswith("rediss"):
+        auth["ssl"] = True
+    return sentinel.master_for(master, db=db, max_connections=max_connections, **auth)

@@ -1,0 +1,57 @@
+"""Every exception aioredq raises, in one tree.
+
+    AioredqError
+    ├── ConfigurationError     a handler or option is wrong (raised at decoration/start time)
+    ├── ConnectError           Redis cannot be reached (start-up, producing)
+    ├── RedisCommandError      Redis answered with an error; the redis-py error is chained
+    └── MessageTooLarge        a body over ``max_body_bytes`` was produced
+
+Handler control flow (raised *by* handlers, caught by the worker):
+
+    Retry(delay=None)          run the message again after ``delay`` seconds (or the backoff)
+    Reject(reason)             dead-letter the message now
+"""
+
+from __future__ import annotations
+
+
+class AioredqError(Exception):
+    """Base class of every error aioredq raises."""
+
+
+class ConfigurationError(AioredqError):
+    """A handler, option or URL is invalid; raised when it is declared, not when it runs."""
+
+
+class ConnectError(AioredqError):
+    """Redis could not be reached."""
+
+
+class RedisCommandError(AioredqError):
+    """Redis answered a command with an error."""
+
+
+class MessageTooLarge(AioredqError):
+    """A produced body is larger than the app's ``max_body_bytes``."""
+
+
+class Retry(Exception):  # noqa: N818 - reads as a verb in handlers: ``raise Retry(delay=5)``
+    """Raise from a handler to run the message again after ``delay`` seconds.
+
+    Without a delay the handler's backoff decides. Attempts are still counted: once they run
+    out the message is dead-lettered.
+    """
+
+    def __init__(self, delay: float | None = None) -> None:
+        if delay is not None and delay < 0:
+            raise ValueError("Retry delay must be >= 0")
+        super().__init__(f"retry requested (delay={delay})")
+        self.delay = delay
+
+
+class Reject(Exception):  # noqa: N818 - reads as a verb in handlers: ``raise Reject("bad")``
+    """Raise from a handler to dead-letter the message now, with ``reason``."""
+
+    def __init__(self, reason: str = "rejected") -> None:
+        super().__init__(reason)
+        self.reason = reason

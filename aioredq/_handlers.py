@@ -1,0 +1,281 @@
+"""Handlers: the user's function plus one small frozen spec per kind, checked when declared."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import PydanticSchemaGenerationError
+
+from ._backoff import Backoff
+from ._codec import Codec
+from ._exceptions import ConfigurationError
+from ._message import Kind, Message
+
+if TYPE_CHECKING:
+    from ._app import App
+
+HandlerFunc = Callable[..., Awaitable[Any]]
+
+
+def _positive_int(value: object, what: str, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigurationError(f"{where}: {what} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def _positive_float(value: object, what: str, where: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise ConfigurationError(f"{where}: {what} must be a number > 0, got {value!r}")
+    return float(value)
+
+
+def _key_name(value: object, what: str, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{where}: {what} must be a non-empty string, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    queue: str
+    concurrency: int
+    max_attempts: int
+    backoff: Backoff
+    lease: float
+    batch: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    stream: str
+    group: str | None
+    concurrency: int
+    max_deliveries: int
+    backoff: Backoff
+    lease: float
+    maxlen: int | None
+    start: Literal["latest", "earliest"]
+    lag_warning: int
+    batch: int
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeSpec:
+    channels: tuple[str, ...]
+    pattern: str | None
+    sharded: bool
+    buffer: int
+    concurrency: int
+
+
+Spec = TaskSpec | StreamSpec | SubscribeSpec
+
+
+class Handler:
+    """A declared handler. Calling it calls the function directly (handy in unit tests)."""
+
+    kind: Kind
+
+    def __init__(self, app: App, func: HandlerFunc, spec: Spec, key: str) -> None:
+        self.app = app
+        self.func = func
+        self.spec = spec
+        self.key = key
+        self.name: str = getattr(func, "__name__", repr(func))
+        where = f"handler {self.name!r}"
+        if not inspect.iscoroutinefunction(func):
+            raise ConfigurationError(f"{where} must be an `async def` function")
+        self.body_type, self.message_param = _inspect_signature(func, where)
+        try:
+            self.codec = Codec(self.body_type)
+        except (PydanticSchemaGenerationError, TypeError, NameError) as exc:
+            raise ConfigurationError(
+                f"{where}: cannot validate bodies of type {self.body_type!r}: {exc}"
+            ) from exc
+        self.__doc__ = func.__doc__
+        self.__wrapped__ = func
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        return self.func(*args, **kwargs)
+
+    async def invoke(self, body: Any, message: Message) -> None:
+        if self.message_param is None:
+            await self.func(body)
+        else:
+            await self.func(body, **{self.message_param: message})
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} on {self.key!r}>"
+
+
+class TaskHandler(Handler):
+    kind = "task"
+    spec: TaskSpec
+
+    async def enqueue(
+        self,
+        body: Any,
+        *,
+        delay: float = 0,
+        at: datetime | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> str:
+        """Enqueue ``body`` on this handler's queue; returns the message id."""
+        return await self.app.enqueue(self.key, body, delay=delay, at=at, headers=headers)
+
+    async def enqueue_many(self, bodies: Sequence[Any]) -> list[str]:
+        return await self.app.enqueue_many(self.key, bodies)
+
+
+class StreamHandler(Handler):
+    kind = "stream"
+    spec: StreamSpec
+
+    async def append(self, body: Any) -> str:
+        """Append ``body`` to this handler's stream; returns the entry id."""
+        return await self.app.append(self.key, body)
+
+    async def append_many(self, bodies: Sequence[Any]) -> list[str]:
+        return await self.app.append_many(self.key, bodies)
+
+
+class SubscribeHandler(Handler):
+    kind = "subscribe"
+    spec: SubscribeSpec
+
+    def _channel(self) -> str:
+        if self.spec.pattern is not None or len(self.spec.channels) != 1:
+            raise ConfigurationError(
+                f"handler {self.name!r} does not have exactly one channel; "
+                "use app.publish(channel, body) instead"
+            )
+        return self.spec.channels[0]
+
+    async def publish(self, body: Any) -> int:
+        """Publish ``body`` on this handler's channel (sharded if the handler is)."""
+        return await self.app.publish(self._channel(), body, sharded=self.spec.sharded)
+
+    async def publish_many(self, bodies: Sequence[Any]) -> int:
+        return await self.app.publish_many(self._channel(), bodies, sharded=self.spec.sharded)
+
+
+def _inspect_signature(func: HandlerFunc, where: str) -> tuple[Any, str | None]:
+    """(body annotation, name of the parameter that wants the Message, or None)."""
+    try:
+        hints = typing.get_type_hints(func)
+    except Exception as exc:
+        raise ConfigurationError(f"{where}: cannot resolve its annotations: {exc}") from exc
+    params = list(inspect.signature(func).parameters.values())
+    if not params or params[0].kind not in (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    ):
+        raise ConfigurationError(f"{where} must take the message body as its first parameter")
+    body_type = hints.get(params[0].name, Any)
+    if body_type is Message:
+        raise ConfigurationError(f"{where}: the first parameter receives the body, not Message")
+    message_param = None
+    for param in params[1:]:
+        if hints.get(param.name) is Message:
+            message_param = param.name
+        elif param.default is inspect.Parameter.empty and param.kind not in (
+            inspect.Parameter.VAR_POSITIONAL,
+            inspect.Parameter.VAR_KEYWORD,
+        ):
+            raise ConfigurationError(
+                f"{where}: parameter {param.name!r} has no default; a handler takes the body "
+                "and optionally a parameter annotated `Message`"
+            )
+    return body_type, message_param
+
+
+def task_spec(
+    queue: object,
+    *,
+    concurrency: object,
+    max_attempts: object,
+    backoff: object,
+    lease: object,
+    batch: object,
+    where: str,
+) -> TaskSpec:
+    if not isinstance(backoff, Backoff):
+        raise ConfigurationError(f"{where}: backoff must be an aioredq.Backoff")
+    return TaskSpec(
+        queue=_key_name(queue, "queue", where),
+        concurrency=_positive_int(concurrency, "concurrency", where),
+        max_attempts=_positive_int(max_attempts, "max_attempts", where),
+        backoff=backoff,
+        lease=_positive_float(lease, "lease", where),
+        batch=_positive_int(batch, "batch", where),
+    )
+
+
+def stream_spec(
+    stream: object,
+    *,
+    group: object,
+    concurrency: object,
+    max_deliveries: object,
+    backoff: object,
+    lease: object,
+    maxlen: object,
+    start: object,
+    lag_warning: object,
+    batch: object,
+    where: str,
+) -> StreamSpec:
+    if group is not None:
+        group = _key_name(group, "group", where)
+    if not isinstance(backoff, Backoff):
+        raise ConfigurationError(f"{where}: backoff must be an aioredq.Backoff")
+    if maxlen is not None:
+        maxlen = _positive_int(maxlen, "maxlen", where)
+    if start not in ("latest", "earliest"):
+        raise ConfigurationError(f"{where}: start must be 'latest' or 'earliest', got {start!r}")
+    return StreamSpec(
+        stream=_key_name(stream, "stream", where),
+        group=group,
+        concurrency=_positive_int(concurrency, "concurrency", where),
+        max_deliveries=_positive_int(max_deliveries, "max_deliveries", where),
+        backoff=backoff,
+        lease=_positive_float(lease, "lease", where),
+        maxlen=maxlen,
+        start=start,
+        lag_warning=_positive_int(lag_warning, "lag_warning", where),
+        batch=_positive_int(batch, "batch", where),
+    )
+
+
+def subscribe_spec(
+    channels: Sequence[object],
+    *,
+    pattern: object,
+    sharded: object,
+    buffer: object,
+    concurrency: object,
+    where: str,
+) -> SubscribeSpec:
+    names = tuple(_key_name(c, "channel", where) for c in channels)
+    if pattern is not None:
+        pattern = _key_name(pattern, "pattern", where)
+        if names:
+            raise ConfigurationError(f"{where}: give channels or pattern=, not both")
+        if sharded:
+            raise ConfigurationError(f"{where}: sharded channels cannot be patterns")
+    elif not names:
+        raise ConfigurationError(f"{where}: subscribe needs at least one channel or pattern=")
+    if not isinstance(sharded, bool):
+        raise ConfigurationError(f"{where}: sharded must be True or False")
+    return SubscribeSpec(
+        channels=names,
+        pattern=pattern,
+        sharded=sharded,
+        buffer=_positive_int(buffer, "buffer", where),
+        concurrency=_positive_int(concurrency, "concurrency", where),
+    )

@@ -1,0 +1,1 @@
+"""The only code that speaks Redis: one module per transport, plus the key layout."""

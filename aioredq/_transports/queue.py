@@ -1,0 +1,235 @@
+"""Reliable list queues.
+
+Producers LPUSH on the queue list; consumers take from the right (FIFO). A consumer never pops
+an item into its own memory: ``FETCH`` moves a batch atomically into the consumer's processing
+list ``{q}:processing:<consumer>``, counting the delivery in the item itself (aioredq's envelope
+starts with ``{"aioredq":1,"attempts":N,``; a foreign item is wrapped in one the first time it
+is taken). Success removes the item; failure moves it to ``{q}:delayed`` or ``{q}:dead``; a
+consumer whose heartbeat in ``{q}:consumers`` expires has its processing list moved back to the
+head of the queue. Every script gets all of its keys through KEYS, all in one hash slot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import keys
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS: queue, processing, delayed, consumers
+# ARGV: count, consumer, lease_ms, foreign id prefix, max due items to promote
+FETCH = _NOW + """
+redis.call('ZADD', KEYS[4], now + tonumber(ARGV[3]), ARGV[2])
+local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
+if #due > 0 then
+  redis.call('ZREM', KEYS[3], unpack(due))
+  for i = #due, 1, -1 do redis.call('RPUSH', KEYS[1], due[i]) end
+end
+local out = {}
+local items = redis.call('RPOP', KEYS[1], tonumber(ARGV[1]))
+if items then
+  local prefix = '{"aioredq":1,"attempts":'
+  for i, item in ipairs(items) do
+    local n = string.match(item, '^{"aioredq":1,"attempts":(%d+),')
+    if n then
+      out[i] = prefix .. (tonumber(n) + 1) .. string.sub(item, #prefix + #n + 1)
+    else
+      out[i] = prefix .. '1,"id":"' .. ARGV[4] .. i .. '","raw":' .. cjson.encode(item) .. '}'
+    end
+  end
+  redis.call('LPUSH', KEYS[2], unpack(out))
+end
+local nxt = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+return {out, nxt[2] or false, tostring(now)}
+"""
+
+# KEYS: processing; ARGV: items
+ACK = """
+local n = 0
+for i = 1, #ARGV do n = n + redis.call('LREM', KEYS[1], 1, ARGV[i]) end
+return n
+"""
+
+# KEYS: processing, delayed; ARGV: item, delay_ms
+RETRY = _NOW + """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
+  return 1
+end
+return 0
+"""
+
+# KEYS: processing, dead; ARGV: item, dead letter
+DEAD = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+  redis.call('LPUSH', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS: processing, queue; ARGV: pairs (item in processing, item to put back), in fetch order.
+# The first fetched item goes back rightmost, so it is taken first again.
+HANDBACK = """
+local n = 0
+for i = #ARGV - 1, 1, -2 do
+  if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
+    redis.call('RPUSH', KEYS[2], ARGV[i + 1])
+    n = n + 1
+  end
+end
+return n
+"""
+
+# KEYS: delayed; ARGV: delay_ms, items...
+ENQUEUE_DELAYED = _NOW + """
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[i]) end
+return #ARGV - 1
+"""
+
+# KEYS: consumers; ARGV: consumer, lease_ms
+HEARTBEAT = _NOW + """
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+return 1
+"""
+
+# KEYS: consumers, processing; ARGV: consumer. Work still held stays until the lease expires.
+LEAVE = """
+if redis.call('LLEN', KEYS[2]) == 0 then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+# KEYS: consumers, lock; ARGV: token, lock_ms. Returns expired consumers if the lock was won.
+EXPIRED = _NOW + """
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - 1, 'LIMIT', 0, 100)
+if #dead == 0 then return false end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
+return dead
+"""
+
+# KEYS: consumers, queue, processing lists...; ARGV: consumer names (same order).
+# Re-checks each expiry atomically, so a consumer that came back in between keeps its work.
+RECOVER = _NOW + """
+local moved = 0
+for i = 1, #ARGV do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if (not score) or tonumber(score) < now then
+    local items = redis.call('LRANGE', KEYS[i + 2], 0, -1)
+    for j = 1, #items do redis.call('RPUSH', KEYS[2], items[j]) end
+    redis.call('DEL', KEYS[i + 2])
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    moved = moved + #items
+  end
+end
+return moved
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    items: list[bytes]
+    next_due_ms: int | None  # score of the earliest delayed item, if any
+    now_ms: int  # server time
+
+
+class QueueTransport:
+    """The Redis side of one queue, for one consumer (or a producer when consumer is None)."""
+
+    def __init__(self, client: Any, queue: str, consumer: str = "") -> None:
+        self.client = client
+        self.queue = queue
+        self.consumer = consumer
+        self.processing = keys.processing(queue, consumer)
+        self.delayed = keys.delayed(queue)
+        self.dead = keys.dead(queue)
+        self.consumers = keys.consumers(queue)
+        self.lock = keys.recover_lock(queue)
+        self._fetch = client.register_script(FETCH)
+        self._ack = client.register_script(ACK)
+        self._retry = client.register_script(RETRY)
+        self._dead = client.register_script(DEAD)
+        self._handback = client.register_script(HANDBACK)
+        self._enqueue_delayed = client.register_script(ENQUEUE_DELAYED)
+        self._heartbeat = client.register_script(HEARTBEAT)
+        self._leave = client.register_script(LEAVE)
+        self._expired = client.register_script(EXPIRED)
+        self._recover = client.register_script(RECOVER)
+
+    # producing ---------------------------------------------------------------------------
+    async def push(self, items: Sequence[bytes]) -> None:
+        await self.client.lpush(self.queue, *items)
+
+    async def push_delayed(self, items: Sequence[bytes], delay_ms: int) -> None:
+        await self._enqueue_delayed(keys=[self.delayed], args=[delay_ms, *items])
+
+    async def push_at(self, items: Sequence[bytes], at_ms: int) -> None:
+        await self.client.zadd(self.delayed, dict.fromkeys(items, at_ms))
+
+    # consuming ---------------------------------------------------------------------------
+    async def fetch(self, count: int, lease_ms: int, id_prefix: str, promote: int) -> Fetched:
+        reply = await self._fetch(
+            keys=[self.queue, self.processing, self.delayed, self.consumers],
+            args=[count, self.consumer, lease_ms, id_prefix, promote],
+        )
+        items, nxt, now = reply
+        return Fetched(list(items or ()), None if nxt is None else int(float(nxt)), int(now))
+
+    async def wait(self, client: Any, timeout: float) -> None:
+        """Block until the queue has an item, at most ``timeout`` seconds.
+
+        ``BLMOVE q q RIGHT RIGHT`` rotates the last item onto itself: it wakes on the first push
+        without taking anything, so a cancelled or timed-out wait can never lose an item (Redis
+        7.0 refuses BLMOVE inside a script, so the move itself cannot block).
+        """
+        await client.blmove(self.queue, self.queue, timeout, "RIGHT", "RIGHT")
+
+    async def settle(
+        self,
+        acks: Sequence[bytes],
+        retries: Sequence[tuple[bytes, int]],
+        dead: Sequence[tuple[bytes, bytes]],
+    ) -> None:
+        """Apply a batch of outcomes in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        if acks:
+            await self._ack(keys=[self.processing], args=list(acks), client=pipe)
+        for item, delay_ms in retries:
+            await self._retry(keys=[self.processing, self.delayed], args=[item, delay_ms],
+                              client=pipe)
+        for item, letter in dead:
+            await self._dead(keys=[self.processing, self.dead], args=[item, letter], client=pipe)
+        await pipe.execute()
+
+    async def handback(self, pairs: Sequence[tuple[bytes, bytes]]) -> int:
+        if not pairs:
+            return 0
+        args = [part for pair in pairs for part in pair]
+        return int(await self._handback(keys=[self.processing, self.queue], args=args))
+
+    async def heartbeat(self, lease_ms: int) -> None:
+        await self._heartbeat(keys=[self.consumers], args=[self.consumer, lease_ms])
+
+    async def leave(self) -> bool:
+        """Deregister this consumer if it holds nothing; else its lease will expire."""
+        return bool(await self._leave(keys=[self.consumers, self.processing],
+                                      args=[self.consumer]))
+
+    async def recover(self, token: str, lock_ms: int) -> int:
+        """Move the work of expired consumers back to the queue; returns the items moved."""
+        expired = await self._expired(keys=[self.consumers, self.lock], args=[token, lock_ms])
+        if not expired:
+            return 0
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in expired]
+        lists = [keys.processing(self.queue, n) for n in names]
+        return int(
+            await self._recover(keys=[self.consumers, self.queue, *lists], args=names)
+        )
