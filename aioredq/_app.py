@@ -102,8 +102,15 @@ class App:
         """Consume the reliable list queue ``queue`` (at-least-once)."""
 
         def decorate(func: HandlerFunc) -> TaskHandler:
-            return self.add_task(func, queue, concurrency=concurrency, max_attempts=max_attempts,
-                                 backoff=backoff, lease=lease, batch=batch)
+            return self.add_task(
+                func,
+                queue,
+                concurrency=concurrency,
+                max_attempts=max_attempts,
+                backoff=backoff,
+                lease=lease,
+                batch=batch,
+            )
 
         return decorate
 
@@ -130,10 +137,19 @@ class App:
         claimed, dead-lettered), or without a group as a tail of new entries."""
 
         def decorate(func: HandlerFunc) -> StreamHandler:
-            return self.add_stream(func, stream, group=group, concurrency=concurrency,
-                                   max_deliveries=max_deliveries, backoff=backoff, lease=lease,
-                                   maxlen=maxlen, start=start, lag_warning=lag_warning,
-                                   batch=batch)
+            return self.add_stream(
+                func,
+                stream,
+                group=group,
+                concurrency=concurrency,
+                max_deliveries=max_deliveries,
+                backoff=backoff,
+                lease=lease,
+                maxlen=maxlen,
+                start=start,
+                lag_warning=lag_warning,
+                batch=batch,
+            )
 
         return decorate
 
@@ -153,13 +169,18 @@ class App:
         """Receive what is published on ``channels`` (or ``pattern``); at-most-once."""
 
         def decorate(func: HandlerFunc) -> SubscribeHandler:
-            return self.add_subscribe(func, *channels, pattern=pattern, sharded=sharded,
-                                      buffer=buffer, concurrency=concurrency)
+            return self.add_subscribe(
+                func,
+                *channels,
+                pattern=pattern,
+                sharded=sharded,
+                buffer=buffer,
+                concurrency=concurrency,
+            )
 
         return decorate
 
-    def add_subscribe(self, func: HandlerFunc, *channels: str, **options: Any
-                      ) -> SubscribeHandler:
+    def add_subscribe(self, func: HandlerFunc, *channels: str, **options: Any) -> SubscribeHandler:
         where = f"handler {getattr(func, '__name__', func)!r}"
         spec = subscribe_spec(channels, where=where, **{**_SUBSCRIBE_DEFAULTS, **options})
         key = spec.pattern if spec.pattern is not None else ",".join(spec.channels)
@@ -201,8 +222,9 @@ class App:
     @property
     def connection(self) -> Connection:
         if self._conn is None:
-            self._conn = Connection(self.target, max_connections=max(50, len(self.handlers) * 2
-                                                                      + 20))
+            self._conn = Connection(
+                self.target, max_connections=max(50, len(self.handlers) * 2 + 20)
+            )
         return self._conn
 
     def _wake(self, key: str) -> None:
@@ -214,15 +236,17 @@ class App:
         """Publish ``body`` on ``channel``; returns how many subscribers received it."""
         return await self.publish_many(channel, [body], sharded=sharded)
 
-    async def publish_many(self, channel: str, bodies: Iterable[Any], *,
-                           sharded: bool = False) -> int:
+    async def publish_many(
+        self, channel: str, bodies: Iterable[Any], *, sharded: bool = False
+    ) -> int:
         """Publish every body in one round trip; returns the receivers, summed."""
         payloads = [self._encode(channel, body) for body in bodies]
         if not payloads:
             return 0
         client = self.connection.command
-        return await translated(f"publish to {channel!r}",
-                                lambda: pubsub.publish(client, channel, payloads, sharded))
+        return await translated(
+            f"publish to {channel!r}", lambda: pubsub.publish(client, channel, payloads, sharded)
+        )
 
     async def enqueue(
         self,
@@ -236,18 +260,27 @@ class App:
         """Put ``body`` on ``queue`` (after ``delay`` seconds, or at ``at``); returns its id."""
         return (await self._enqueue(queue, [body], delay=delay, at=at, headers=headers))[0]
 
-    async def enqueue_many(self, queue: str, bodies: Iterable[Any], *, delay: float = 0,
-                           at: datetime | None = None) -> list[str]:
+    async def enqueue_many(
+        self, queue: str, bodies: Iterable[Any], *, delay: float = 0, at: datetime | None = None
+    ) -> list[str]:
         """Enqueue every body in one round trip; returns their ids."""
         return await self._enqueue(queue, list(bodies), delay=delay, at=at, headers=None)
 
-    async def _enqueue(self, queue: str, bodies: list[Any], *, delay: float,
-                       at: datetime | None, headers: dict[str, str] | None) -> list[str]:
+    async def _enqueue(
+        self,
+        queue: str,
+        bodies: list[Any],
+        *,
+        delay: float,
+        at: datetime | None,
+        headers: dict[str, str] | None,
+    ) -> list[str]:
         if delay < 0:
             raise ValueError("delay must be >= 0")
         ids = [new_id() for _ in bodies]
-        items = [encode_envelope(b, msg_id=i, headers=headers) for b, i in zip(bodies, ids,
-                                                                              strict=True)]
+        items = [
+            encode_envelope(b, msg_id=i, headers=headers) for b, i in zip(bodies, ids, strict=True)
+        ]
         for item in items:
             check_size(item, self.max_body_bytes, queue)
         if not items:
@@ -258,8 +291,9 @@ class App:
             await translated(f"enqueue on {queue!r}", lambda: transport.push_at(items, at_ms))
         elif delay > 0:
             delay_ms = int(delay * 1000)
-            await translated(f"enqueue on {queue!r}",
-                             lambda: transport.push_delayed(items, delay_ms))
+            await translated(
+                f"enqueue on {queue!r}", lambda: transport.push_delayed(items, delay_ms)
+            )
         else:
             await translated(f"enqueue on {queue!r}", lambda: transport.push(items))
             self._wake(queue)
@@ -269,8 +303,9 @@ class App:
         """Append ``body`` to ``stream``; returns the entry id. Trims with ``MAXLEN ~``."""
         return (await self.append_many(stream, [body], maxlen=maxlen))[0]
 
-    async def append_many(self, stream: str, bodies: Iterable[Any], *,
-                          maxlen: int | None = None) -> list[str]:
+    async def append_many(
+        self, stream: str, bodies: Iterable[Any], *, maxlen: int | None = None
+    ) -> list[str]:
         """Append every body in one round trip; returns the entry ids."""
         entries = [encode_fields(body) for body in bodies]
         for fields in entries:
@@ -284,8 +319,11 @@ class App:
         return ids
 
     def _maxlen(self, stream: str) -> int | None:
-        limits = [h.spec.maxlen for h in self.handlers
-                  if isinstance(h, StreamHandler) and h.key == stream and h.spec.maxlen]
+        limits = [
+            h.spec.maxlen
+            for h in self.handlers
+            if isinstance(h, StreamHandler) and h.key == stream and h.spec.maxlen
+        ]
         return max(limits) if limits else None
 
     def _encode(self, key: str, body: Any) -> bytes:
@@ -296,9 +334,9 @@ class App:
     # observing -----------------------------------------------------------------------------
     def stats(self) -> Stats:
         """A snapshot of every handler's counters and latency in this process."""
-        return Stats({
-            h.name: self._counters[h.name].snapshot(h.name, h.kind, h.key) for h in self.handlers
-        })
+        return Stats(
+            {h.name: self._counters[h.name].snapshot(h.name, h.kind, h.key) for h in self.handlers}
+        )
 
     # lifecycle -----------------------------------------------------------------------------
     async def connect(self) -> None:
@@ -355,8 +393,7 @@ class App:
             wakeup = None if conn.can_block else self._wakeups.setdefault(h.key, asyncio.Event())
             counters = self._counters[h.name]
             if isinstance(h, TaskHandler):
-                c: Any = TaskConsumer(h, conn, consumer=consumer, counters=counters,
-                                      wakeup=wakeup)
+                c: Any = TaskConsumer(h, conn, consumer=consumer, counters=counters, wakeup=wakeup)
             elif isinstance(h, StreamHandler):
                 cls = GroupConsumer if h.spec.group is not None else TailConsumer
                 c = cls(h, conn, consumer=consumer, counters=counters, wakeup=wakeup)
@@ -417,8 +454,10 @@ class App:
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 waiter = asyncio.ensure_future(self._wait_serving())
                 async for signum in _first(signals, waiter):
-                    log.info("received %s: stopping (a second signal exits at once)",
-                             signal.Signals(signum).name)
+                    log.info(
+                        "received %s: stopping (a second signal exits at once)",
+                        signal.Signals(signum).name,
+                    )
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
         finally:
@@ -444,12 +483,26 @@ async def _first(signals: Any, serving: asyncio.Future[None]) -> AsyncIterator[i
 
 
 _TASK_DEFAULTS: dict[str, Any] = {
-    "concurrency": 16, "max_attempts": 5, "backoff": DEFAULT_BACKOFF, "lease": 30.0, "batch": 100,
+    "concurrency": 16,
+    "max_attempts": 5,
+    "backoff": DEFAULT_BACKOFF,
+    "lease": 30.0,
+    "batch": 100,
 }
 _STREAM_DEFAULTS: dict[str, Any] = {
-    "group": None, "concurrency": 16, "max_deliveries": 5, "backoff": DEFAULT_BACKOFF,
-    "lease": 30.0, "maxlen": None, "start": "latest", "lag_warning": 1000, "batch": 100,
+    "group": None,
+    "concurrency": 16,
+    "max_deliveries": 5,
+    "backoff": DEFAULT_BACKOFF,
+    "lease": 30.0,
+    "maxlen": None,
+    "start": "latest",
+    "lag_warning": 1000,
+    "batch": 100,
 }
 _SUBSCRIBE_DEFAULTS: dict[str, Any] = {
-    "pattern": None, "sharded": False, "buffer": 1000, "concurrency": 1,
+    "pattern": None,
+    "sharded": False,
+    "buffer": 1000,
+    "concurrency": 1,
 }

@@ -55,11 +55,7 @@ def encode_fields(body: Any) -> dict[str, str | bytes]:
 
 
 def check_size(data: bytes | Mapping[str, str | bytes], limit: int, name: str) -> None:
-    size = (
-        len(data)
-        if isinstance(data, bytes)
-        else sum(len(k) + len(v) for k, v in data.items())
-    )
+    size = len(data) if isinstance(data, bytes) else sum(len(k) + len(v) for k, v in data.items())
     if size > limit:
         raise MessageTooLarge(
             f"body for {name!r} is {size} bytes, over max_body_bytes={limit}; "
@@ -71,10 +67,11 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-def encode_envelope(
-    body: Any, *, msg_id: str, headers: Mapping[str, str] | None = None
-) -> bytes:
-    """A task item: ``{"aioredq":1,"attempts":0,"id":..,"enqueued_at":..,"headers":..,"body":..}``."""
+def encode_envelope(body: Any, *, msg_id: str, headers: Mapping[str, str] | None = None) -> bytes:
+    """A task item: ``{"aioredq":1,"attempts":0,"id":..,"enqueued_at":..,"body":..}``.
+
+    ``headers`` is added when given; ``body_b64`` replaces ``body`` for bytes bodies.
+    """
     rest: dict[str, Any] = {"id": msg_id, "enqueued_at": round(time.time(), 6)}
     if headers:
         rest["headers"] = dict(headers)
@@ -136,8 +133,19 @@ def parse_task_item(raw: bytes) -> TaskItem:
 def _core_type(schema: Any) -> str:
     while isinstance(schema, dict):
         kind = schema.get("type")
-        if kind in ("definitions", "nullable", "default", "function-after", "function-before",
-                    "function-wrap", "function-plain") and "schema" in schema:
+        if (
+            kind
+            in (
+                "definitions",
+                "nullable",
+                "default",
+                "function-after",
+                "function-before",
+                "function-wrap",
+                "function-plain",
+            )
+            and "schema" in schema
+        ):
             schema = schema["schema"]
             continue
         if kind == "definition-ref":
@@ -155,8 +163,15 @@ class Codec:
         core = _core_type(self.adapter.core_schema)
         self.wants_str = annotation is str
         self.wants_bytes = annotation is bytes
-        self.wants_mapping = core in ("dict", "model", "dataclass", "typed-dict", "any",
-                                      "model-fields", "dataclass-args")
+        self.wants_mapping = core in (
+            "dict",
+            "model",
+            "dataclass",
+            "typed-dict",
+            "any",
+            "model-fields",
+            "dataclass-args",
+        )
 
     # tasks and pub/sub ------------------------------------------------------------------
     def decode_text(self, data: bytes) -> Any:
@@ -220,7 +235,11 @@ def _maybe_json(value: str) -> Any:
 
 
 def _validation_text(exc: ValidationError) -> str:
-    return f"ValidationError: {exc}"
+    """Pydantic's message on one line (log lines and dead letters stay one line each)."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    return "ValidationError: " + "; ".join(
+        line for line in lines if line and not line.startswith("For further information")
+    )
 
 
 def decode_fields_raw(fields: Mapping[bytes, bytes]) -> dict[str, str]:

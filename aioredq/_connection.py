@@ -157,9 +157,7 @@ class Connection:
             return fakeredis.FakeAsyncRedis(server=self._fake_server)
         if scheme == "cluster":
             plain = url.replace("+cluster", "", 1)
-            return RedisCluster.from_url(
-                plain, max_connections=self._max_connections, **common
-            )
+            return RedisCluster.from_url(plain, max_connections=self._max_connections, **common)
         if scheme == "sentinel":
             return _sentinel_master(url, common, self._max_connections)
         return aioredis.Redis.from_url(url, max_connections=self._max_connections, **common)
@@ -190,7 +188,9 @@ def _sentinel_master(url: str, common: dict[str, Any], max_connections: int) -> 
         auth["username"] = unquote(parts.username)
     if parts.password:
         auth["password"] = unquote(parts.password)
-    sentinel = Sentinel(hosts, sentinel_kwargs={"socket_connect_timeout": 5.0}, **common)
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        hosts, sentinel_kwargs={"socket_connect_timeout": 5.0}, **common
+    )
     if parts.scheme.startswith("rediss"):
         auth["ssl"] = True
     return sentinel.master_for(master, db=db, max_connections=max_connections, **auth)

@@ -119,13 +119,15 @@ class Consumer(abc.ABC, Generic[J]):
             tg.start_soon(self._settle_loop)
             tg.start_soon(self._upkeep_loop)
             await self._fetch_loop()
-            await self._retrying(lambda: self.handback(self.pool.take_unstarted()),
-                                 self.settle_outage, deadline=shutdown_timeout)
+            await self._retrying(
+                lambda: self.handback(self.pool.take_unstarted()),
+                self.settle_outage,
+                deadline=shutdown_timeout,
+            )
             interrupted = await self.pool.close(shutdown_timeout)
             tg.cancel_scope.cancel()
         await self._retrying(self._settle_all, self.settle_outage, deadline=5.0)
-        await self._retrying(lambda: self.handback(interrupted), self.settle_outage,
-                             deadline=5.0)
+        await self._retrying(lambda: self.handback(interrupted), self.settle_outage, deadline=5.0)
         await self._retrying(self.leave, self.settle_outage, deadline=2.0)
 
     async def _retrying(
@@ -139,8 +141,11 @@ class Consumer(abc.ABC, Generic[J]):
                 if not is_connection_error(exc):
                     raise
                 if give_up is not None and time.monotonic() > give_up:
-                    log.warning("%s: gave up (%s); the lease will recover the work",
-                                self.handler.name, error_text(exc))
+                    log.warning(
+                        "%s: gave up (%s); the lease will recover the work",
+                        self.handler.name,
+                        error_text(exc),
+                    )
                     return
                 await outage.failed(exc)
             else:
@@ -220,14 +225,15 @@ class Consumer(abc.ABC, Generic[J]):
         counters.received += 1
         attempt = message.attempt
         if attempt > max_attempts:
-            return self._dead(
-                message, f"AttemptsExceeded: delivered {attempt} times without completing "
+            return self._dead_letter(
+                message,
+                f"AttemptsExceeded: delivered {attempt} times without completing "
                 f"(limit {max_attempts}); the consumer may have crashed while running it",
             )
         try:
             body = decode()
         except DecodeError as exc:
-            return self._dead(message, str(exc))
+            return self._dead_letter(message, str(exc))
         started = time.perf_counter()
         try:
             await self.handler.invoke(body, message)
@@ -237,7 +243,7 @@ class Consumer(abc.ABC, Generic[J]):
         except Reject as exc:
             counters.latencies.append(time.perf_counter() - started)
             counters.failed += 1
-            return self._dead(message, f"Reject: {exc.reason}")
+            return self._dead_letter(message, f"Reject: {exc.reason}")
         except Exception as exc:
             outcome = Again(backoff.delay(attempt))
             error = error_text(exc)
@@ -248,20 +254,30 @@ class Consumer(abc.ABC, Generic[J]):
         counters.latencies.append(time.perf_counter() - started)
         counters.failed += 1
         if attempt >= max_attempts:
-            return self._dead(message, error)
+            return self._dead_letter(message, error)
         counters.retried += 1
         assert isinstance(outcome, Again)
         log.warning(
             "handler=%s key=%s id=%s attempt=%d/%d failed: %s; retrying in %.2fs",
-            self.handler.name, message.name, message.id, attempt, max_attempts, error,
-            outcome.delay, exc_info=log.isEnabledFor(logging.DEBUG),
+            self.handler.name,
+            message.name,
+            message.id,
+            attempt,
+            max_attempts,
+            error,
+            outcome.delay,
+            exc_info=log.isEnabledFor(logging.DEBUG),
         )
         return outcome
 
-    def _dead(self, message: Message, error: str) -> Dead:
+    def _dead_letter(self, message: Message, error: str) -> Dead:
         self.counters.dead_lettered += 1
         log.error(
             "handler=%s key=%s id=%s attempt=%d dead-lettered: %s",
-            self.handler.name, message.name, message.id, message.attempt, error,
+            self.handler.name,
+            message.name,
+            message.id,
+            message.attempt,
+            error,
         )
         return Dead(error)

@@ -35,7 +35,7 @@ class MessageTooLarge(AioredqError):
     """A produced body is larger than the app's ``max_body_bytes``."""
 
 
-class Retry(Exception):  # noqa: N818 - reads as a verb in handlers: ``raise Retry(delay=5)``
+class Retry(Exception):
     """Raise from a handler to run the message again after ``delay`` seconds.
 
     Without a delay the handler's backoff decides. Attempts are still counted: once they run
@@ -49,7 +49,7 @@ class Retry(Exception):  # noqa: N818 - reads as a verb in handlers: ``raise Ret
         self.delay = delay
 
 
-class Reject(Exception):  # noqa: N818 - reads as a verb in handlers: ``raise Reject("bad")``
+class Reject(Exception):
     """Raise from a handler to dead-letter the message now, with ``reason``."""
 
     def __init__(self, reason: str = "rejected") -> None:

@@ -41,4 +41,7 @@ class Message:
         return self.name
 
     def __repr__(self) -> str:
-        return f"Message(kind={self.kind!r}, name={self.name!r}, id={self.id!r}, attempt={self.attempt})"
+        return (
+            f"Message(kind={self.kind!r}, name={self.name!r}, id={self.id!r}, "
+            f"attempt={self.attempt})"
+        )

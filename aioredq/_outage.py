@@ -27,7 +27,10 @@ class Outage:
             self._since = time.monotonic()
             self._log.warning(
                 "%s: Redis at %s unavailable (%s: %s); reconnecting with backoff",
-                self._what, self._url, type(exc).__name__, exc,
+                self._what,
+                self._url,
+                type(exc).__name__,
+                exc,
             )
         self._attempt += 1
         delay = min(5.0, 0.05 * 2 ** min(self._attempt, 10))
@@ -37,7 +40,9 @@ class Outage:
         if self._since is not None:
             self._log.warning(
                 "%s: Redis at %s reachable again after %.1fs",
-                self._what, self._url, time.monotonic() - self._since,
+                self._what,
+                self._url,
+                time.monotonic() - self._since,
             )
             self._since = None
             self._attempt = 0

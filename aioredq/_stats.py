@@ -62,7 +62,14 @@ class Counters:
             max=runs[-1] if n else 0.0,
         )
         return HandlerStats(
-            name=name, kind=kind, key=key, received=self.received, succeeded=self.succeeded,
-            failed=self.failed, retried=self.retried, dead_lettered=self.dead_lettered,
-            dropped=self.dropped, latency=latency,
+            name=name,
+            kind=kind,
+            key=key,
+            received=self.received,
+            succeeded=self.succeeded,
+            failed=self.failed,
+            retried=self.retried,
+            dead_lettered=self.dead_lettered,
+            dropped=self.dropped,
+            latency=latency,
         )

@@ -31,12 +31,23 @@ def _entry_time(entry_id: str) -> datetime | None:
 class _StreamBase(Consumer[Entry]):
     handler: StreamHandler
 
-    def __init__(self, handler: StreamHandler, conn: Connection, *, consumer: str,
-                 counters: Counters, wakeup: asyncio.Event | None) -> None:
+    def __init__(
+        self,
+        handler: StreamHandler,
+        conn: Connection,
+        *,
+        consumer: str,
+        counters: Counters,
+        wakeup: asyncio.Event | None,
+    ) -> None:
         spec = handler.spec
-        super().__init__(handler, concurrency=spec.concurrency,
-                         capacity=spec.concurrency + spec.batch, counters=counters,
-                         url=conn.target.safe_url)
+        super().__init__(
+            handler,
+            concurrency=spec.concurrency,
+            capacity=spec.concurrency + spec.batch,
+            counters=counters,
+            url=conn.target.safe_url,
+        )
         self.spec = spec
         self.conn = conn
         self.transport = StreamTransport(conn.command, handler.key, spec.group, consumer)
@@ -53,9 +64,15 @@ class _StreamBase(Consumer[Entry]):
 
     def _message(self, entry: Entry, fields: dict[str, str]) -> Message:
         return Message(
-            id=entry.id, kind="stream", name=self.handler.key, channel=self.handler.key,
-            attempt=max(entry.deliveries, 1), raw=json.dumps(fields).encode(),
-            enqueued_at=_entry_time(entry.id), fields=fields, group=self.spec.group,
+            id=entry.id,
+            kind="stream",
+            name=self.handler.key,
+            channel=self.handler.key,
+            attempt=max(entry.deliveries, 1),
+            raw=json.dumps(fields).encode(),
+            enqueued_at=_entry_time(entry.id),
+            fields=fields,
+            group=self.spec.group,
         )
 
 
@@ -63,8 +80,15 @@ class GroupConsumer(_StreamBase):
     """A member of the handler's consumer group: reads new entries, claims dead consumers'
     entries, retries failures with backoff without holding a slot, dead-letters, acks."""
 
-    def __init__(self, handler: StreamHandler, conn: Connection, *, consumer: str,
-                 counters: Counters, wakeup: asyncio.Event | None) -> None:
+    def __init__(
+        self,
+        handler: StreamHandler,
+        conn: Connection,
+        *,
+        consumer: str,
+        counters: Counters,
+        wakeup: asyncio.Event | None,
+    ) -> None:
         super().__init__(handler, conn, consumer=consumer, counters=counters, wakeup=wakeup)
         self.lease_ms = int(self.spec.lease * 1000)
         self.upkeep_interval = min(self.spec.lease / 3, 1.0)
@@ -80,16 +104,25 @@ class GroupConsumer(_StreamBase):
     async def start(self) -> None:
         start_id = "$" if self.spec.start == "latest" else "0"
         if await self.transport.create_group(start_id):
-            log.info("stream %r: created group %r at %s", self.handler.key, self.spec.group,
-                     self.spec.start)
+            log.info(
+                "stream %r: created group %r at %s",
+                self.handler.key,
+                self.spec.group,
+                self.spec.start,
+            )
 
     async def _recreate(self, exc: BaseException) -> None:
         # The stream or the group was deleted. A stream that is gone starts again from its
         # first entry; a group deleted from a living stream starts where the handler says.
         exists = await self.transport.stream_exists()
         start_id = "$" if exists and self.spec.start == "latest" else "0"
-        log.warning("stream %r: %s; recreating group %r at %s", self.handler.key, exc,
-                    self.spec.group, start_id)
+        log.warning(
+            "stream %r: %s; recreating group %r at %s",
+            self.handler.key,
+            exc,
+            self.spec.group,
+            start_id,
+        )
         await self.transport.create_group(start_id)
         self._cursor = "0-0"
 
@@ -141,8 +174,12 @@ class GroupConsumer(_StreamBase):
     async def process(self, entry: Entry) -> None:
         fields = decode_fields_raw(entry.fields)
         message = self._message(entry, fields)
-        decision = await self.execute(lambda: self.handler.codec.decode_fields(fields),
-                                      message, self.spec.max_deliveries, self.spec.backoff)
+        decision = await self.execute(
+            lambda: self.handler.codec.decode_fields(fields),
+            message,
+            self.spec.max_deliveries,
+            self.spec.backoff,
+        )
         match decision:
             case Ack():
                 del self._in_flight[entry.id]
@@ -153,8 +190,15 @@ class GroupConsumer(_StreamBase):
                 heapq.heappush(self._retry_heap, (time.monotonic() + delay, entry.id))
             case Dead(error):
                 del self._in_flight[entry.id]
-                self._dead.append((entry.id, error, message.attempt,
-                                   datetime.now(UTC).isoformat(), json.dumps(fields)))
+                self._dead.append(
+                    (
+                        entry.id,
+                        error,
+                        message.attempt,
+                        datetime.now(UTC).isoformat(),
+                        json.dumps(fields),
+                    )
+                )
                 self.settle_soon()
 
     def has_unsettled(self) -> bool:
@@ -182,8 +226,12 @@ class GroupConsumer(_StreamBase):
                 self._next_prune = now + max(self.spec.lease, 5.0)
                 removed = await self.transport.prune_consumers(self.lease_ms * 2)
                 if removed:
-                    log.info("stream %r group %r: removed dead consumers %s",
-                             self.handler.key, self.spec.group, ", ".join(removed))
+                    log.info(
+                        "stream %r group %r: removed dead consumers %s",
+                        self.handler.key,
+                        self.spec.group,
+                        ", ".join(removed),
+                    )
         except Exception as exc:
             if not is_nogroup(exc):
                 raise
@@ -196,11 +244,19 @@ class GroupConsumer(_StreamBase):
             )
             self._cursor = cursor
             if deleted:
-                log.warning("stream %r: %d pending entr(y/ies) were deleted before delivery: %s",
-                            self.handler.key, len(deleted), ", ".join(deleted[:10]))
+                log.warning(
+                    "stream %r: %d pending entr(y/ies) were deleted before delivery: %s",
+                    self.handler.key,
+                    len(deleted),
+                    ", ".join(deleted[:10]),
+                )
             if entries:
-                log.warning("stream %r group %r: claimed %d entr(y/ies) of silent consumers",
-                            self.handler.key, self.spec.group, len(entries))
+                log.warning(
+                    "stream %r group %r: claimed %d entr(y/ies) of silent consumers",
+                    self.handler.key,
+                    self.spec.group,
+                    len(entries),
+                )
                 self.pool.put_many(self._track(entries))
             if cursor == "0-0":
                 return
@@ -209,8 +265,13 @@ class GroupConsumer(_StreamBase):
         lag = await group_lag(self.transport, self.spec.lag_warning + 1)
         if lag is not None and lag > self.spec.lag_warning and now >= self._next_lag_warning:
             self._next_lag_warning = now + LAG_WARN_EVERY
-            log.warning("stream %r group %r: lag %d is over %d; add consumers or concurrency",
-                        self.handler.key, self.spec.group, lag, self.spec.lag_warning)
+            log.warning(
+                "stream %r group %r: lag %d is over %d; add consumers or concurrency",
+                self.handler.key,
+                self.spec.group,
+                lag,
+                self.spec.lag_warning,
+            )
 
     async def handback(self, jobs: list[Entry]) -> None:
         for job in jobs:
@@ -242,15 +303,14 @@ class TailConsumer(_StreamBase):
     """A group-less stream handler: XREAD from new entries, no ack, no claim (a log tail)."""
 
     async def start(self) -> None:
-        self._after = (
-            await self.transport.last_id() if self.spec.start == "latest" else "0-0"
-        )
+        self._after = await self.transport.last_id() if self.spec.start == "latest" else "0-0"
 
     async def fetch(self, room: int) -> list[Entry]:
         block = int(BLOCK_SECONDS * 1000) if self.conn.can_block else None
         client = self.conn.blocking if self.conn.can_block else self.conn.command
-        entries = await self.transport.read_tail(client, self._after, min(room, self.spec.batch),
-                                                 block)
+        entries = await self.transport.read_tail(
+            client, self._after, min(room, self.spec.batch), block
+        )
         if entries:
             self._after = entries[-1].id
         elif not self.conn.can_block:
@@ -260,11 +320,16 @@ class TailConsumer(_StreamBase):
     async def process(self, entry: Entry) -> None:
         fields = decode_fields_raw(entry.fields)
         message = self._message(entry, fields)
-        decision = await self.execute(lambda: self.handler.codec.decode_fields(fields),
-                                      message, 1, self.spec.backoff)
+        decision = await self.execute(
+            lambda: self.handler.codec.decode_fields(fields), message, 1, self.spec.backoff
+        )
         if isinstance(decision, Dead):
-            log.debug("stream tail %r: entry %s not handled: %s", self.handler.key, entry.id,
-                      decision.error)
+            log.debug(
+                "stream tail %r: entry %s not handled: %s",
+                self.handler.key,
+                entry.id,
+                decision.error,
+            )
 
     def has_unsettled(self) -> bool:
         return False

@@ -36,8 +36,9 @@ class _Sink:
 
 
 class Subscriber:
-    def __init__(self, handlers: list[SubscribeHandler], conn: Connection,
-                 counters: dict[str, Counters]) -> None:
+    def __init__(
+        self, handlers: list[SubscribeHandler], conn: Connection, counters: dict[str, Counters]
+    ) -> None:
         self.conn = conn
         self.stopping = False
         self._outage = Outage(log, "subscriber", conn.target.safe_url)
@@ -84,8 +85,9 @@ class Subscriber:
     async def _subscribe(self, subscription: Subscription) -> None:
         while True:
             try:
-                await subscription.subscribe(list(self._by_channel), list(self._by_pattern),
-                                             list(self._by_shard))
+                await subscription.subscribe(
+                    list(self._by_channel), list(self._by_pattern), list(self._by_shard)
+                )
                 return
             except Exception as exc:
                 if not is_connection_error(exc):
@@ -111,39 +113,52 @@ class Subscriber:
             log.warning(
                 "handler=%s: buffer of %d full, dropped %d oldest message(s); the handler is "
                 "slower than its publishers (raise concurrency or buffer)",
-                sink.handler.name, sink.handler.spec.buffer, sink.dropped_since_log,
+                sink.handler.name,
+                sink.handler.spec.buffer,
+                sink.dropped_since_log,
             )
             sink.dropped_since_log = 0
             sink.next_drop_log = now + DROP_LOG_EVERY
 
 
-def _runner(
-    handler: SubscribeHandler, counters: Counters
-) -> Callable[[Received], Awaitable[None]]:
+def _runner(handler: SubscribeHandler, counters: Counters) -> Callable[[Received], Awaitable[None]]:
     """The job that runs ``handler`` on one received message (at most once)."""
 
     async def run(received: Received) -> None:
         counters.received += 1
         message = Message(
-            id="", kind="subscribe", name=received.pattern or received.channel,
-            channel=received.channel, attempt=1, raw=received.data,
+            id="",
+            kind="subscribe",
+            name=received.pattern or received.channel,
+            channel=received.channel,
+            attempt=1,
+            raw=received.data,
             pattern=received.pattern,
         )
         try:
             body = handler.codec.decode_text(received.data)
         except DecodeError as exc:
             counters.failed += 1
-            log.error("handler=%s channel=%s: message not handled: %s", handler.name,
-                      received.channel, exc)
+            log.error(
+                "handler=%s channel=%s: message not handled: %s",
+                handler.name,
+                received.channel,
+                exc,
+            )
             return
         started = time.perf_counter()
         try:
             await handler.invoke(body, message)
         except Exception as exc:
             counters.failed += 1
-            log.error("handler=%s channel=%s failed: %s: %s", handler.name,
-                      received.channel, type(exc).__name__, exc,
-                      exc_info=log.isEnabledFor(logging.DEBUG))
+            log.error(
+                "handler=%s channel=%s failed: %s: %s",
+                handler.name,
+                received.channel,
+                type(exc).__name__,
+                exc,
+                exc_info=log.isEnabledFor(logging.DEBUG),
+            )
         else:
             counters.succeeded += 1
         counters.latencies.append(time.perf_counter() - started)

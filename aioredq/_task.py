@@ -129,7 +129,8 @@ class TaskConsumer(Consumer[TaskItem]):
         if moved:
             log.warning(
                 "queue %r: moved %d in-flight item(s) of dead consumer(s) back to the queue",
-                self.handler.key, moved,
+                self.handler.key,
+                moved,
             )
 
     async def handback(self, jobs: list[TaskItem]) -> None:

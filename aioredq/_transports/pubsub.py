@@ -27,8 +27,9 @@ class Subscription:
         self.client = client
         self.pubsub: Any = client.pubsub(ignore_subscribe_messages=True)
 
-    async def subscribe(self, channels: Sequence[str], patterns: Sequence[str],
-                        shard_channels: Sequence[str]) -> None:
+    async def subscribe(
+        self, channels: Sequence[str], patterns: Sequence[str], shard_channels: Sequence[str]
+    ) -> None:
         if channels:
             await self.pubsub.subscribe(*channels)
         if patterns:
@@ -68,8 +69,7 @@ async def publish(client: Any, channel: str, payloads: Sequence[bytes], sharded:
     return sum(int(n) for n in await pipe.execute())
 
 
-async def subscriber_counts(client: Any, channels: Sequence[str], sharded: bool
-                            ) -> dict[str, int]:
+async def subscriber_counts(client: Any, channels: Sequence[str], sharded: bool) -> dict[str, int]:
     if not channels:
         return {}
     if sharded:
@@ -78,6 +78,9 @@ async def subscriber_counts(client: Any, channels: Sequence[str], sharded: bool
         reply = await client.execute_command("PUBSUB NUMSUB", *channels)
     if isinstance(reply, dict):
         return {_text(k): int(v) for k, v in reply.items()}
-    pairs = reply if reply and isinstance(reply[0], (list, tuple)) else zip(
-        reply[::2], reply[1::2], strict=True)
+    pairs = (
+        reply
+        if reply and isinstance(reply[0], (list, tuple))
+        else zip(reply[::2], reply[1::2], strict=True)
+    )
     return {_text(k): int(v) for k, v in pairs}

@@ -24,7 +24,9 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 # KEYS: queue, processing, delayed, consumers
 # ARGV: count, consumer, lease_ms, foreign id prefix, max due items to promote
-FETCH = _NOW + """
+FETCH = (
+    _NOW
+    + """
 redis.call('ZADD', KEYS[4], now + tonumber(ARGV[3]), ARGV[2])
 local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
 if #due > 0 then
@@ -48,6 +50,7 @@ end
 local nxt = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
 return {out, nxt[2] or false, tostring(now)}
 """
+)
 
 # KEYS: processing; ARGV: items
 ACK = """
@@ -57,13 +60,16 @@ return n
 """
 
 # KEYS: processing, delayed; ARGV: item, delay_ms
-RETRY = _NOW + """
+RETRY = (
+    _NOW
+    + """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
   redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
   return 1
 end
 return 0
 """
+)
 
 # KEYS: processing, dead; ARGV: item, dead letter
 DEAD = """
@@ -88,16 +94,22 @@ return n
 """
 
 # KEYS: delayed; ARGV: delay_ms, items...
-ENQUEUE_DELAYED = _NOW + """
+ENQUEUE_DELAYED = (
+    _NOW
+    + """
 for i = 2, #ARGV do redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[i]) end
 return #ARGV - 1
 """
+)
 
 # KEYS: consumers; ARGV: consumer, lease_ms
-HEARTBEAT = _NOW + """
+HEARTBEAT = (
+    _NOW
+    + """
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 return 1
 """
+)
 
 # KEYS: consumers, processing; ARGV: consumer. Work still held stays until the lease expires.
 LEAVE = """
@@ -109,16 +121,21 @@ return 0
 """
 
 # KEYS: consumers, lock; ARGV: token, lock_ms. Returns expired consumers if the lock was won.
-EXPIRED = _NOW + """
+EXPIRED = (
+    _NOW
+    + """
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - 1, 'LIMIT', 0, 100)
 if #dead == 0 then return false end
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
 return dead
 """
+)
 
 # KEYS: consumers, queue, processing lists...; ARGV: consumer names (same order).
 # Re-checks each expiry atomically, so a consumer that came back in between keeps its work.
-RECOVER = _NOW + """
+RECOVER = (
+    _NOW
+    + """
 local moved = 0
 for i = 1, #ARGV do
   local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
@@ -132,6 +149,7 @@ for i = 1, #ARGV do
 end
 return moved
 """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,8 +221,9 @@ class QueueTransport:
         if acks:
             await self._ack(keys=[self.processing], args=list(acks), client=pipe)
         for item, delay_ms in retries:
-            await self._retry(keys=[self.processing, self.delayed], args=[item, delay_ms],
-                              client=pipe)
+            await self._retry(
+                keys=[self.processing, self.delayed], args=[item, delay_ms], client=pipe
+            )
         for item, letter in dead:
             await self._dead(keys=[self.processing, self.dead], args=[item, letter], client=pipe)
         await pipe.execute()
@@ -220,8 +239,7 @@ class QueueTransport:
 
     async def leave(self) -> bool:
         """Deregister this consumer if it holds nothing; else its lease will expire."""
-        return bool(await self._leave(keys=[self.consumers, self.processing],
-                                      args=[self.consumer]))
+        return bool(await self._leave(keys=[self.consumers, self.processing], args=[self.consumer]))
 
     async def recover(self, token: str, lock_ms: int) -> int:
         """Move the work of expired consumers back to the queue; returns the items moved."""
@@ -230,6 +248,4 @@ class QueueTransport:
             return 0
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in expired]
         lists = [keys.processing(self.queue, n) for n in names]
-        return int(
-            await self._recover(keys=[self.consumers, self.queue, *lists], args=names)
-        )
+        return int(await self._recover(keys=[self.consumers, self.queue, *lists], args=names))

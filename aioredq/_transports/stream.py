@@ -32,7 +32,9 @@ end
 
 # KEYS: stream; ARGV: group, consumer, ids... Claims our own pending entries again (a retry):
 # returns {id, fields, deliveries} per entry still ours and still in the stream.
-CLAIM_OWN = _OWNED + """
+CLAIM_OWN = (
+    _OWNED
+    + """
 local out = {}
 for i = 3, #ARGV do
   if owned(ARGV[i]) then
@@ -45,9 +47,12 @@ for i = 3, #ARGV do
 end
 return out
 """
+)
 
 # KEYS: stream; ARGV: group, consumer, ids... Resets the idle time of entries we still own.
-TOUCH = _OWNED + """
+TOUCH = (
+    _OWNED
+    + """
 local n = 0
 for i = 3, #ARGV do
   if owned(ARGV[i]) then
@@ -57,10 +62,13 @@ for i = 3, #ARGV do
 end
 return n
 """
+)
 
 # KEYS: stream; ARGV: group, consumer, idle_ms, then pairs (id, deliveries before this one).
 # Makes entries we fetched but never started claimable by others at once, uncounted.
-RELEASE = _OWNED + """
+RELEASE = (
+    _OWNED
+    + """
 local n = 0
 for i = 4, #ARGV - 1, 2 do
   if owned(ARGV[i]) then
@@ -71,6 +79,7 @@ for i = 4, #ARGV - 1, 2 do
 end
 return n
 """
+)
 
 # KEYS: stream; ARGV: group, consumer, min_idle_ms, cursor, count.
 # XAUTOCLAIM plus each claimed entry's delivery count: {cursor, {{id, fields, n}...}, deleted}.
@@ -84,6 +93,17 @@ for _, e in ipairs(r[2]) do
   out[#out + 1] = {e[1], e[2], n}
 end
 return {r[1], out, r[3] or {}}
+"""
+
+# KEYS: stream, consumers zset; ARGV: group, consumer. Leaves the group if it holds nothing.
+LEAVE = """
+redis.call('ZREM', KEYS[2], ARGV[2])
+local ok, mine = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if ok and #mine == 0 then
+  redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+  return 1
+end
+return 0
 """
 
 # KEYS: stream, dead stream; ARGV: group, id, error, deliveries, failed_at, fields JSON
@@ -122,8 +142,9 @@ def is_nogroup(exc: BaseException) -> bool:
 
 
 class StreamTransport:
-    def __init__(self, client: Any, stream: str, group: str | None = None,
-                 consumer: str = "") -> None:
+    def __init__(
+        self, client: Any, stream: str, group: str | None = None, consumer: str = ""
+    ) -> None:
         self.client = client
         self.stream = stream
         self.group = group or ""
@@ -136,10 +157,12 @@ class StreamTransport:
         self._autoclaim = client.register_script(AUTOCLAIM)
         self._dead = client.register_script(DEAD)
         self._heartbeat = client.register_script(HEARTBEAT)
+        self._leave = client.register_script(LEAVE)
 
     # producing ---------------------------------------------------------------------------
-    async def append(self, entries: Sequence[Mapping[str, str | bytes]],
-                     maxlen: int | None) -> list[str]:
+    async def append(
+        self, entries: Sequence[Mapping[str, str | bytes]], maxlen: int | None
+    ) -> list[str]:
         pipe = self.client.pipeline(transaction=False)
         for fields in entries:
             pipe.xadd(self.stream, dict(fields), maxlen=maxlen, approximate=True)
@@ -165,8 +188,9 @@ class StreamTransport:
         )
         return [Entry(_text(i), _fields(f), 1) for i, f in _entries(reply)]
 
-    async def read_tail(self, client: Any, after: str, count: int,
-                        block_ms: int | None) -> list[Entry]:
+    async def read_tail(
+        self, client: Any, after: str, count: int, block_ms: int | None
+    ) -> list[Entry]:
         reply = await client.xread({self.stream: after}, count=count, block=block_ms)
         return [Entry(_text(i), _fields(f), 0) for i, f in _entries(reply)]
 
@@ -175,15 +199,18 @@ class StreamTransport:
         return _text(last[0][0]) if last else "0-0"
 
     # settling ----------------------------------------------------------------------------
-    async def settle(self, acks: Sequence[str], dead: Sequence[tuple[str, str, int, str, str]]
-                     ) -> None:
+    async def settle(
+        self, acks: Sequence[str], dead: Sequence[tuple[str, str, int, str, str]]
+    ) -> None:
         pipe = self.client.pipeline(transaction=False)
         if acks:
             pipe.xack(self.stream, self.group, *acks)
         for entry_id, error, deliveries, failed_at, fields_json in dead:
-            await self._dead(keys=[self.stream, self.dead],
-                             args=[self.group, entry_id, error, deliveries, failed_at,
-                                   fields_json], client=pipe)
+            await self._dead(
+                keys=[self.stream, self.dead],
+                args=[self.group, entry_id, error, deliveries, failed_at, fields_json],
+                client=pipe,
+            )
         results = await pipe.execute(raise_on_error=False)
         for result in results:
             if isinstance(result, Exception) and not is_nogroup(result):
@@ -191,8 +218,7 @@ class StreamTransport:
 
     # ownership ---------------------------------------------------------------------------
     async def claim_own(self, ids: Sequence[str]) -> list[Entry]:
-        reply = await self._claim_own(keys=[self.stream],
-                                      args=[self.group, self.consumer, *ids])
+        reply = await self._claim_own(keys=[self.stream], args=[self.group, self.consumer, *ids])
         return [Entry(_text(i), _fields(f), int(n)) for i, f, n in reply]
 
     async def touch(self, ids: Sequence[str]) -> int:
@@ -208,8 +234,9 @@ class StreamTransport:
             args += [entry_id, previous]
         return int(await self._release(keys=[self.stream], args=args))
 
-    async def autoclaim(self, min_idle_ms: int, cursor: str, count: int
-                        ) -> tuple[str, list[Entry], list[str]]:
+    async def autoclaim(
+        self, min_idle_ms: int, cursor: str, count: int
+    ) -> tuple[str, list[Entry], list[str]]:
         nxt, claimed, deleted = await self._autoclaim(
             keys=[self.stream], args=[self.group, self.consumer, min_idle_ms, cursor, count]
         )
@@ -221,7 +248,7 @@ class StreamTransport:
         await self._heartbeat(keys=[self.consumers], args=[self.consumer, lease_ms])
 
     async def leave(self) -> None:
-        await self.client.zrem(self.consumers, self.consumer)
+        await self._leave(keys=[self.stream, self.consumers], args=[self.group, self.consumer])
 
     async def prune_consumers(self, min_idle_ms: int) -> list[str]:
         """Delete group consumers that hold nothing, are idle and have no live heartbeat."""
