@@ -451,35 +451,23 @@ class App:
         signal the default handlers are restored, so a second one exits at once."""
         await self.start(only=only)
         try:
+            serving = self._serving
+            assert serving is not None
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                waiter = asyncio.ensure_future(self._wait_serving())
-                async for signum in _first(signals, waiter):
+                received = asyncio.ensure_future(signals.__anext__())
+                try:
+                    await asyncio.wait({received, serving}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    received.cancel()
+                if received.done() and not received.cancelled():
                     log.info(
                         "received %s: stopping (a second signal exits at once)",
-                        signal.Signals(signum).name,
+                        signal.Signals(received.result()).name,
                     )
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
         finally:
             await self.aclose()
-
-    async def _wait_serving(self) -> None:
-        if self._serving is not None:
-            await asyncio.shield(self._serving)
-
-
-async def _first(signals: Any, serving: asyncio.Future[None]) -> AsyncIterator[int]:
-    """Yield the first signal, or return when serving ends on its own (raising its error)."""
-    next_signal = asyncio.ensure_future(signals.__anext__())
-    try:
-        await asyncio.wait({next_signal, serving}, return_when=asyncio.FIRST_COMPLETED)
-        if next_signal.done():
-            yield next_signal.result()
-        else:
-            serving.result()
-    finally:
-        next_signal.cancel()
-        serving.cancel()
 
 
 _TASK_DEFAULTS: dict[str, Any] = {
