@@ -12,9 +12,10 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import anyio
+from anyio.abc import TaskStatus
 
 from ._backoff import Backoff
 from ._codec import check_size, encode_body, encode_envelope, encode_fields, new_id
@@ -39,6 +40,17 @@ from ._transports.queue import QueueTransport
 from ._transports.stream import StreamTransport
 
 log = logging.getLogger("aioredq")
+
+
+class _Worker(Protocol):
+    """What the app needs of a consumer: run it, ask it to stop, see whether it is idle."""
+
+    async def run(self, shutdown_timeout: float, *, task_status: TaskStatus[None]) -> None: ...
+
+    def request_stop(self) -> None: ...
+
+    @property
+    def idle(self) -> bool: ...
 H = TypeVar("H", bound=Handler)
 DEFAULT_BACKOFF = Backoff()
 
@@ -76,7 +88,7 @@ class App:
         self._counters: dict[str, Counters] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
         self._serving: asyncio.Task[None] | None = None
-        self._stoppers: list[Callable[[], None]] = []
+        self._workers: list[_Worker] = []
 
     def __repr__(self) -> str:
         return f"<App {self.target.safe_url} handlers={[h.name for h in self.handlers]}>"
@@ -339,6 +351,10 @@ class App:
         )
 
     # lifecycle -----------------------------------------------------------------------------
+    def _idle(self) -> bool:
+        """True when no consumer of this process holds unfinished or unsettled messages."""
+        return self._serving is not None and all(w.idle for w in self._workers)
+
     async def connect(self) -> None:
         """Check that Redis answers, retrying for ``connect_timeout`` seconds."""
         deadline = time.monotonic() + self.connect_timeout
@@ -386,8 +402,7 @@ class App:
     async def _serve(self, handlers: list[Handler], ready: asyncio.Future[None]) -> None:
         conn = self.connection
         consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        runners: list[Callable[[float], Any]] = []
-        self._stoppers = []
+        workers: list[_Worker] = []
         subscribers: list[SubscribeHandler] = []
         for h in handlers:
             wakeup = None if conn.can_block else self._wakeups.setdefault(h.key, asyncio.Event())
@@ -401,15 +416,13 @@ class App:
                 assert isinstance(h, SubscribeHandler)
                 subscribers.append(h)
                 continue
-            runners.append(c.run)
-            self._stoppers.append(c.stop.set)
+            workers.append(c)
         if subscribers:
-            sub = Subscriber(subscribers, conn, self._counters)
-            runners.append(sub.run)
-            self._stoppers.append(lambda: setattr(sub, "stopping", True))
+            workers.append(Subscriber(subscribers, conn, self._counters))
+        self._workers = workers
         async with anyio.create_task_group() as tg:
-            for run in runners:
-                await tg.start(run, self.shutdown_timeout)
+            for worker in workers:
+                await tg.start(worker.run, self.shutdown_timeout)
             ready.set_result(None)
 
     async def stop(self) -> None:
@@ -418,8 +431,8 @@ class App:
         serving, self._serving = self._serving, None
         if serving is None:
             return
-        for stop in self._stoppers:
-            stop()
+        for worker in self._workers:
+            worker.request_stop()
         with anyio.CancelScope(shield=True):
             try:
                 await asyncio.shield(serving)

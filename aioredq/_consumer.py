@@ -106,6 +106,14 @@ class Consumer(abc.ABC, Generic[J]):
         """Deregister after a clean stop."""
 
     # shared machinery --------------------------------------------------------------------
+    def request_stop(self) -> None:
+        self.stop.set()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing fetched and unfinished, nothing waiting to be written to Redis."""
+        return self.pool.outstanding == 0 and not self.has_unsettled()
+
     def settle_soon(self) -> None:
         self._settle_needed.set()
 

@@ -57,6 +57,13 @@ class Subscriber:
             for channel in spec.channels:
                 (self._by_shard if spec.sharded else self._by_channel)[channel].append(sink)
 
+    def request_stop(self) -> None:
+        self.stopping = True
+
+    @property
+    def idle(self) -> bool:
+        return all(sink.pool.outstanding == 0 for sink in self._sinks)
+
     async def run(
         self, shutdown_timeout: float, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
     ) -> None:
