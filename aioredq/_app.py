@@ -95,10 +95,11 @@ class App:
 
     def set_url(self, url: str) -> None:
         """Point the app at another Redis before it connects (the CLI's ``--url``)."""
-        if self._conn is not None:
+        if self._conn is not None and self._conn.is_open:
             raise ConfigurationError("set_url() must be called before the app connects")
         self.target = parse_url(url)
         self.url = url
+        self._conn = None
 
     # declaring handlers --------------------------------------------------------------------
     def task(
@@ -444,7 +445,6 @@ class App:
         await self.stop()
         if self._conn is not None:
             await self._conn.aclose()
-            self._conn = None
 
     async def __aenter__(self) -> App:
         await self.start()

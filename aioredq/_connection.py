@@ -103,7 +103,10 @@ def is_connection_error(exc: BaseException) -> bool:
 
 
 class Connection:
-    """The clients of one app, created lazily on first use."""
+    """The clients of one app, created lazily on first use (and again after ``aclose``).
+
+    For memory:// the fake server lives as long as this object, so data survives ``aclose``.
+    """
 
     def __init__(self, target: Target, *, max_connections: int = 200) -> None:
         self.target = target
@@ -111,6 +114,10 @@ class Connection:
         self._command: Any = None
         self._blocking: Any = None
         self._fake_server: Any = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._command is not None or self._blocking is not None
 
     @property
     def can_block(self) -> bool:
