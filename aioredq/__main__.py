@@ -1,3 +1,8 @@
-from aioredq._cli import main
+"""``python -m aioredq``: the command line (see ``aioredq._cli``)."""
 
-main()
+from __future__ import annotations
+
+from ._cli import main
+
+if __name__ == "__main__":
+    main()

@@ -51,6 +51,8 @@ class _Worker(Protocol):
 
     @property
     def idle(self) -> bool: ...
+
+
 H = TypeVar("H", bound=Handler)
 DEFAULT_BACKOFF = Backoff()
 

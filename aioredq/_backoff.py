@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -22,6 +23,10 @@ class Backoff:
     jitter: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("base", "factor", "cap"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigurationError(f"Backoff {name} must be a finite number, got {value!r}")
         if self.base < 0 or self.cap < 0:
             raise ConfigurationError("Backoff base and cap must be >= 0")
         if self.factor < 1:

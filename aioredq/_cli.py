@@ -3,25 +3,40 @@
 python -m aioredq MODULE:ATTR [--url URL] [--only NAME ...] [--workers N] [--log-level L]
 python -m aioredq inspect MODULE:ATTR [--url URL] [--json] [--watch]
 python -m aioredq dead MODULE:ATTR NAME [--show N | --requeue [--all | ID ...] | --purge]
+
+Every error a user can cause (a bad MODULE:ATTR or option, an unreachable Redis at start) is one
+line on stderr and exit status 2 (usage) or 1 (Redis), never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import logging
 import os
 import signal
 import subprocess
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from ._app import App
-from ._exceptions import AioredqError, ConfigurationError, ConnectError
+from ._exceptions import AioredqError, ConfigurationError
 
 PROG = "aioredq"
+# Set in the environment of the processes that ``--workers N`` starts: the supervisor's pid.
+SUPERVISOR_ENV = "AIOREDQ_SUPERVISOR_PID"
+SUPERVISOR_CHECK_SECONDS = 1.0
+log = logging.getLogger("aioredq")
+
+RUN_EPILOG = """\
+other commands:
+  aioredq inspect MODULE:ATTR [--url URL] [--json] [--watch]
+  aioredq dead MODULE:ATTR NAME [--show N | --requeue [--all | ID ...] | --purge]
+"""
 
 
 class UsageError(Exception):
@@ -30,28 +45,45 @@ class UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
+        # argparse prints the usage and the error on two lines and exits; one line is enough.
         raise UsageError(message)
 
 
-def _positive(kind: type[int] | type[float]) -> Any:
+def _number(kind: type[int] | type[float], minimum: float) -> Any:
     def parse(text: str) -> int | float:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+        if not value >= minimum:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be >= {minimum:g}, got {text!r}")
         return value
 
     return parse
 
 
-def _run_parser() -> _Parser:
-    p = _Parser(prog=PROG, description="Run the handlers of an aioredq App.")
-    p.add_argument("app", metavar="MODULE:ATTR", help="the App to run, e.g. myproject.app:app")
+def _add_common(p: _Parser) -> None:
+    p.add_argument("app", metavar="MODULE:ATTR", help="the App, e.g. myproject.worker:app")
     p.add_argument("--url", help="Redis URL (overrides the App's and $AIOREDQ_URL)")
+    p.add_argument(
+        "--connect-timeout",
+        type=_number(float, 0),
+        default=None,
+        metavar="SECONDS",
+        help="how long to keep trying to reach Redis at start (default 10)",
+    )
+
+
+def _run_parser() -> _Parser:
+    p = _Parser(
+        prog=PROG,
+        description="Run the handlers of an aioredq App until SIGTERM or SIGINT.",
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_common(p)
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these handlers")
-    p.add_argument("--workers", type=_positive(int), default=1, help="processes to run")
+    p.add_argument("--workers", type=_number(int, 1), default=1, help="processes to run")
     p.add_argument(
         "--log-level",
         default="INFO",
@@ -60,36 +92,29 @@ def _run_parser() -> _Parser:
     )
     p.add_argument(
         "--shutdown-timeout",
-        type=_positive(float),
+        type=_number(float, 0),
         default=None,
-        help="seconds in-flight handlers get to finish on SIGTERM (default 30)",
-    )
-    p.add_argument(
-        "--connect-timeout",
-        type=_positive(float),
-        default=None,
-        help="seconds to keep trying to reach Redis at start (default 10)",
+        metavar="SECONDS",
+        help="how long in-flight handlers may finish after SIGTERM (default 30)",
     )
     return p
 
 
 def _inspect_parser() -> _Parser:
     p = _Parser(prog=f"{PROG} inspect", description="Show every handler's Redis figures.")
-    p.add_argument("app", metavar="MODULE:ATTR")
-    p.add_argument("--url")
+    _add_common(p)
     p.add_argument("--json", action="store_true", help="one JSON document")
     p.add_argument("--watch", action="store_true", help="refresh in place")
-    p.add_argument("--interval", type=_positive(float), default=2.0)
+    p.add_argument("--interval", type=_number(float, 0.1), default=2.0, metavar="SECONDS")
     return p
 
 
 def _dead_parser() -> _Parser:
     p = _Parser(prog=f"{PROG} dead", description="List, requeue or purge dead letters.")
-    p.add_argument("app", metavar="MODULE:ATTR")
+    _add_common(p)
     p.add_argument("name", metavar="NAME", help="handler, queue or stream")
-    p.add_argument("--url")
     action = p.add_mutually_exclusive_group()
-    action.add_argument("--show", type=_positive(int), metavar="N", default=None)
+    action.add_argument("--show", type=_number(int, 1), metavar="N", default=None)
     action.add_argument("--requeue", nargs="*", metavar="ID", default=None)
     action.add_argument("--purge", action="store_true")
     p.add_argument("--all", action="store_true", help="with --requeue: every dead letter")
@@ -97,6 +122,7 @@ def _dead_parser() -> _Parser:
 
 
 def load_app(spec: str) -> App:
+    """Import ``module:attr`` (``attr`` may be dotted) and check that it is an App."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise UsageError(f"expected MODULE:ATTR (e.g. myproject.worker:app), got {spec!r}")
@@ -106,6 +132,12 @@ def load_app(spec: str) -> App:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise UsageError(f"cannot import module {module_name!r}: {exc}") from None
+    except ConfigurationError:
+        raise  # a handler declared wrongly: its own message says which and why
+    except Exception as exc:
+        raise UsageError(
+            f"importing {module_name!r} failed{_where(exc)}: {type(exc).__name__}: {exc}"
+        ) from None
     obj: Any = module
     for part in attr.split("."):
         try:
@@ -113,40 +145,43 @@ def load_app(spec: str) -> App:
         except AttributeError:
             raise UsageError(f"module {module_name!r} has no attribute {attr!r}") from None
     if not isinstance(obj, App):
-        raise UsageError(f"{spec} is a {type(obj).__name__}, not an aioredq.App")
+        raise UsageError(f"{spec} is not an aioredq.App (it is of type {type(obj).__name__})")
     return obj
 
 
+def _where(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return ""
+    last = frames[-1]
+    return f" at {last.filename}:{last.lineno}"
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """The ``aioredq`` console script and ``python -m aioredq``."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         code = _main(args)
-    except UsageError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        code = 2
-    except ConfigurationError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        code = 2
-    except ConnectError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        code = 1
-    except AioredqError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        code = 1
+    except (UsageError, ConfigurationError) as exc:
+        code = _fail(exc, 2)
+    except AioredqError as exc:  # ConnectError above all: Redis unreachable at start
+        code = _fail(exc, 1)
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)
 
 
+def _fail(exc: Exception, code: int) -> int:
+    print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+    return code
+
+
 def _main(args: list[str]) -> int:
-    if args and args[0] in ("-h", "--help"):
-        _run_parser().print_help()
-        return 0
     if args and args[0] == "inspect":
         from ._inspect import inspect_command
 
         ns = _inspect_parser().parse_args(args[1:])
-        app = _prepare(ns.app, ns.url)
+        app = _prepare(ns)
         return asyncio.run(
             inspect_command(app, as_json=ns.json, watch=ns.watch, interval=ns.interval)
         )
@@ -158,55 +193,115 @@ def _main(args: list[str]) -> int:
             raise UsageError("--all goes with --requeue")
         if ns.requeue is not None and not ns.requeue and not ns.all:
             raise UsageError("--requeue needs --all or dead letter IDs")
-        app = _prepare(ns.app, ns.url)
+        app = _prepare(ns)
         return asyncio.run(
             dead_command(
                 app, ns.name, show=ns.show, requeue=ns.requeue, requeue_all=ns.all, purge=ns.purge
             )
         )
     ns = _run_parser().parse_args(args)
-    if ns.workers < 1:
-        raise UsageError("--workers must be >= 1")
-    app = _prepare(ns.app, ns.url)
+    app = _prepare(ns)
     if ns.only:
-        app._select(ns.only)  # validate names before starting anything
-    if ns.workers > 1:
+        app._select(ns.only)  # unknown names fail here, before anything starts
+    if ns.shutdown_timeout is not None:
+        app.shutdown_timeout = ns.shutdown_timeout
+    supervisor = _supervisor_pid()
+    if ns.workers > 1 and supervisor is None:
+        asyncio.run(_check_reachable(app))  # one error line, not one per worker
         return _supervise(args, ns.workers)
     logging.basicConfig(
         level=ns.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if ns.shutdown_timeout is not None:
-        app.shutdown_timeout = ns.shutdown_timeout
-    if ns.connect_timeout is not None:
-        app.connect_timeout = ns.connect_timeout
-    logging.getLogger("aioredq").info("starting %r", app)
-    asyncio.run(app.run(only=ns.only))
+    asyncio.run(_serve(app, ns.only, supervisor))
     return 0
 
 
-def _prepare(spec: str, url: str | None) -> App:
-    app = load_app(spec)
-    if url:
-        app.set_url(url)
+def _prepare(ns: argparse.Namespace) -> App:
+    app = load_app(ns.app)
+    if ns.url:
+        app.set_url(ns.url)
+    if ns.connect_timeout is not None:
+        app.connect_timeout = ns.connect_timeout
     return app
 
 
+async def _check_reachable(app: App) -> None:
+    try:
+        await app.connect()
+    finally:
+        await app.aclose()
+
+
+async def _serve(app: App, only: list[str] | None, supervisor: int | None) -> None:
+    # Reach Redis before saying anything, so an unreachable one is a single error line.
+    try:
+        await app.connect()
+    except BaseException:
+        await app.aclose()
+        raise
+    log.info("starting %r (pid %d)", app, os.getpid())
+    if supervisor is None:
+        await app.run(only=only)
+        return
+    watch = asyncio.ensure_future(_watch_supervisor(supervisor))
+    try:
+        await app.run(only=only)
+    finally:
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
+
+
+async def _watch_supervisor(supervisor: int) -> None:
+    """A worker of ``--workers N`` stops gracefully when its supervisor is gone (killed
+    without a chance to forward a signal), instead of running on as an orphan."""
+    while True:
+        await asyncio.sleep(SUPERVISOR_CHECK_SECONDS)
+        if os.getppid() != supervisor:
+            break
+    log.warning("supervisor %d is gone: stopping", supervisor)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _supervisor_pid() -> int | None:
+    value = os.environ.get(SUPERVISOR_ENV, "")
+    return int(value) if value.isdigit() else None
+
+
 def _supervise(args: list[str], workers: int) -> int:
-    """Run ``workers`` processes of this app; forward SIGINT/SIGTERM; exit when all have."""
-    child_args = _without_workers(args)
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "aioredq", *child_args]) for _ in range(workers)
-    ]
+    """Run ``workers`` processes of this app; forward SIGINT/SIGTERM; exit when all have.
+
+    Each worker gets its own process group, so a Ctrl-C in a terminal reaches the workers once
+    (forwarded from here) rather than twice (a second signal means "exit at once").
+    """
+    procs: list[subprocess.Popen[bytes]] = []
+    received: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
+        received.append(signum)
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
+    child_args = _without_workers(args)
+    for _ in range(workers):
+        if received:
+            break
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "aioredq", *child_args], env=env, process_group=0
+            )
+        )
+    if received:  # a signal came while workers were starting: the late ones missed it
+        forward(received[-1], None)
     codes = [proc.wait() for proc in procs]
-    return next((c for c in codes if c not in (0, -signal.SIGTERM, -signal.SIGINT)), 0)
+    failed = [c for c in codes if c not in (0, -signal.SIGTERM, -signal.SIGINT)]
+    if not failed:
+        return 0
+    return 128 - failed[0] if failed[0] < 0 else failed[0]
 
 
 def _without_workers(args: list[str]) -> list[str]:

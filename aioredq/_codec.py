@@ -9,11 +9,12 @@ a foreign body and is taken as it is.
 from __future__ import annotations
 
 import base64
+import json
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import pydantic_core
 from pydantic import TypeAdapter, ValidationError
@@ -22,7 +23,7 @@ from ._exceptions import MessageTooLarge
 
 # Lua scripts match this exact prefix to count deliveries without parsing JSON.
 ENVELOPE_PREFIX = b'{"aioredq":1,"attempts":'
-HEADERS_FIELD = "aioredq-headers"
+T = TypeVar("T")
 
 
 class DecodeError(Exception):
@@ -117,17 +118,50 @@ def parse_task_item(raw: bytes) -> TaskItem:
     """Parse an item taken from a processing list (always an envelope after the move script)."""
     if not raw.startswith(ENVELOPE_PREFIX):
         return TaskItem(raw, "", 1, raw, None)
-    try:
-        env = pydantic_core.from_json(raw.decode("utf-8", "surrogateescape"))
-    except ValueError:
-        # The prefix matched but the rest is not JSON: treat the item as foreign text.
+    env = _loads_envelope(raw)
+    if env is None:
+        # The prefix matched but the rest is not a JSON object: the item is foreign text.
         return TaskItem(raw, "", 1, raw, None)
-    attempts = int(env.get("attempts", 1))
+    try:
+        attempts = int(env.get("attempts", 1))
+    except (TypeError, ValueError):
+        attempts = 1
     msg_id = str(env.get("id", ""))
     if "raw" in env:  # a foreign item wrapped by the move script
         foreign = str(env["raw"]).encode("utf-8", "surrogateescape")
         return TaskItem(raw, msg_id, attempts, foreign, None)
     return TaskItem(raw, msg_id, attempts, None, env)
+
+
+def _loads_envelope(raw: bytes) -> dict[str, Any] | None:
+    """The envelope as a dict, or None. Never raises: a bad item must not stop a consumer."""
+    try:
+        env = pydantic_core.from_json(raw)
+    except ValueError:
+        # Lua's cjson copies the bytes of a wrapped foreign item into the JSON text as they
+        # are, so an item that is not UTF-8 gives an envelope that is not UTF-8 either. The
+        # standard library parses the escaped text and the bytes round-trip exactly.
+        try:
+            env = json.loads(raw.decode("utf-8", "surrogateescape"))
+        except ValueError:
+            return None
+    if not isinstance(env, dict):
+        return None
+    # Another program may write envelopes too: metadata of the wrong type is dropped rather
+    # than allowed to break the delivery of the body.
+    enqueued = env.get("enqueued_at")
+    if (
+        not isinstance(enqueued, (int, float))
+        or isinstance(enqueued, bool)
+        or not 0 <= enqueued < 1e11  # a time datetime can represent (also refuses nan)
+    ):
+        env.pop("enqueued_at", None)
+    headers = env.get("headers")
+    if isinstance(headers, dict):
+        env["headers"] = {str(k): v if isinstance(v, str) else str(v) for k, v in headers.items()}
+    else:
+        env.pop("headers", None)
+    return env
 
 
 def _core_type(schema: Any) -> str:
@@ -176,6 +210,18 @@ class Codec:
     # tasks and pub/sub ------------------------------------------------------------------
     def decode_text(self, data: bytes) -> Any:
         """A foreign or published payload: raw text for str/bytes, else JSON then validation."""
+        return _total(self._decode_text, data)
+
+    def decode_item(self, item: TaskItem) -> Any:
+        """The body of a task item (an envelope written by aioredq, or a foreign item)."""
+        return _total(self._decode_item, item)
+
+    # streams ----------------------------------------------------------------------------
+    def decode_fields(self, fields: dict[str, str]) -> Any:
+        """The body of a stream entry from its fields (a mapping, or one ``body`` field)."""
+        return _total(self._decode_fields, fields)
+
+    def _decode_text(self, data: bytes) -> Any:
         if self.wants_bytes:
             return data
         try:
@@ -187,25 +233,35 @@ class Codec:
         try:
             value: Any = pydantic_core.from_json(text)
         except ValueError:
-            value = text
-        return self._validate(value)
+            return self._validate(text)
+        try:
+            return self.adapter.validate_python(value)
+        except ValidationError as first:
+            # Text that happens to parse as JSON ("42" for a `str | None` handler) may still
+            # be meant as text.
+            if isinstance(value, str):
+                raise DecodeError(_validation_text(first)) from None
+            try:
+                return self.adapter.validate_python(text)
+            except ValidationError:
+                raise DecodeError(_validation_text(first)) from None
 
-    def decode_item(self, item: TaskItem) -> Any:
+    def _decode_item(self, item: TaskItem) -> Any:
         if item.foreign is not None:
-            return self.decode_text(item.foreign)
+            return self._decode_text(item.foreign)
         env = item.envelope or {}
         if "body_b64" in env:
-            data = base64.b64decode(env["body_b64"])
-            return data if self.wants_bytes else self.decode_text(data)
+            data = base64.b64decode(env["body_b64"], validate=True)
+            return data if self.wants_bytes else self._decode_text(data)
         body = env.get("body")
         if self.wants_bytes and isinstance(body, str):
             return body.encode()
         return self._validate(body)
 
-    # streams ----------------------------------------------------------------------------
-    def decode_fields(self, fields: dict[str, str]) -> Any:
+    def _decode_fields(self, fields: dict[str, str]) -> Any:
         if not self.wants_mapping and "body" in fields and len(fields) == 1:
-            return self.decode_text(fields["body"].encode())
+            # Field text that is not UTF-8 was escaped when read; give back the exact bytes.
+            return self._decode_text(fields["body"].encode("utf-8", "surrogateescape"))
         try:
             return self.adapter.validate_python(fields)
         except ValidationError as first:
@@ -222,6 +278,18 @@ class Codec:
             return self.adapter.validate_python(value)
         except ValidationError as exc:
             raise DecodeError(_validation_text(exc)) from None
+
+
+def _total(decode: Callable[[T], Any], data: T) -> Any:
+    """Run ``decode``; any failure becomes a DecodeError, so a body that cannot be decoded
+    (even by a user validator raising something pydantic does not wrap) is dead-lettered
+    instead of being left unsettled."""
+    try:
+        return decode(data)
+    except DecodeError:
+        raise
+    except Exception as exc:
+        raise DecodeError(f"{type(exc).__name__}: {exc}") from None
 
 
 def _maybe_json(value: str) -> Any:

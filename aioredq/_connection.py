@@ -114,6 +114,7 @@ class Connection:
         self._command: Any = None
         self._blocking: Any = None
         self._fake_server: Any = None
+        self._extra: list[Any] = []  # clients to close with the others (sentinels)
 
     @property
     def is_open(self) -> bool:
@@ -166,27 +167,36 @@ class Connection:
             plain = url.replace("+cluster", "", 1)
             return RedisCluster.from_url(plain, max_connections=self._max_connections, **common)
         if scheme == "sentinel":
-            return _sentinel_master(url, common, self._max_connections)
+            sentinel = _sentinel(url, common)
+            self._extra.extend(sentinel.sentinels)
+            return _master_for(sentinel, url, self._max_connections)
         return aioredis.Redis.from_url(url, max_connections=self._max_connections, **common)
 
     async def ping(self) -> None:
         await self.command.ping()
 
     async def aclose(self) -> None:
-        clients, self._command, self._blocking = (self._command, self._blocking), None, None
+        clients = (self._command, self._blocking, *self._extra)
+        self._command, self._blocking, self._extra = None, None, []
         for client in {id(c): c for c in clients if c is not None}.values():
             await client.aclose()
 
 
-def _sentinel_master(url: str, common: dict[str, Any], max_connections: int) -> Any:
+def _sentinel(url: str, common: dict[str, Any]) -> Any:
     from redis.asyncio.sentinel import Sentinel
 
-    parts = urlsplit(url)
-    hosts_part = parts.netloc.rsplit("@", 1)[-1]
+    hosts_part = urlsplit(url).netloc.rsplit("@", 1)[-1]
     hosts = []
     for item in hosts_part.split(","):
         host, _, port = item.rpartition(":")
         hosts.append((host or "localhost", int(port or 26379)))
+    return Sentinel(  # type: ignore[no-untyped-call]
+        hosts, sentinel_kwargs={"socket_connect_timeout": 5.0}, **common
+    )
+
+
+def _master_for(sentinel: Any, url: str, max_connections: int) -> Any:
+    parts = urlsplit(url)
     path = [p for p in parts.path.split("/") if p]
     master = unquote(path[0])
     db = int(path[1]) if len(path) > 1 else 0
@@ -195,9 +205,6 @@ def _sentinel_master(url: str, common: dict[str, Any], max_connections: int) -> 
         auth["username"] = unquote(parts.username)
     if parts.password:
         auth["password"] = unquote(parts.password)
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
-        hosts, sentinel_kwargs={"socket_connect_timeout": 5.0}, **common
-    )
     if parts.scheme.startswith("rediss"):
         auth["ssl"] = True
     return sentinel.master_for(master, db=db, max_connections=max_connections, **auth)

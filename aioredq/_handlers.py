@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import inspect
+import math
 import typing
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
-
-from pydantic import PydanticSchemaGenerationError
 
 from ._backoff import Backoff
 from ._codec import Codec
@@ -29,8 +28,13 @@ def _positive_int(value: object, what: str, where: str) -> int:
 
 
 def _positive_float(value: object, what: str, where: str) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-        raise ConfigurationError(f"{where}: {what} must be a number > 0, got {value!r}")
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ConfigurationError(f"{where}: {what} must be a finite number > 0, got {value!r}")
     return float(value)
 
 
@@ -93,12 +97,16 @@ class Handler:
         self.body_type, self.message_param = _inspect_signature(func, where)
         try:
             self.codec = Codec(self.body_type)
-        except (PydanticSchemaGenerationError, TypeError, NameError) as exc:
+        except Exception as exc:  # pydantic cannot build a validator for it
             raise ConfigurationError(
                 f"{where}: cannot validate bodies of type {self.body_type!r}: {exc}"
             ) from exc
+        # Look like the function to tools that introspect it (docs, debuggers, pytest).
         self.__doc__ = func.__doc__
         self.__wrapped__ = func
+        self.__module__ = getattr(func, "__module__", __name__)
+        self.__name__ = self.name
+        self.__qualname__ = getattr(func, "__qualname__", self.name)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[Any]:
         return self.func(*args, **kwargs)
@@ -128,8 +136,11 @@ class TaskHandler(Handler):
         """Enqueue ``body`` on this handler's queue; returns the message id."""
         return await self.app.enqueue(self.key, body, delay=delay, at=at, headers=headers)
 
-    async def enqueue_many(self, bodies: Sequence[Any]) -> list[str]:
-        return await self.app.enqueue_many(self.key, bodies)
+    async def enqueue_many(
+        self, bodies: Sequence[Any], *, delay: float = 0, at: datetime | None = None
+    ) -> list[str]:
+        """Enqueue every body in one round trip; returns their ids."""
+        return await self.app.enqueue_many(self.key, bodies, delay=delay, at=at)
 
 
 class StreamHandler(Handler):
@@ -141,6 +152,7 @@ class StreamHandler(Handler):
         return await self.app.append(self.key, body)
 
     async def append_many(self, bodies: Sequence[Any]) -> list[str]:
+        """Append every body in one round trip; returns the entry ids."""
         return await self.app.append_many(self.key, bodies)
 
 
@@ -161,27 +173,43 @@ class SubscribeHandler(Handler):
         return await self.app.publish(self._channel(), body, sharded=self.spec.sharded)
 
     async def publish_many(self, bodies: Sequence[Any]) -> int:
+        """Publish every body in one round trip; returns the receivers, summed."""
         return await self.app.publish_many(self._channel(), bodies, sharded=self.spec.sharded)
 
 
 def _inspect_signature(func: HandlerFunc, where: str) -> tuple[Any, str | None]:
-    """(body annotation, name of the parameter that wants the Message, or None)."""
+    """(body annotation, name of the parameter that wants the Message, or None).
+
+    The Message is always passed by keyword, under whatever name the function gives it."""
     try:
         hints = typing.get_type_hints(func)
     except Exception as exc:
         raise ConfigurationError(f"{where}: cannot resolve its annotations: {exc}") from exc
-    params = list(inspect.signature(func).parameters.values())
+    try:
+        params = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"{where}: cannot read its signature: {exc}") from exc
     if not params or params[0].kind not in (
         inspect.Parameter.POSITIONAL_ONLY,
         inspect.Parameter.POSITIONAL_OR_KEYWORD,
     ):
         raise ConfigurationError(f"{where} must take the message body as its first parameter")
     body_type = hints.get(params[0].name, Any)
-    if body_type is Message:
+    if _wants_message(body_type):
         raise ConfigurationError(f"{where}: the first parameter receives the body, not Message")
     message_param = None
     for param in params[1:]:
-        if hints.get(param.name) is Message:
+        if _wants_message(hints.get(param.name)):
+            if message_param is not None:
+                raise ConfigurationError(
+                    f"{where}: only one parameter can be annotated `Message` "
+                    f"({message_param!r} and {param.name!r})"
+                )
+            if param.kind is inspect.Parameter.POSITIONAL_ONLY:
+                raise ConfigurationError(
+                    f"{where}: the `Message` parameter {param.name!r} is passed by name; "
+                    "it cannot be positional-only"
+                )
             message_param = param.name
         elif param.default is inspect.Parameter.empty and param.kind not in (
             inspect.Parameter.VAR_POSITIONAL,
@@ -192,6 +220,14 @@ def _inspect_signature(func: HandlerFunc, where: str) -> tuple[Any, str | None]:
                 "and optionally a parameter annotated `Message`"
             )
     return body_type, message_param
+
+
+def _wants_message(annotation: object) -> bool:
+    """``Message``, or ``Message | None`` / ``Optional[Message]``."""
+    if annotation is Message:
+        return True
+    args = typing.get_args(annotation)
+    return bool(args) and Message in args and all(a in (Message, type(None)) for a in args)
 
 
 def task_spec(

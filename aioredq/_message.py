@@ -11,13 +11,21 @@ Kind = Literal["task", "stream", "subscribe"]
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """One delivered message.
+    """One delivered message; annotate a handler parameter with it to receive it.
 
-    ``name`` is the queue, stream or subscribed channel/pattern the handler was declared on;
-    ``channel`` is the channel the message was actually published to (pub/sub), else ``name``.
-    ``attempt`` counts deliveries (1 on the first), crashes included; it is 1 for pub/sub.
-    ``raw`` is the body as it travelled: the item text, the published payload, or for a stream
-    entry the JSON of its fields.
+    - ``id``: the task id (what ``enqueue`` returned; generated for a foreign item), the stream
+      entry id, or ``""`` for pub/sub.
+    - ``kind``: ``"task"``, ``"stream"`` or ``"subscribe"``.
+    - ``name`` (also ``queue`` / ``stream``): the queue, stream, channel or pattern the handler
+      was declared on; ``channel``: the channel a pub/sub message was actually published to
+      (with a pattern), else ``name``.
+    - ``attempt``: the delivery count, 1 on the first, crashes included (always 1 for pub/sub).
+    - ``raw``: the message as it travelled: the task item (aioredq's JSON envelope, or a foreign
+      item as it was pushed), the published payload, or the JSON of a stream entry's fields.
+    - ``headers``: what ``enqueue(..., headers=...)`` attached (empty otherwise).
+    - ``enqueued_at``: when it was produced (task envelopes; a stream entry's id time), or None.
+    - ``fields``: a stream entry's fields as text; ``pattern``: the matching pub/sub pattern;
+      ``group``: the stream consumer group.
     """
 
     id: str

@@ -30,20 +30,23 @@ class _Collector:
         labels = ["handler", "kind", "key"]
         stats = self.app.stats().handlers
         for counter in COUNTERS:
-            family = CounterMetricFamily(f"aioredq_messages_{counter}",
-                                         f"Messages {counter.replace('_', ' ')}", labels=labels)
+            family = CounterMetricFamily(
+                f"aioredq_messages_{counter}",
+                f"Messages {counter.replace('_', ' ')}",
+                labels=labels,
+            )
             for s in stats.values():
                 family.add_metric([s.name, s.kind, s.key], getattr(s, counter))
             yield family
-        latency = GaugeMetricFamily("aioredq_handler_seconds", "Handler run time",
-                                    labels=[*labels, "quantile"])
+        latency = GaugeMetricFamily(
+            "aioredq_handler_seconds", "Handler run time", labels=[*labels, "quantile"]
+        )
         for s in stats.values():
             for q, value in (("0.5", s.latency.p50), ("0.99", s.latency.p99)):
                 latency.add_metric([s.name, s.kind, s.key, q], value)
         yield latency
         for gauge in GAUGES:
-            figure = GaugeMetricFamily(f"aioredq_{gauge}", f"Redis figure: {gauge}",
-                                       labels=labels)
+            figure = GaugeMetricFamily(f"aioredq_{gauge}", f"Redis figure: {gauge}", labels=labels)
             for row in self.rows:
                 if row.get(gauge) is not None:
                     figure.add_metric([row["name"], row["kind"], row["key"]], row[gauge])
