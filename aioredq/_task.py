@@ -1,25 +1,59 @@
-"""The consumer of a ``@app.task`` queue."""
+"""The consumer of a ``@app.task`` queue.
+
+Besides running handlers, it keeps three promises the Lua scripts cannot keep alone:
+
+- its local view of what it holds matches its processing list: a FETCH whose reply was lost to
+  a dropped connection (and replayed by the client's retry) leaves items in the list that nobody
+  runs, while the lease stays fresh. ``_reconcile`` compares the list's length with what is held
+  and adopts any stranger;
+- a retry due sooner than the current blocking wait does not wait for it: settling a retry
+  nudges the fetch loop, which then sizes its wait to the earliest delayed item;
+- after an outage it lets the other consumers renew their leases before taking their work.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
 import uuid
+from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from ._codec import TaskItem, parse_task_item
-from ._connection import BLOCK_SECONDS, Connection
+from ._connection import BLOCK_SECONDS, Connection, is_connection_error
 from ._consumer import Ack, Again, Consumer, Dead, log
 from ._handlers import TaskHandler
 from ._message import Message
 from ._stats import Counters
-from ._transports.queue import QueueTransport
+from ._transports.queue import Fetched, QueueTransport
 
 MEMORY_POLL = 0.05
+# Consumers back off up to 5 s between reconnect attempts; wait that long after an outage
+# before declaring anyone dead, so live consumers are not robbed for having been cut off too.
+OUTAGE_GRACE = 6.0
 
 
-class TaskConsumer(Consumer[TaskItem]):
+@dataclass(slots=True, eq=False)
+class Job:
+    seq: int  # fetch order, so work handed back keeps its order
+    item: TaskItem
+    started: bool = False
+
+
+def parse_item(raw: bytes) -> TaskItem:
+    """``parse_task_item``, made total: an unreadable item is taken as a foreign item as it
+    is, so it is dead-lettered by validation rather than stopping the worker."""
+    try:
+        return parse_task_item(raw)
+    except Exception:
+        return TaskItem(raw, "", 1, raw, None)
+
+
+class TaskConsumer(Consumer[Job]):
     def __init__(
         self,
         handler: TaskHandler,
@@ -44,35 +78,122 @@ class TaskConsumer(Consumer[TaskItem]):
         self.upkeep_interval = min(spec.lease / 3, 1.0)
         self._wakeup = wakeup
         self._fetches = 0
+        self._seq = 0
         self._token = uuid.uuid4().hex
         self._acks: list[bytes] = []
         self._retries: list[tuple[bytes, int]] = []
         self._dead: list[tuple[bytes, bytes]] = []
+        self._held: Counter[bytes] = Counter()  # what our processing list should hold
+        self._settling = asyncio.Lock()  # settle vs. reconcile: both compare list and _held
+        self._reconcile_at = 0.0
+        self._nudge = asyncio.Event()  # a retry was written: re-size the blocking wait
+        self._waiter: asyncio.Task[None] | None = None
+        self._registered = False
+        self._recover_after: float | None = 0.0  # None: in an outage
 
-    async def fetch(self, room: int) -> list[TaskItem]:
+    # fetching ----------------------------------------------------------------------------
+    async def fetch(self, room: int) -> list[Job]:
+        if time.monotonic() >= self._reconcile_at:
+            strays = await self._reconcile()
+            self._reconcile_at = time.monotonic() + self.upkeep_interval
+            if strays:
+                return self._adopt(strays)
         self._fetches += 1
+        # Cleared before the fetch, so a wake-up that comes while it runs is not lost.
+        self._nudge.clear()
+        if self._wakeup is not None:
+            self._wakeup.clear()
         count = min(room, self.spec.batch)
         fetched = await self.transport.fetch(
             count, self.lease_ms, f"{self.transport.consumer}:{self._fetches}:", count
         )
+        self._check_registration(fetched.registered)
         if fetched.items:
-            return [parse_task_item(raw) for raw in fetched.items]
-        timeout = BLOCK_SECONDS
-        if fetched.next_due_ms is not None:
-            timeout = min(timeout, max((fetched.next_due_ms - fetched.now_ms) / 1000, 0.01))
-        if self.conn.can_block:
-            await self.transport.wait(self.conn.blocking, timeout)
-        else:
-            # fakeredis cannot block: wake on a local enqueue, else poll.
-            assert self._wakeup is not None
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), min(timeout, MEMORY_POLL))
-            except TimeoutError:
-                pass
+            return self._adopt(fetched.items)
+        await self._block(self._block_time(fetched))
         return []
 
-    async def process(self, item: TaskItem) -> None:
+    def _adopt(self, raws: list[bytes]) -> list[Job]:
+        self._held.update(raws)
+        jobs = []
+        for raw in raws:
+            self._seq += 1
+            jobs.append(Job(self._seq, parse_item(raw)))
+        return jobs
+
+    @staticmethod
+    def _block_time(fetched: Fetched) -> float:
+        if fetched.next_due_ms is None:
+            return BLOCK_SECONDS
+        return min(BLOCK_SECONDS, max((fetched.next_due_ms - fetched.now_ms) / 1000, 0.01))
+
+    async def _block(self, timeout: float) -> None:
+        """Wait for a push (or a nudge, or stop) at most ``timeout`` seconds.
+
+        A blocking read that outlives this wait is kept and awaited next time rather than
+        cancelled: cancelling redis-py inside a blocking call is unreliable, and the read
+        itself moves nothing.
+        """
+        if not self.conn.can_block:
+            # fakeredis cannot block: wake on a local enqueue, else poll.
+            assert self._wakeup is not None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), min(timeout, MEMORY_POLL))
+            return
+        if self._waiter is None:
+            self._waiter = asyncio.ensure_future(self.transport.wait(self.conn.blocking, timeout))
+            self._waiter.add_done_callback(_consume_result)
+        events = [self._nudge, self.stop]
+        if self._wakeup is not None:  # a local enqueue, e.g. of a job due sooner
+            events.append(self._wakeup)
+        wakers = [asyncio.ensure_future(e.wait()) for e in events]
+        try:
+            await asyncio.wait(
+                {self._waiter, *wakers}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for waker in wakers:
+                waker.cancel()
+        if self._waiter.done():
+            waiter, self._waiter = self._waiter, None
+            waiter.result()  # a connection error goes to the fetch loop's outage handling
+
+    async def _end_wait(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.cancel()
+            await asyncio.wait({waiter}, timeout=BLOCK_SECONDS + 1)
+
+    async def _reconcile(self) -> list[bytes]:
+        """Items in our processing list that we do not know about (see the module doc)."""
+        async with self._settling:
+            if await self.transport.held_count() <= self._held.total():
+                return []
+            strays = list((Counter(await self.transport.held()) - self._held).elements())
+        if strays:
+            log.warning(
+                "queue %r: %d item(s) in this consumer's processing list were not known to "
+                "it (a reply lost to a dropped connection); running them",
+                self.handler.key,
+                len(strays),
+            )
+        return strays
+
+    def _check_registration(self, registered_now: bool) -> None:
+        if registered_now and self._registered:
+            log.warning(
+                "queue %r: this consumer was no longer registered: its lease (%.1fs) expired "
+                "and other consumers took its in-flight work, which may run twice (was the "
+                "event loop blocked, or Redis unreachable or restarted without its data?)",
+                self.handler.key,
+                self.spec.lease,
+            )
+        self._registered = True
+
+    # running -----------------------------------------------------------------------------
+    async def process(self, job: Job) -> None:
+        job.started = True
+        item = job.item
         env = item.envelope or {}
         enqueued = env.get("enqueued_at")
         message = Message(
@@ -101,30 +222,55 @@ class TaskConsumer(Consumer[TaskItem]):
         self.settle_soon()
 
     def _letter(self, item: TaskItem, error: str) -> bytes:
+        # A delivery past max_attempts is refused without running: it does not count as one.
+        attempts = min(item.attempts, max(self.spec.max_attempts, 1))
         letter: dict[str, Any] = {
             "id": item.id,
             "queue": self.handler.key,
             "body": item.original.decode("utf-8", "replace"),
             "error": error,
-            "attempts": item.attempts,
+            "attempts": attempts,
             "failed_at": datetime.now(UTC).isoformat(),
         }
         return json.dumps(letter).encode()
 
+    # settling ----------------------------------------------------------------------------
     def has_unsettled(self) -> bool:
         return bool(self._acks or self._retries or self._dead)
 
     async def settle(self) -> None:
         batch = self._acks, self._retries, self._dead
         self._acks, self._retries, self._dead = [], [], []
-        try:
-            await self.transport.settle(*batch)
-        except BaseException:
-            self._acks[:0], self._retries[:0], self._dead[:0] = batch
-            raise
+        async with self._settling:
+            try:
+                await self.transport.settle(*batch)
+            except BaseException:
+                self._acks[:0], self._retries[:0], self._dead[:0] = batch
+                raise
+            acks, retries, dead = batch
+            self._release([*acks, *(r for r, _ in retries), *(d for d, _ in dead)])
+        if any(delay_ms < BLOCK_SECONDS * 1000 for _, delay_ms in retries):
+            self._nudge.set()
 
+    def _release(self, raws: list[bytes]) -> None:
+        self._held.subtract(raws)
+        for raw in raws:
+            if self._held[raw] <= 0:
+                del self._held[raw]
+
+    # upkeep ------------------------------------------------------------------------------
     async def upkeep(self) -> None:
-        await self.transport.heartbeat(self.lease_ms)
+        try:
+            registered_now = await self.transport.heartbeat(self.lease_ms)
+        except Exception as exc:
+            if is_connection_error(exc):
+                self._recover_after = None
+            raise
+        self._check_registration(registered_now)
+        if self._recover_after is None:
+            self._recover_after = time.monotonic() + OUTAGE_GRACE
+        if time.monotonic() < self._recover_after:
+            return
         moved = await self.transport.recover(self._token, self.lease_ms)
         if moved:
             log.warning(
@@ -133,9 +279,25 @@ class TaskConsumer(Consumer[TaskItem]):
                 moved,
             )
 
-    async def handback(self, jobs: list[TaskItem]) -> None:
-        if jobs:
-            await self.transport.handback([(j.raw, j.undelivered()) for j in jobs])
+    # stopping ----------------------------------------------------------------------------
+    async def handback(self, jobs: list[Job]) -> None:
+        """Give back unfinished jobs in fetch order. Unstarted ones get their delivery
+        uncounted; interrupted ones keep it (they ran, like a crash)."""
+        await self._end_wait()
+        if not jobs:
+            return
+        jobs = sorted(jobs, key=lambda j: j.seq)
+        pairs = [(j.item.raw, j.item.raw if j.started else j.item.undelivered()) for j in jobs]
+        async with self._settling:
+            await self.transport.handback(pairs)
+            self._release([raw for raw, _ in pairs])
 
     async def leave(self) -> None:
+        await self._end_wait()
         await self.transport.leave()
+
+
+def _consume_result(task: asyncio.Future[None]) -> None:
+    # A wait that ends while nobody awaits it must not log "exception never retrieved".
+    if not task.cancelled():
+        task.exception()
