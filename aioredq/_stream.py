@@ -7,18 +7,28 @@ import heapq
 import json
 import time
 from datetime import UTC, datetime
+from typing import Any
 
-from ._codec import decode_fields_raw
+from ._codec import DecodeError, decode_fields_raw
 from ._connection import BLOCK_SECONDS, Connection
 from ._consumer import Ack, Again, Consumer, Dead, error_text, log
 from ._handlers import StreamHandler
 from ._message import Message
 from ._stats import Counters
-from ._transports.stream import Entry, StreamTransport, is_nogroup
+from ._transports.stream import (
+    DeadLetter,
+    Entry,
+    StreamTransport,
+    group_lag,
+    id_key,
+    is_nogroup,
+    position,
+)
 
 MEMORY_POLL = 0.05
 LAG_CHECK_SECONDS = 10.0
 LAG_WARN_EVERY = 60.0
+PRUNE_MIN_SECONDS = 2.0
 
 
 def _entry_time(entry_id: str) -> datetime | None:
@@ -62,6 +72,17 @@ class _StreamBase(Consumer[Entry]):
         except TimeoutError:
             pass
 
+    def _decode(self, entry: Entry, fields: dict[str, str]) -> Any:
+        """The handler's body; an entry over ``max_body_bytes`` (written by another program:
+        the app refuses to produce one) is refused like an invalid one."""
+        size = sum(len(k) + len(v) for k, v in entry.fields.items())
+        limit = self.handler.app.max_body_bytes
+        if size > limit:
+            raise DecodeError(
+                f"MessageTooLarge: entry is {size} bytes, over max_body_bytes={limit}"
+            )
+        return self.handler.codec.decode_fields(fields)
+
     def _message(self, entry: Entry, fields: dict[str, str]) -> Message:
         return Message(
             id=entry.id,
@@ -92,11 +113,18 @@ class GroupConsumer(_StreamBase):
         super().__init__(handler, conn, consumer=consumer, counters=counters, wakeup=wakeup)
         self.lease_ms = int(self.spec.lease * 1000)
         self.upkeep_interval = min(self.spec.lease / 3, 1.0)
-        self._in_flight: dict[str, Entry] = {}
+        # Entries this consumer holds (id -> delivery count): queued, running or waiting for
+        # a retry. Upkeep keeps every one of them fresh so no other consumer takes them.
+        self._in_flight: dict[str, int] = {}
         self._retry_heap: list[tuple[float, str]] = []
+        self._started: set[str] = set()
         self._acks: list[str] = []
-        self._dead: list[tuple[str, str, int, str, str]] = []
+        self._dead: list[DeadLetter] = []
         self._cursor = "0-0"
+        self._next_claim = 0.0
+        # The newest entry known to be delivered to the group: where a deleted group or
+        # stream is recreated, so entries appended meanwhile are not skipped.
+        self._resume = "0-0"
         self._next_lag_check = 0.0
         self._next_lag_warning = 0.0
         self._next_prune = 0.0
@@ -110,58 +138,114 @@ class GroupConsumer(_StreamBase):
                 self.spec.group,
                 self.spec.start,
             )
+        await self.transport.join()
+        info = await self.transport.group_info()
+        if info is not None:
+            self._seen(position(info))
+
+    def _seen(self, entry_id: str) -> None:
+        if id_key(entry_id) > id_key(self._resume):
+            self._resume = entry_id
 
     async def _recreate(self, exc: BaseException) -> None:
-        # The stream or the group was deleted. A stream that is gone starts again from its
-        # first entry; a group deleted from a living stream starts where the handler says.
-        exists = await self.transport.stream_exists()
-        start_id = "$" if exists and self.spec.start == "latest" else "0"
-        log.warning(
-            "stream %r: %s; recreating group %r at %s",
-            self.handler.key,
-            exc,
-            self.spec.group,
-            start_id,
-        )
-        await self.transport.create_group(start_id)
+        # Recreating at "$" would skip what was appended since the deletion, and "0" would run
+        # the whole retained stream again: resume after the newest entry the group delivered.
+        # A stream that was deleted gets new ids above that point, so all of them are read.
+        if await self.transport.create_group(self._resume):
+            log.warning(
+                "stream %r: consumer group %r is gone (%s); recreated it after entry %s",
+                self.handler.key,
+                self.spec.group,
+                exc,
+                self._resume,
+            )
+        await self.transport.join()
         self._cursor = "0-0"
 
     def _retry_cap(self) -> int:
         return self.pool.capacity * 10
 
     async def fetch(self, room: int) -> list[Entry]:
-        due = self._due_retries(room)
-        if due:
-            entries = await self.transport.claim_own(due)
-            claimed = {e.id for e in entries}
-            for entry_id in due:
-                if entry_id not in claimed:  # taken over by another consumer meanwhile
-                    self._in_flight.pop(entry_id, None)
-            return self._track(entries)
-        if len(self._retry_heap) >= self._retry_cap():
-            await asyncio.sleep(min(BLOCK_SECONDS, self._retry_heap[0][0] - time.monotonic()))
-            return []
-        count = min(room, self.spec.batch)
-        block = int(BLOCK_SECONDS * 1000) if self.conn.can_block else None
-        if self._retry_heap:
-            wait = max(self._retry_heap[0][0] - time.monotonic(), 0.001)
-            if block is not None:
-                block = max(1, min(block, int(wait * 1000)))
-        client = self.conn.blocking if self.conn.can_block else self.conn.command
         try:
-            entries = await self.transport.read_group(client, count, block)
+            return await self._fetch(room)
         except Exception as exc:
             if not is_nogroup(exc):
                 raise
             await self._recreate(exc)
             return []
+
+    async def _fetch(self, room: int) -> list[Entry]:
+        due = self._due_retries(room)
+        if due:
+            entries = await self.transport.claim_own(due)
+            claimed = {e.id for e in entries}
+            for entry_id in due:
+                if entry_id not in claimed:  # taken over by another consumer, or deleted
+                    self._in_flight.pop(entry_id, None)
+            return self._track(entries)
+        if len(self._retry_heap) >= self._retry_cap():
+            # Enough failed entries wait here; take no new work until one is due again.
+            await asyncio.sleep(min(BLOCK_SECONDS, self._retry_heap[0][0] - time.monotonic()))
+            return []
+        count = min(room, self.spec.batch)
+        # Abandoned entries go before new ones: they are older, and a consumer that is busy
+        # with a backlog would otherwise never have room for them.
+        if self._cursor != "0-0" or time.monotonic() >= self._next_claim:
+            claimed_entries = await self._claim_abandoned(count)
+            if claimed_entries:
+                return claimed_entries
+        block = int(BLOCK_SECONDS * 1000) if self.conn.can_block else None
+        if block is not None:
+            wake = self._next_claim
+            if self._retry_heap:
+                wake = min(wake, self._retry_heap[0][0])
+            block = max(1, min(block, int((wake - time.monotonic()) * 1000)))
+        client = self.conn.blocking if self.conn.can_block else self.conn.command
+        entries = await self.transport.read_group(client, count, block)
         if not entries and not self.conn.can_block:
             await self._idle_wait()
         return self._track(entries)
 
+    async def _claim_abandoned(self, count: int) -> list[Entry]:
+        """XAUTOCLAIM entries idle for longer than the lease, walking the cursor to the end
+        (across calls when there is not room for all of them at once)."""
+        while True:
+            cursor, entries, deleted = await self.transport.autoclaim(
+                self.lease_ms, self._cursor, count
+            )
+            self._cursor = cursor
+            if cursor == "0-0":
+                self._next_claim = time.monotonic() + self.upkeep_interval
+            if deleted:
+                log.warning(
+                    "stream %r group %r: %d pending entr(y/ies) were deleted from the stream "
+                    "before they were handled: %s",
+                    self.handler.key,
+                    self.spec.group,
+                    len(deleted),
+                    ", ".join(deleted[:10]),
+                )
+            # An entry of ours is only that idle if upkeep could not renew it: it is queued
+            # or running here already, so it must not be queued twice.
+            fresh = [e for e in entries if e.id not in self._in_flight]
+            for entry in entries:
+                self._in_flight[entry.id] = entry.deliveries
+            if fresh:
+                log.warning(
+                    "stream %r group %r: claimed %d entr(y/ies) of silent consumers",
+                    self.handler.key,
+                    self.spec.group,
+                    len(fresh),
+                )
+                return self._track(fresh)
+            if cursor == "0-0":
+                return []
+
     def _track(self, entries: list[Entry]) -> list[Entry]:
         for entry in entries:
-            self._in_flight[entry.id] = entry
+            self._in_flight[entry.id] = entry.deliveries
+        if entries:
+            self._seen(entries[-1].id)
         return entries
 
     def _due_retries(self, room: int) -> list[str]:
@@ -174,24 +258,31 @@ class GroupConsumer(_StreamBase):
     async def process(self, entry: Entry) -> None:
         fields = decode_fields_raw(entry.fields)
         message = self._message(entry, fields)
-        decision = await self.execute(
-            lambda: self.handler.codec.decode_fields(fields),
-            message,
-            self.spec.max_deliveries,
-            self.spec.backoff,
-        )
+        # Left in place when the run is cancelled at shutdown: handback then counts it.
+        self._started.add(entry.id)
+        try:
+            decision = await self.execute(
+                lambda: self._decode(entry, fields),
+                message,
+                self.spec.max_deliveries,
+                self.spec.backoff,
+            )
+        except Exception:
+            self._started.discard(entry.id)
+            raise
+        self._started.discard(entry.id)
         match decision:
             case Ack():
-                del self._in_flight[entry.id]
+                self._in_flight.pop(entry.id, None)
                 self._acks.append(entry.id)
                 self.settle_soon()
             case Again(delay):
                 # Stays pending and ours (kept fresh by upkeep) until it is due again.
                 heapq.heappush(self._retry_heap, (time.monotonic() + delay, entry.id))
             case Dead(error):
-                del self._in_flight[entry.id]
+                self._in_flight.pop(entry.id, None)
                 self._dead.append(
-                    (
+                    DeadLetter(
                         entry.id,
                         error,
                         message.attempt,
@@ -214,17 +305,29 @@ class GroupConsumer(_StreamBase):
             raise
 
     async def upkeep(self) -> None:
-        await self.transport.heartbeat(self.lease_ms)
-        await self.transport.touch(list(self._in_flight))
         try:
-            await self._claim_abandoned()
+            await self.transport.heartbeat(self.lease_ms)
+            # An entry settled while the script ran is not lost: it left _in_flight.
+            lost = [
+                i for i in await self.transport.touch(list(self._in_flight)) if i in self._in_flight
+            ]
+            if lost:
+                for entry_id in lost:
+                    del self._in_flight[entry_id]
+                log.warning(
+                    "stream %r group %r: %d entr(y/ies) held here are no longer pending for "
+                    "this consumer (lease lapsed or group recreated); they may run twice",
+                    self.handler.key,
+                    self.spec.group,
+                    len(lost),
+                )
             now = time.monotonic()
             if now >= self._next_lag_check:
                 self._next_lag_check = now + LAG_CHECK_SECONDS
                 await self._check_lag(now)
             if now >= self._next_prune:
-                self._next_prune = now + max(self.spec.lease, 5.0)
-                removed = await self.transport.prune_consumers(self.lease_ms * 2)
+                self._next_prune = now + max(self.spec.lease, PRUNE_MIN_SECONDS)
+                removed = await self.transport.prune_consumers(self.lease_ms)
                 if removed:
                     log.info(
                         "stream %r group %r: removed dead consumers %s",
@@ -233,37 +336,17 @@ class GroupConsumer(_StreamBase):
                         ", ".join(removed),
                     )
         except Exception as exc:
+            # The group or stream is gone: the fetch loop recreates it.
             if not is_nogroup(exc):
                 raise
 
-    async def _claim_abandoned(self) -> None:
-        """XAUTOCLAIM entries idle for longer than the lease, walking the cursor to the end."""
-        while self.pool.room > 0 and not self.stop.is_set():
-            cursor, entries, deleted = await self.transport.autoclaim(
-                self.lease_ms, self._cursor, min(self.pool.room, self.spec.batch)
-            )
-            self._cursor = cursor
-            if deleted:
-                log.warning(
-                    "stream %r: %d pending entr(y/ies) were deleted before delivery: %s",
-                    self.handler.key,
-                    len(deleted),
-                    ", ".join(deleted[:10]),
-                )
-            if entries:
-                log.warning(
-                    "stream %r group %r: claimed %d entr(y/ies) of silent consumers",
-                    self.handler.key,
-                    self.spec.group,
-                    len(entries),
-                )
-                self.pool.put_many(self._track(entries))
-            if cursor == "0-0":
-                return
-
     async def _check_lag(self, now: float) -> None:
-        lag = await group_lag(self.transport, self.spec.lag_warning + 1)
-        if lag is not None and lag > self.spec.lag_warning and now >= self._next_lag_warning:
+        info = await self.transport.group_info()
+        if info is None:
+            return
+        self._seen(position(info))
+        lag = await self.transport.lag(info, self.spec.lag_warning + 1)
+        if lag > self.spec.lag_warning and now >= self._next_lag_warning:
             self._next_lag_warning = now + LAG_WARN_EVERY
             log.warning(
                 "stream %r group %r: lag %d is over %d; add consumers or concurrency",
@@ -274,29 +357,23 @@ class GroupConsumer(_StreamBase):
             )
 
     async def handback(self, jobs: list[Entry]) -> None:
+        # Fetched but not finished: claimable by others at once. A delivery whose handler
+        # never started is not counted; one interrupted at shutdown is.
+        released = []
         for job in jobs:
             self._in_flight.pop(job.id, None)
-        await self.transport.release([(j.id, j.deliveries - 1) for j in jobs])
+            started = job.id in self._started
+            self._started.discard(job.id)
+            released.append((job.id, job.deliveries if started else job.deliveries - 1))
+        await self.transport.release(released)
 
     async def leave(self) -> None:
-        # Entries waiting for a retry become claimable by the others at once.
-        waiting = [(entry_id, 0) for _, entry_id in self._retry_heap]
+        # Entries waiting for a retry become claimable by the others at once; their failed
+        # deliveries still count.
+        waiting = [(entry_id, self._in_flight.get(entry_id, 1)) for _, entry_id in self._retry_heap]
         self._retry_heap.clear()
         await self.transport.release(waiting)
         await self.transport.leave()
-
-
-async def group_lag(transport: StreamTransport, limit: int) -> int | None:
-    """Entries not yet delivered to the group: XINFO GROUPS ``lag``, or counted when nil."""
-    info = await transport.group_info()
-    if info is None:
-        return None
-    lag = info.get("lag")
-    if lag is not None:
-        return int(lag)
-    last = info.get("last-delivered-id")
-    last_text = last.decode() if isinstance(last, bytes) else str(last)
-    return await transport.count_after(last_text, limit)
 
 
 class TailConsumer(_StreamBase):
@@ -321,7 +398,7 @@ class TailConsumer(_StreamBase):
         fields = decode_fields_raw(entry.fields)
         message = self._message(entry, fields)
         decision = await self.execute(
-            lambda: self.handler.codec.decode_fields(fields), message, 1, self.spec.backoff
+            lambda: self._decode(entry, fields), message, 1, self.spec.backoff
         )
         if isinstance(decision, Dead):
             log.debug(

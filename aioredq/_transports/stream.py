@@ -4,7 +4,8 @@ Entries are read with XREADGROUP (new entries) and XAUTOCLAIM (entries of consum
 longer than the lease); a live consumer keeps its own entries fresh with XCLAIM ... JUSTID, so a
 slow handler is never taken from it. The delivery count is Redis's own (XPENDING). Ack is XACK;
 a dead letter is XADD to ``{stream}:dead`` and XACK in one script. Every script gets its keys
-through KEYS, all in the stream's hash slot.
+through KEYS, all in the stream's hash slot. Inside Lua, replies have their RESP2 shapes
+whatever protocol the client speaks: an XPENDING row is ``{id, consumer, idle, deliveries}``.
 """
 
 from __future__ import annotations
@@ -18,20 +19,27 @@ from redis.exceptions import ResponseError
 from . import keys
 from .queue import HEARTBEAT
 
-# An IDLE for XCLAIM that makes an entry claimable by anyone at once. It must stay below the
-# epoch in ms: Redis resets a delivery time that would be negative to "now".
+# An IDLE for XCLAIM that makes an entry claimable by anyone at once. Redis computes the
+# delivery time as now - IDLE and resets it to now when that is negative, so the value must
+# stay far below the epoch in ms (one year is ~3e10 ms, the epoch ~1.7e12 ms).
 RELEASED_IDLE_MS = 365 * 24 * 3600 * 1000
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
 
 _OWNED = """
 local function owned(id)
   local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
   if p[1] and p[1][2] == ARGV[2] then return p[1] end
-  return nil
+  return false
 end
 """
 
-# KEYS: stream; ARGV: group, consumer, ids... Claims our own pending entries again (a retry):
-# returns {id, fields, deliveries} per entry still ours and still in the stream.
+# KEYS: stream; ARGV: group, consumer, ids... Claims our own pending entries again for a retry
+# (counted as a delivery): {id, fields, deliveries} per entry still ours and still in the
+# stream. Redis 7 drops an entry that was deleted from the stream from the PEL here.
 CLAIM_OWN = (
     _OWNED
     + """
@@ -49,23 +57,25 @@ return out
 """
 )
 
-# KEYS: stream; ARGV: group, consumer, ids... Resets the idle time of entries we still own.
+# KEYS: stream; ARGV: group, consumer, ids... Resets the idle time of the entries still ours
+# (JUSTID: not counted as a delivery); returns the ids that are no longer ours.
 TOUCH = (
     _OWNED
     + """
-local n = 0
+local lost = {}
 for i = 3, #ARGV do
   if owned(ARGV[i]) then
     redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
-    n = n + 1
+  else
+    lost[#lost + 1] = ARGV[i]
   end
 end
-return n
+return lost
 """
 )
 
-# KEYS: stream; ARGV: group, consumer, idle_ms, then pairs (id, deliveries before this one).
-# Makes entries we fetched but never started claimable by others at once, uncounted.
+# KEYS: stream; ARGV: group, consumer, idle_ms, then pairs (id, delivery count to keep).
+# Makes entries we hold but will not finish claimable by any consumer at once.
 RELEASE = (
     _OWNED
     + """
@@ -87,10 +97,12 @@ AUTOCLAIM = """
 local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', ARGV[5])
 local out = {}
 for _, e in ipairs(r[2]) do
-  local p = redis.call('XPENDING', KEYS[1], ARGV[1], e[1], e[1], 1)
-  local n = 1
-  if p[1] then n = p[1][4] end
-  out[#out + 1] = {e[1], e[2], n}
+  if e then
+    local p = redis.call('XPENDING', KEYS[1], ARGV[1], e[1], e[1], 1)
+    local n = 1
+    if p[1] then n = p[1][4] end
+    out[#out + 1] = {e[1], e[2] or {}, n}
+  end
 end
 return {r[1], out, r[3] or {}}
 """
@@ -106,12 +118,50 @@ end
 return 0
 """
 
-# KEYS: stream, dead stream; ARGV: group, id, error, deliveries, failed_at, fields JSON
-DEAD = """
-redis.call('XADD', KEYS[2], '*', 'original_id', ARGV[2], 'group', ARGV[1], 'error', ARGV[3],
-           'deliveries', ARGV[4], 'failed_at', ARGV[5], 'fields', ARGV[6])
-return redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+# KEYS: stream, consumers zset; ARGV: group, consumer, min_idle_ms.
+# Deletes the group's consumers that hold nothing, have been idle for min_idle_ms and have no
+# live heartbeat, and forgets heartbeats of consumers the group no longer has. Atomic, so a
+# consumer cannot take an entry between the check and DELCONSUMER (which would drop it).
+PRUNE = (
+    _NOW
+    + """
+local removed = {}
+local known = {}
+for _, row in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local c = {}
+  for i = 1, #row - 1, 2 do c[row[i]] = row[i + 1] end
+  local name = c['name']
+  known[name] = true
+  if name ~= ARGV[2] and tonumber(c['pending']) == 0
+      and tonumber(c['idle']) >= tonumber(ARGV[3]) then
+    local expiry = redis.call('ZSCORE', KEYS[2], name)
+    if not expiry or tonumber(expiry) < now then
+      redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], name)
+      redis.call('ZREM', KEYS[2], name)
+      removed[#removed + 1] = name
+    end
+  end
+end
+local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[3]),
+                         'LIMIT', 0, 100)
+for _, name in ipairs(stale) do
+  if not known[name] then redis.call('ZREM', KEYS[2], name) end
+end
+return removed
 """
+)
+
+# KEYS: stream, dead stream; ARGV: group, consumer, id, error, deliveries, failed_at, fields.
+# Only an entry still ours is dead-lettered: one taken over by another consumer is theirs now.
+DEAD = (
+    _OWNED
+    + """
+if not owned(ARGV[3]) then return 0 end
+redis.call('XADD', KEYS[2], '*', 'original_id', ARGV[3], 'group', ARGV[1], 'error', ARGV[4],
+           'deliveries', ARGV[5], 'failed_at', ARGV[6], 'fields', ARGV[7])
+return redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+"""
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +171,15 @@ class Entry:
     deliveries: int
 
 
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: str
+    error: str
+    deliveries: int
+    failed_at: str
+    fields_json: str
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -128,17 +187,47 @@ def _text(value: Any) -> str:
 def _fields(raw: Any) -> dict[bytes, bytes]:
     if isinstance(raw, dict):
         return dict(raw)
-    if raw is None:
+    if not raw:
         return {}
     it = iter(raw)
     return dict(zip(it, it, strict=True))
 
 
+def _is_entry(item: Any) -> bool:
+    return isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], bytes | str)
+
+
+def _entries(reply: Any) -> list[tuple[Any, Any]]:
+    """The entries of an XREAD/XREADGROUP reply on one stream, whatever its shape.
+
+    RESP2 gives ``[[stream, [entry, ...]]]``; redis-py's RESP3 parser gives
+    ``{stream: [[entry, ...]]}`` (one more list); an empty read is ``[]``, ``{}`` or None.
+    """
+    if not reply:
+        return []
+    per_stream = reply.values() if isinstance(reply, dict) else (item[1] for item in reply)
+    out: list[tuple[Any, Any]] = []
+    for payload in per_stream:
+        for item in payload or ():
+            if _is_entry(item):
+                out.append((item[0], item[1]))
+            else:
+                out.extend((e[0], e[1]) for e in item)
+    return out
+
+
 def is_nogroup(exc: BaseException) -> bool:
+    """The group or the stream is gone (``NOGROUP``, or a blocked read told of the DEL)."""
     text = str(exc)
     return isinstance(exc, ResponseError) and (
         text.startswith("NOGROUP") or "no longer exists" in text
     )
+
+
+def id_key(entry_id: str) -> tuple[int, int]:
+    """An entry id as a sortable pair (``"5-1"`` -> ``(5, 1)``)."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 class StreamTransport:
@@ -158,6 +247,7 @@ class StreamTransport:
         self._dead = client.register_script(DEAD)
         self._heartbeat = client.register_script(HEARTBEAT)
         self._leave = client.register_script(LEAVE)
+        self._prune = client.register_script(PRUNE)
 
     # producing ---------------------------------------------------------------------------
     async def append(
@@ -179,8 +269,10 @@ class StreamTransport:
             raise
         return True
 
-    async def stream_exists(self) -> bool:
-        return bool(await self.client.exists(self.stream))
+    async def join(self) -> None:
+        """Appear in XINFO CONSUMERS now: before Redis 7.2 a read that returns nothing does
+        not create the consumer, and tools count the group's consumers from there."""
+        await self.client.xgroup_createconsumer(self.stream, self.group, self.consumer)
 
     async def read_group(self, client: Any, count: int, block_ms: int | None) -> list[Entry]:
         reply = await client.xreadgroup(
@@ -199,39 +291,48 @@ class StreamTransport:
         return _text(last[0][0]) if last else "0-0"
 
     # settling ----------------------------------------------------------------------------
-    async def settle(
-        self, acks: Sequence[str], dead: Sequence[tuple[str, str, int, str, str]]
-    ) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        if acks:
-            pipe.xack(self.stream, self.group, *acks)
-        for entry_id, error, deliveries, failed_at, fields_json in dead:
-            await self._dead(
-                keys=[self.stream, self.dead],
-                args=[self.group, entry_id, error, deliveries, failed_at, fields_json],
-                client=pipe,
-            )
-        results = await pipe.execute(raise_on_error=False)
-        for result in results:
-            if isinstance(result, Exception) and not is_nogroup(result):
-                raise result
+    async def settle(self, acks: Sequence[str], dead: Sequence[DeadLetter]) -> None:
+        """XACK the acked entries in one call; dead letters (rare) one script call each. A
+        group or stream deleted meanwhile has nothing left to settle."""
+        try:
+            if acks:
+                await self.client.xack(self.stream, self.group, *acks)
+            for letter in dead:
+                await self._dead(
+                    keys=[self.stream, self.dead],
+                    args=[
+                        self.group,
+                        self.consumer,
+                        letter.id,
+                        letter.error,
+                        letter.deliveries,
+                        letter.failed_at,
+                        letter.fields_json,
+                    ],
+                )
+        except ResponseError as exc:
+            if not is_nogroup(exc):
+                raise
 
     # ownership ---------------------------------------------------------------------------
     async def claim_own(self, ids: Sequence[str]) -> list[Entry]:
         reply = await self._claim_own(keys=[self.stream], args=[self.group, self.consumer, *ids])
         return [Entry(_text(i), _fields(f), int(n)) for i, f, n in reply]
 
-    async def touch(self, ids: Sequence[str]) -> int:
+    async def touch(self, ids: Sequence[str]) -> list[str]:
+        """Keep our entries fresh; returns the ids that are no longer ours."""
         if not ids:
-            return 0
-        return int(await self._touch(keys=[self.stream], args=[self.group, self.consumer, *ids]))
+            return []
+        lost = await self._touch(keys=[self.stream], args=[self.group, self.consumer, *ids])
+        return [_text(i) for i in lost]
 
     async def release(self, entries: Sequence[tuple[str, int]]) -> int:
+        """Make ``(id, delivery count to keep)`` entries claimable by others at once."""
         if not entries:
             return 0
         args: list[Any] = [self.group, self.consumer, RELEASED_IDLE_MS]
-        for entry_id, previous in entries:
-            args += [entry_id, previous]
+        for entry_id, deliveries in entries:
+            args += [entry_id, max(deliveries, 0)]
         return int(await self._release(keys=[self.stream], args=args))
 
     async def autoclaim(
@@ -252,21 +353,10 @@ class StreamTransport:
 
     async def prune_consumers(self, min_idle_ms: int) -> list[str]:
         """Delete group consumers that hold nothing, are idle and have no live heartbeat."""
-        infos = await self.client.xinfo_consumers(self.stream, self.group)
-        seconds, micros = await self.client.time()
-        now_ms = int(seconds) * 1000 + int(micros) // 1000
-        live = await self.client.zrangebyscore(self.consumers, now_ms, "+inf")
-        live_names = {_text(n) for n in live}
-        removed = []
-        for info in infos:
-            name = _text(info.get("name", info.get(b"name", b"")))
-            pending = int(info.get("pending", info.get(b"pending", 0)))
-            idle = int(info.get("idle", info.get(b"idle", 0)))
-            if name == self.consumer or pending or idle < min_idle_ms or name in live_names:
-                continue
-            await self.client.xgroup_delconsumer(self.stream, self.group, name)
-            removed.append(name)
-        return removed
+        removed = await self._prune(
+            keys=[self.stream, self.consumers], args=[self.group, self.consumer, min_idle_ms]
+        )
+        return [_text(n) for n in removed]
 
     async def group_info(self) -> dict[str, Any] | None:
         for info in await self.client.xinfo_groups(self.stream):
@@ -278,10 +368,25 @@ class StreamTransport:
     async def count_after(self, entry_id: str, limit: int) -> int:
         return len(await self.client.xrange(self.stream, f"({entry_id}", "+", count=limit))
 
+    async def lag(self, info: Mapping[str, Any], limit: int) -> int:
+        """The group's lag from its XINFO GROUPS row; counted (up to ``limit``) when Redis
+        reports nil, as Redis 7 does after an XDEL of an entry the group has not read yet or
+        for a group created at an arbitrary id."""
+        lag = info.get("lag")
+        if lag is not None:
+            return int(lag)
+        return await self.count_after(position(info), limit)
 
-def _entries(reply: Any) -> list[tuple[Any, Any]]:
-    """Entries of the single stream in an XREAD/XREADGROUP reply (list or mapping shape)."""
-    if not reply:
-        return []
-    streams = reply.values() if isinstance(reply, dict) else (item[1] for item in reply)
-    return [tuple(entry) for entries in streams for entry in entries]
+
+def position(info: Mapping[str, Any]) -> str:
+    """The group's last delivered id, from its XINFO GROUPS row."""
+    return _text(info.get("last-delivered-id", "0-0"))
+
+
+async def group_lag(transport: StreamTransport, limit: int = 1_000_000) -> int | None:
+    """Entries not yet delivered to the transport's group (XINFO GROUPS ``lag``, counted
+    when Redis reports nil); None when the group does not exist."""
+    info = await transport.group_info()
+    if info is None:
+        return None
+    return await transport.lag(info, limit)
