@@ -1,14 +1,22 @@
 """The app's subscriber: one connection reads every subscription at full speed into a bounded
-buffer per handler; each handler drains its buffer with its own concurrency."""
+buffer per handler; each handler drains its buffer with its own concurrency.
+
+Pub/sub is at-most-once and Redis does not wait for slow readers: once a subscriber's output
+buffer passes ``client-output-buffer-limit pubsub`` the server disconnects it and everything in
+flight is lost. So the reader never waits for a handler. When a handler's buffer is full the
+oldest buffered message is dropped (for live updates the freshest state matters most), counted
+in ``app.stats()`` and logged at most every ``DROP_LOG_EVERY`` seconds.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import anyio
+import anyio.lowlevel
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
@@ -19,46 +27,81 @@ from ._message import Message
 from ._outage import Outage
 from ._pool import Pool
 from ._stats import Counters
-from ._transports.pubsub import Received, Subscription
+from ._transports.pubsub import (
+    MESSAGE,
+    PMESSAGE,
+    SMESSAGE,
+    Frame,
+    Source,
+    Subscription,
+    text,
+    wire,
+)
 
 log = logging.getLogger("aioredq")
-RECEIVE_TIMEOUT = 1.0
 DROP_LOG_EVERY = 5.0
+# Reads that find data already buffered do not suspend, so under a steady stream the reader
+# keeps the event loop to itself, which is what keeps the socket drained. It hands the loop
+# back (1) when a handler's buffer is full while one of its workers is idle, i.e. the handler
+# keeps up but has not been scheduled, and (2) after holding it for ``HOLD_LOOP`` seconds,
+# checked every ``CHECK_EVERY`` messages, so timers, other consumers and stop requests run.
+HOLD_LOOP = 0.02
+CHECK_EVERY = 64
+# How often a cluster subscriber looks for shard connections that redis-py opened or closed.
+RESCAN_SOURCES = 1.0
 
 
 @dataclass(slots=True)
 class _Sink:
     handler: SubscribeHandler
     counters: Counters
-    pool: Pool[Received]
+    buffer: int
+    pool: Pool[Frame] = field(init=False)
+    active: int = 0  # handler calls running now
     dropped_since_log: int = 0
     next_drop_log: float = 0.0
 
 
 class Subscriber:
+    """Reads the app's subscriptions on one connection and feeds each handler's buffer."""
+
     def __init__(
         self, handlers: list[SubscribeHandler], conn: Connection, counters: dict[str, Counters]
     ) -> None:
         self.conn = conn
-        self.stopping = False
+        self._scope = anyio.CancelScope()
         self._outage = Outage(log, "subscriber", conn.target.safe_url)
-        self._by_channel: dict[str, list[_Sink]] = defaultdict(list)
-        self._by_pattern: dict[str, list[_Sink]] = defaultdict(list)
-        self._by_shard: dict[str, list[_Sink]] = defaultdict(list)
+        self._channels: dict[str, None] = {}
+        self._patterns: dict[str, None] = {}
+        self._shard_channels: dict[str, None] = {}
+        # kind -> subscribed name (channel or pattern, as bytes) -> sinks; a lookup per frame
+        # with no decoding and no allocation.
+        self._routes: dict[bytes, dict[bytes, list[_Sink]]] = {
+            MESSAGE: {},
+            PMESSAGE: {},
+            SMESSAGE: {},
+        }
         self._sinks: list[_Sink] = []
         for handler in handlers:
             spec = handler.spec
-            runner = _runner(handler, counters[handler.name])
-            pool = Pool(spec.concurrency, spec.concurrency + spec.buffer, runner)
-            sink = _Sink(handler, counters[handler.name], pool)
+            sink = _Sink(handler, counters[handler.name], spec.buffer)
+            sink.pool = Pool(spec.concurrency, spec.concurrency + spec.buffer, _runner(sink))
             self._sinks.append(sink)
             if spec.pattern is not None:
-                self._by_pattern[spec.pattern].append(sink)
+                self._route(PMESSAGE, spec.pattern, sink, self._patterns)
             for channel in spec.channels:
-                (self._by_shard if spec.sharded else self._by_channel)[channel].append(sink)
+                if spec.sharded:
+                    self._route(SMESSAGE, channel, sink, self._shard_channels)
+                else:
+                    self._route(MESSAGE, channel, sink, self._channels)
+
+    def _route(self, kind: bytes, name: str, sink: _Sink, names: dict[str, None]) -> None:
+        names[name] = None
+        self._routes[kind].setdefault(wire(name), []).append(sink)
 
     def request_stop(self) -> None:
-        self.stopping = True
+        """Stop reading now; buffered messages not yet started are discarded."""
+        self._scope.cancel()
 
     @property
     def idle(self) -> bool:
@@ -70,104 +113,195 @@ class Subscriber:
         for sink in self._sinks:
             sink.pool.start()
         subscription = Subscription(self.conn.command)
+        started = False
         try:
-            await self._subscribe(subscription)
-            task_status.started()
-            while not self.stopping:
-                try:
-                    received = await subscription.receive(RECEIVE_TIMEOUT)
-                except Exception as exc:
-                    if not is_connection_error(exc):
-                        raise
-                    await self._outage.failed(exc)
-                    continue
-                self._outage.ok()
-                if received is not None:
-                    self._dispatch(received)
+            with self._scope:
+                await self._subscribe(subscription)
+                task_status.started()
+                started = True
+                if subscription.sharded_per_node:
+                    await self._read_every_node(subscription)
+                else:
+                    [source] = subscription.sources()
+                    await self._read(source, self._outage)
         finally:
-            await subscription.aclose()
-            for sink in self._sinks:
-                await sink.pool.close(shutdown_timeout)
+            with anyio.CancelScope(shield=True):
+                await subscription.aclose()
+                await self._drain(shutdown_timeout)
+        if not started:
+            task_status.started()
 
     async def _subscribe(self, subscription: Subscription) -> None:
         while True:
             try:
                 await subscription.subscribe(
-                    list(self._by_channel), list(self._by_pattern), list(self._by_shard)
+                    list(self._channels), list(self._patterns), list(self._shard_channels)
                 )
-                return
             except Exception as exc:
                 if not is_connection_error(exc):
                     raise
                 await self._outage.failed(exc)
+            else:
+                self._outage.ok()
+                return
 
-    def _dispatch(self, received: Received) -> None:
-        if received.kind == "pmessage":
-            sinks = self._by_pattern.get(received.pattern or "", ())
-        elif received.kind == "smessage":
-            sinks = self._by_shard.get(received.channel, ())
-        else:
-            sinks = self._by_channel.get(received.channel, ())
-        for sink in sinks:
-            if sink.pool.offer(received, sink.handler.spec.buffer) is not None:
-                self._dropped(sink)
+    async def _read_every_node(self, subscription: Subscription) -> None:
+        """One reader per connection; in a cluster, shard channels move with their slots."""
+        readers: dict[Source, anyio.CancelScope] = {}
+
+        async def read(source: Source, scope: anyio.CancelScope) -> None:
+            with scope:
+                await self._read(source, Outage(log, source.name, self.conn.target.safe_url))
+
+        async with anyio.create_task_group() as tg:
+            while True:
+                sources = subscription.sources()
+                for source in [s for s in readers if s not in sources]:
+                    readers.pop(source).cancel()
+                for source in sources:
+                    if source not in readers:
+                        readers[source] = anyio.CancelScope()
+                        tg.start_soon(read, source, readers[source])
+                await anyio.sleep(RESCAN_SOURCES)
+
+    async def _read(self, source: Source, outage: Outage) -> None:
+        routes = self._routes
+        read = source.read
+        checkpoint = anyio.lowlevel.checkpoint
+        clock = time.monotonic
+        unchecked = CHECK_EVERY
+        hand_back_at = clock() + HOLD_LOOP
+        while True:
+            try:
+                frame = await read()
+            except Exception as exc:
+                if not is_connection_error(exc):
+                    raise
+                await outage.failed(exc)
+                continue
+            if outage.active:
+                outage.ok()
+            if frame is None:
+                continue
+            by_name = routes.get(frame[0])
+            if by_name is not None:
+                for sink in by_name.get(frame[1], ()):
+                    sink.counters.received += 1
+                    pool = sink.pool
+                    if pool.outstanding - sink.active >= sink.buffer and sink.active < pool.size:
+                        await checkpoint()  # let the idle workers empty the buffer
+                    if pool.offer(frame, sink.buffer) is not None:
+                        self._dropped(sink)
+            unchecked -= 1
+            if not unchecked:
+                unchecked = CHECK_EVERY
+                if clock() >= hand_back_at:
+                    await checkpoint()
+                    hand_back_at = clock() + HOLD_LOOP
 
     def _dropped(self, sink: _Sink) -> None:
         sink.counters.dropped += 1
         sink.dropped_since_log += 1
         now = time.monotonic()
         if now >= sink.next_drop_log:
-            log.warning(
-                "handler=%s: buffer of %d full, dropped %d oldest message(s); the handler is "
-                "slower than its publishers (raise concurrency or buffer)",
-                sink.handler.name,
-                sink.handler.spec.buffer,
-                sink.dropped_since_log,
-            )
-            sink.dropped_since_log = 0
+            self._log_drops(sink)
             sink.next_drop_log = now + DROP_LOG_EVERY
 
-
-def _runner(handler: SubscribeHandler, counters: Counters) -> Callable[[Received], Awaitable[None]]:
-    """The job that runs ``handler`` on one received message (at most once)."""
-
-    async def run(received: Received) -> None:
-        counters.received += 1
-        message = Message(
-            id="",
-            kind="subscribe",
-            name=received.pattern or received.channel,
-            channel=received.channel,
-            attempt=1,
-            raw=received.data,
-            pattern=received.pattern,
+    def _log_drops(self, sink: _Sink) -> None:
+        log.warning(
+            "handler=%s: buffer of %d full, dropped the %d oldest message(s) since the last "
+            "report; the handler is slower than its publishers (raise concurrency or buffer)",
+            sink.handler.name,
+            sink.buffer,
+            sink.dropped_since_log,
         )
+        sink.dropped_since_log = 0
+
+    async def _drain(self, shutdown_timeout: float) -> None:
+        """Discard what no handler started (at-most-once: nothing to hand back), then give
+        running handler calls ``shutdown_timeout`` seconds to finish."""
+        for sink in self._sinks:
+            unstarted = len(sink.pool.take_unstarted())
+            if unstarted:
+                sink.counters.dropped += unstarted
+                log.info(
+                    "handler=%s: stopping, discarded %d buffered message(s) not yet started",
+                    sink.handler.name,
+                    unstarted,
+                )
+            if sink.dropped_since_log:
+                self._log_drops(sink)
+        deadline = time.monotonic() + shutdown_timeout
+        for sink in self._sinks:
+            interrupted = await sink.pool.close(max(0.0, deadline - time.monotonic()))
+            if interrupted:
+                log.warning(
+                    "handler=%s: %d call(s) still running after shutdown_timeout=%.1fs were "
+                    "cancelled",
+                    sink.handler.name,
+                    len(interrupted),
+                    shutdown_timeout,
+                )
+
+
+def _runner(sink: _Sink) -> Callable[[Frame], Awaitable[None]]:
+    """The job that runs the sink's handler on one received frame (at most once)."""
+    handler = sink.handler
+    counters = sink.counters
+    decode = handler.codec.decode_text
+    func = handler.func
+    message_param = handler.message_param
+    latencies = counters.latencies
+    perf_counter = time.perf_counter
+
+    async def run(frame: Frame) -> None:
+        sink.active += 1
         try:
-            body = handler.codec.decode_text(received.data)
-        except DecodeError as exc:
-            counters.failed += 1
-            log.error(
-                "handler=%s channel=%s: message not handled: %s",
-                handler.name,
-                received.channel,
-                exc,
-            )
-            return
-        started = time.perf_counter()
-        try:
-            await handler.invoke(body, message)
-        except Exception as exc:
-            counters.failed += 1
-            log.error(
-                "handler=%s channel=%s failed: %s: %s",
-                handler.name,
-                received.channel,
-                type(exc).__name__,
-                exc,
-                exc_info=log.isEnabledFor(logging.DEBUG),
-            )
-        else:
-            counters.succeeded += 1
-        counters.latencies.append(time.perf_counter() - started)
+            try:
+                body = decode(frame[-1])
+            except DecodeError as exc:
+                counters.failed += 1
+                log.error(
+                    "handler=%s channel=%s: message not handled: %s",
+                    handler.name,
+                    text(frame[-2]),
+                    exc,
+                )
+                return
+            started = perf_counter()
+            try:
+                if message_param is None:
+                    await func(body)
+                else:
+                    await func(body, **{message_param: _message(frame)})
+            except Exception as exc:
+                counters.failed += 1
+                log.error(
+                    "handler=%s channel=%s failed: %s: %s",
+                    handler.name,
+                    text(frame[-2]),
+                    type(exc).__name__,
+                    exc,
+                    exc_info=log.isEnabledFor(logging.DEBUG),
+                )
+            else:
+                counters.succeeded += 1
+            latencies.append(perf_counter() - started)
+        finally:
+            sink.active -= 1
 
     return run
+
+
+def _message(frame: Frame) -> Message:
+    pattern = text(frame[1]) if frame[0] == PMESSAGE else None
+    channel = text(frame[-2])
+    return Message(
+        id="",
+        kind="subscribe",
+        name=pattern or channel,
+        channel=channel,
+        attempt=1,
+        raw=frame[-1],
+        pattern=pattern,
+    )

@@ -1,35 +1,90 @@
 """Pub/Sub: one subscriber connection for all of an app's channels, patterns and shard
-channels. redis-py's PubSub resubscribes everything on reconnect (``on_connect``)."""
+channels, and publishing.
+
+The subscriber reads raw reply frames (``[kind, channel, data]`` or ``[kind, pattern,
+channel, data]``, all bytes) straight from redis-py's ``PubSub.parse_response``: its
+``get_message`` builds a dict, decodes the kind and checks handler tables for every message,
+which costs about as much as everything aioredq then does with the message. redis-py's
+``PubSub`` keeps the subscriptions and replays them from ``on_connect`` whenever the
+connection is re-established (plain, pattern and shard channels alike), so a reconnect needs
+nothing from the caller.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
+import redis.exceptions as rexc
+from redis.asyncio.cluster import ClusterPubSub
+
+PUBLISH = "PUBLISH"
 PUBLISH_SHARDED = "SPUBLISH"
+MESSAGE = b"message"
+PMESSAGE = b"pmessage"
+SMESSAGE = b"smessage"
+
+# A reply frame as the server sent it. Messages are [kind, channel, data] for MESSAGE and
+# SMESSAGE, [kind, pattern, channel, data] for PMESSAGE: the subscribed name is always
+# frame[1], the channel frame[-2] and the payload frame[-1]. Other frames are subscription
+# confirmations.
+Frame = list[Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Received:
-    kind: str  # "message", "pmessage" or "smessage"
-    channel: str
-    pattern: str | None
-    data: bytes
-
-
-def _text(value: Any) -> str:
+def text(value: Any) -> str:
+    """A channel or pattern name as text (names that are not UTF-8 stay readable)."""
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
 
 
+def wire(name: str) -> bytes:
+    """A channel or pattern name as it appears in frames (the inverse of ``text``)."""
+    return name.encode("utf-8", "surrogateescape")
+
+
+async def _pass_through(response: Any) -> Any:
+    # RESP3 delivers messages as push frames; redis-py's default push handler formats every
+    # frame into a debug log line (``str(frame)``) before returning it, logging off or not.
+    return response
+
+
+class Source:
+    """One subscribed connection to read frames from. Not safe for concurrent readers."""
+
+    __slots__ = ("name", "pubsub")
+
+    def __init__(self, pubsub: Any, name: str) -> None:
+        self.pubsub = pubsub
+        self.name = name
+
+    async def read(self) -> Frame | None:
+        """The next frame, waiting as long as it takes (cancel to stop waiting).
+
+        A dropped connection is re-established here and its subscriptions replayed; when that
+        fails, the redis-py ``ConnectionError`` is raised and the next call tries again.
+        """
+        pubsub = self.pubsub
+        if pubsub.connection is None:
+            raise rexc.ConnectionError(f"{self.name} is not connected")
+        frame: Frame | None = await pubsub.parse_response(block=True)
+        return frame
+
+
 class Subscription:
+    """Every subscription of an app. On a single server (or Sentinel's master) that is one
+    connection. In a cluster, plain channels and patterns share one connection (PUBLISH reaches
+    every node) while shard channels need one connection per node that owns some of them;
+    redis-py moves those when slots move, so ``sources()`` can change over time."""
+
     def __init__(self, client: Any) -> None:
-        self.client = client
-        self.pubsub: Any = client.pubsub(ignore_subscribe_messages=True)
+        self.pubsub: Any = client.pubsub(push_handler_func=_pass_through)
+        self.sharded_per_node = isinstance(self.pubsub, ClusterPubSub)
+        self._main = Source(self.pubsub, "subscriber")
+        self._nodes: dict[str, Source] = {}
 
     async def subscribe(
         self, channels: Sequence[str], patterns: Sequence[str], shard_channels: Sequence[str]
     ) -> None:
+        """Subscribe to everything (what was already subscribed is simply subscribed again)."""
         if channels:
             await self.pubsub.subscribe(*channels)
         if patterns:
@@ -37,35 +92,37 @@ class Subscription:
         if shard_channels:
             await self.pubsub.ssubscribe(*shard_channels)
 
-    async def receive(self, timeout: float) -> Received | None:
-        msg = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
-        if msg is None or msg.get("type") not in ("message", "pmessage", "smessage"):
-            return None
-        pattern = msg.get("pattern")
-        data = msg["data"]
-        return Received(
-            msg["type"],
-            _text(msg["channel"]),
-            None if pattern is None else _text(pattern),
-            data if isinstance(data, bytes) else str(data).encode(),
-        )
+    def sources(self) -> list[Source]:
+        """The connections to read now."""
+        if not self.sharded_per_node:
+            return [self._main]
+        sources = [self._main] if self.pubsub.connection is not None else []
+        nodes = self.pubsub.node_pubsub_mapping
+        for name in list(self._nodes):
+            if name not in nodes or nodes[name] is not self._nodes[name].pubsub:
+                del self._nodes[name]
+        for name, pubsub in nodes.items():
+            if name not in self._nodes:
+                self._nodes[name] = Source(pubsub, f"subscriber (shard channels on {name})")
+        return sources + list(self._nodes.values())
 
     async def aclose(self) -> None:
         await self.pubsub.aclose()
 
 
 async def publish(client: Any, channel: str, payloads: Sequence[bytes], sharded: bool) -> int:
-    """Publish payloads in one round trip; returns the receivers of all of them, summed."""
+    """Publish payloads in one round trip; returns the receivers of all of them, summed.
+
+    In a cluster PUBLISH reaches subscribers on every node but counts only those connected to
+    the node that ran it; SPUBLISH counts every subscriber of the shard channel.
+    """
+    command = PUBLISH_SHARDED if sharded else PUBLISH
     if len(payloads) == 1:
-        if sharded:
-            return int(await client.execute_command(PUBLISH_SHARDED, channel, payloads[0]))
-        return int(await client.publish(channel, payloads[0]))
+        return int(await client.execute_command(command, channel, payloads[0]))
+    # execute_command, not pipe.publish(): the cluster pipeline refuses publish() by name.
     pipe = client.pipeline(transaction=False)
     for payload in payloads:
-        if sharded:
-            pipe.execute_command(PUBLISH_SHARDED, channel, payload)
-        else:
-            pipe.publish(channel, payload)
+        pipe.execute_command(command, channel, payload)
     return sum(int(n) for n in await pipe.execute())
 
 
@@ -77,10 +134,10 @@ async def subscriber_counts(client: Any, channels: Sequence[str], sharded: bool)
     else:
         reply = await client.execute_command("PUBSUB NUMSUB", *channels)
     if isinstance(reply, dict):
-        return {_text(k): int(v) for k, v in reply.items()}
+        return {text(k): int(v) for k, v in reply.items()}
     pairs = (
         reply
         if reply and isinstance(reply[0], (list, tuple))
         else zip(reply[::2], reply[1::2], strict=True)
     )
-    return {_text(k): int(v) for k, v in pairs}
+    return {text(k): int(v) for k, v in pairs}
