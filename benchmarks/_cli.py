@@ -1,0 +1,233 @@
+"""``python -m benchmarks``: aioredq against raw redis-py loops, same server, same run."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import pstats
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from . import _report
+from ._common import MODELS
+from ._runner import FULL, QUICK, RunFailed, Runner, Sizes
+from ._server import BenchServer
+
+LOOPS = ("asyncio", "uvloop")
+PARTS = ("consume", "produce", "latency", "rss")
+
+
+def _names(text: str, allowed: Sequence[str], what: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in allowed]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{what}: choose from {', '.join(allowed)}")
+    return names
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="aioredq (default options, no-op handlers) against the fastest honest raw "
+        "redis-py loops, on a redis-server started for the run.",
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions (default 3)")
+    parser.add_argument(
+        "--models",
+        type=lambda t: _names(t, MODELS, "--models"),
+        default=list(MODELS),
+        help="comma-separated: stream,task,pubsub",
+    )
+    parser.add_argument(
+        "--loops",
+        type=lambda t: _names(t, LOOPS, "--loops"),
+        default=list(LOOPS),
+        help="event loops to run under: asyncio,uvloop (default both)",
+    )
+    parser.add_argument(
+        "--parts",
+        type=lambda t: _names(t, PARTS, "--parts"),
+        default=list(PARTS),
+        help="what to measure: consume,produce,latency,rss (default all)",
+    )
+    parser.add_argument("--size", type=int, help="messages per consume/produce run")
+    parser.add_argument("--rss-size", type=int, help="backlog drained in the RSS run")
+    parser.add_argument("--latency-count", type=int, help="messages sent at 1k/s")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the numbers here")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="afterwards, run each aioredq consumer once more under cProfile; "
+        "write DIR/<loop>-<model>.prof and print the costliest functions",
+    )
+    args = parser.parse_args(argv)
+    if args.reps < 1:
+        parser.error("--reps must be >= 1")
+    return args
+
+
+def _sizes(args: argparse.Namespace) -> Sizes:
+    sizes = QUICK if args.quick else FULL
+    overrides = {
+        "consume": args.size,
+        "produce": args.size,
+        "rss": args.rss_size,
+        "latency": args.latency_count,
+    }
+    return dataclasses.replace(sizes, **{k: v for k, v in overrides.items() if v})
+
+
+def _progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _meta(runner: Runner, args: argparse.Namespace, sizes: Sizes) -> dict[str, Any]:
+    import redis
+
+    import aioredq
+
+    versions = {"aioredq": aioredq.__version__, "redis-py": redis.__version__}
+    try:
+        import uvloop
+
+        versions["uvloop"] = str(getattr(uvloop, "__version__", "?"))
+    except ImportError:
+        pass
+    return {
+        "command": " ".join(["python -m benchmarks", *sys.argv[1:]]),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "redis_server": runner.admin.info("server")["redis_version"],
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "versions": versions,
+        "reps": args.reps,
+        "sizes": dataclasses.asdict(sizes),
+    }
+
+
+Measure = Callable[[], dict[str, Any]]
+Step = tuple[int, str, str, str, str, Measure]
+
+
+def _plan(runner: Runner, args: argparse.Namespace, sizes: Sizes) -> Iterator[Step]:
+    """Every measurement, in order: (rep, loop, model, kind, impl, run it)."""
+    for rep in range(args.reps):
+        # Alternate who goes first, so a slow start or a noisy neighbour is shared.
+        order = ("aioredq", "raw") if rep % 2 == 0 else ("raw", "aioredq")
+        for loop in args.loops:
+            for model in args.models:
+                if "consume" in args.parts:
+                    for impl in order:
+                        yield (
+                            rep,
+                            loop,
+                            model,
+                            "consume",
+                            impl,
+                            partial(runner.consume, model, impl, loop, sizes.consume),
+                        )
+                if "produce" in args.parts:
+                    for impl in order:
+                        yield (
+                            rep,
+                            loop,
+                            model,
+                            "produce",
+                            impl,
+                            partial(runner.produce, model, impl, loop),
+                        )
+                if "latency" in args.parts:
+                    yield (
+                        rep,
+                        loop,
+                        model,
+                        "latency",
+                        "aioredq",
+                        partial(runner.latency, model, loop),
+                    )
+    if "rss" in args.parts:  # one large drain per model and loop: a peak, not a rate
+        for loop in args.loops:
+            for model in args.models:
+                yield (
+                    0,
+                    loop,
+                    model,
+                    "rss",
+                    "aioredq",
+                    partial(runner.consume, model, "aioredq", loop, sizes.rss),
+                )
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    sizes = _sizes(args)
+    records: list[dict[str, Any]] = []
+    with BenchServer() as server:
+        runner = Runner(server.url, sizes)
+        try:
+            meta = _meta(runner, args, sizes)
+            for rep, loop, model, kind, impl, measure in _plan(runner, args, sizes):
+                result = measure()
+                if kind == "rss":
+                    result["messages"] = sizes.rss
+                records.append(
+                    {"rep": rep, "loop": loop, "model": model, "kind": kind, "impl": impl} | result
+                )
+                shown = (
+                    f"p99 {result['p99_ms']:.2f} ms"
+                    if kind == "latency"
+                    else f"{result['rate']:,.0f} msg/s"
+                )
+                _progress(f"[{rep + 1}/{args.reps} {loop} {model}] {kind} {impl}: {shown}")
+            profiles = _profile(runner, args, sizes) if args.profile else {}
+        finally:
+            runner.close()
+    summary = _report.summarize(records, args.loops, args.models)
+    return {"meta": meta, "summary": summary, "records": records, "profiles": profiles}
+
+
+def _profile(runner: Runner, args: argparse.Namespace, sizes: Sizes) -> dict[str, str]:
+    args.profile.mkdir(parents=True, exist_ok=True)
+    found = {}
+    for loop in args.loops:
+        for model in args.models:
+            path = args.profile / f"{loop}-{model}.prof"
+            runner.consume(model, "aioredq", loop, sizes.consume, profile=str(path))
+            found[f"{loop}-{model}"] = str(path)
+    return found
+
+
+def _print_profiles(profiles: dict[str, str]) -> None:
+    for name, path in profiles.items():
+        print(f"\ncProfile of the aioredq {name} consumer (top 20 by own time): {path}")
+        pstats.Stats(path, stream=sys.stdout).sort_stats("tottime").print_stats(20)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if "uvloop" in args.loops:
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            _progress("uvloop is not installed (pip install 'aioredq[fast]'): asyncio only")
+            args.loops = [loop for loop in args.loops if loop != "uvloop"] or ["asyncio"]
+    try:
+        report = run(args)
+    except RunFailed as exc:
+        print(f"benchmark run failed: {exc}", file=sys.stderr)
+        return 1
+    print(_report.render(report, args.loops, args.models))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"\nwrote {args.json}")
+    _print_profiles(report["profiles"])
+    return 0

@@ -1,0 +1,217 @@
+"""Runs every measurement against one server: prefill, spawn the measured processes, collect
+their results. Each run starts from an empty database."""
+
+from __future__ import annotations
+
+import json
+import select
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import IO, Any
+
+import redis
+
+from ._common import GROUP, IDLE_END, PAD, QUEUE, STREAM, body
+from ._server import die_with_parent
+
+PREFILL_CHUNK = 10_000
+READY_TIMEOUT = 30.0
+STOP_GRACE = 15.0  # a graceful stop may wait out a blocking read (about a second)
+STREAM_FILL = """
+local base = tonumber(ARGV[1])
+for i = 0, tonumber(ARGV[2]) - 1 do
+  redis.call('XADD', KEYS[1], '*', 'seq', tostring(base + i), 'ts', '0.0', 'pad', ARGV[3])
+end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Sizes:
+    consume: int  # backlog drained (task, stream) or messages published (pub/sub)
+    produce: int
+    batch: int  # bodies per enqueue_many / append_many / publish_many call
+    latency: int  # messages sent at ``rate`` for the latency run
+    rate: float
+    rss: int  # backlog drained while watching peak RSS
+
+
+FULL = Sizes(consume=200_000, produce=200_000, batch=100, latency=5_000, rate=1000.0, rss=1_000_000)
+QUICK = Sizes(consume=2_000, produce=2_000, batch=100, latency=300, rate=1000.0, rss=5_000)
+
+
+class RunFailed(RuntimeError):
+    pass
+
+
+class Runner:
+    def __init__(self, url: str, sizes: Sizes) -> None:
+        self.url = url
+        self.sizes = sizes
+        self.admin = redis.Redis.from_url(url, socket_timeout=None)
+        self._children: list[_Child] = []
+
+    def close(self) -> None:
+        """Kill (by pid) whatever measured process is still running, e.g. after Ctrl-C."""
+        for child in self._children:
+            child.kill()
+        self._children.clear()
+        self.admin.close()
+
+    # one measurement per call ------------------------------------------------------------
+    def consume(
+        self, model: str, impl: str, loop: str, n: int, profile: str | None = None
+    ) -> dict[str, Any]:
+        self._reset()
+        timeout = max(120.0, n / 2000)
+        job: dict[str, Any] = {"role": "consume", "impl": impl, "model": model, "loop": loop}
+        job.update(n=n, timeout=timeout, profile=profile)
+        if model != "pubsub":
+            self._prefill(model, n)
+            before = self._server_usage()
+            result = self._finish(self._spawn(job), timeout + STOP_GRACE)
+        else:
+            subscriber = self._spawn(job)
+            self._wait_ready(subscriber)
+            before = self._server_usage()
+            flood = {"role": "flood", "n": n, "batch": 1000}
+            published = self._finish(self._spawn(flood), timeout)
+            # A subscriber ends IDLE_END after the last message it got; one that got nothing
+            # would wait for its whole timeout.
+            result = self._finish(subscriber, IDLE_END + STOP_GRACE)
+            result["publisher_rate"] = published["rate"]
+        result["server"] = self._server_delta(before)
+        return result
+
+    def produce(self, model: str, impl: str, loop: str) -> dict[str, Any]:
+        self._reset()
+        n = self.sizes.produce
+        job = {"role": "produce", "impl": impl, "model": model, "loop": loop, "n": n}
+        job["batch"] = self.sizes.batch
+        result = self._finish(self._spawn(job), max(120.0, n / 2000))
+        stored = {"task": self.admin.llen(QUEUE), "stream": self.admin.xlen(STREAM)}.get(model, n)
+        if stored != n:
+            raise RunFailed(f"{impl} produced {stored} of {n} {model} messages")
+        return result
+
+    def latency(self, model: str, loop: str) -> dict[str, Any]:
+        self._reset()
+        n, rate = self.sizes.latency, self.sizes.rate
+        common = {"model": model, "loop": loop, "n": n}
+        timeout = n / rate + 30
+        consumer = self._spawn({**common, "role": "latency-consumer", "timeout": timeout})
+        self._wait_ready(consumer)
+        producer = self._spawn({**common, "role": "latency-producer", "rate": rate})
+        sent = self._finish(producer, timeout)
+        result = self._finish(consumer, IDLE_END + STOP_GRACE)
+        result["send_rate"] = sent["rate"]
+        return result
+
+    # plumbing ----------------------------------------------------------------------------
+    def _server_usage(self) -> float:
+        """Reset the command counters; return the server's CPU seconds so far."""
+        self.admin.config_resetstat()
+        cpu = self.admin.info("cpu")
+        return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+    def _server_delta(self, cpu_before: float) -> dict[str, Any]:
+        """What the server did for one run: its CPU seconds and the calls of each command
+        (round trips per message, script loads, extra commands), for the JSON."""
+        cpu = self.admin.info("cpu")
+        stats = self.admin.info("commandstats")
+        calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+        for ours in ("config|resetstat", "info"):  # the harness's own
+            calls.pop(ours, None)
+        used = float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]) - cpu_before
+        return {"cpu_s": round(used, 3), "calls": calls}
+
+    def _reset(self) -> None:
+        self.admin.flushall()
+        self.admin.script_flush()
+
+    def _prefill(self, model: str, n: int) -> None:
+        if model == "stream":
+            self.admin.xgroup_create(STREAM, GROUP, "0", mkstream=True)
+            fill = self.admin.register_script(STREAM_FILL)
+            for base in range(0, n, PREFILL_CHUNK):
+                fill(keys=[STREAM], args=[base, min(PREFILL_CHUNK, n - base), PAD])
+            return
+        # Items exactly as aioredq enqueues them (envelopes), made by its own encoder.
+        from aioredq._codec import encode_envelope, new_id
+
+        for base in range(0, n, PREFILL_CHUNK):
+            items = [
+                encode_envelope(body(i), msg_id=new_id())
+                for i in range(base, min(base + PREFILL_CHUNK, n))
+            ]
+            self.admin.lpush(QUEUE, *items)
+
+    def _spawn(self, job: dict[str, Any]) -> _Child:
+        job = {"url": self.url, **job}
+        stderr = tempfile.TemporaryFile()  # shown only when the run fails
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks._child", json.dumps(job)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            preexec_fn=die_with_parent,
+        )
+        child = _Child(proc, job, stderr)
+        self._children.append(child)
+        return child
+
+    def _wait_ready(self, child: _Child) -> None:
+        line = child.line(READY_TIMEOUT)
+        if line != "READY":
+            raise RunFailed(child.failure(f"said {line!r} instead of READY"))
+
+    def _finish(self, child: _Child, timeout: float) -> dict[str, Any]:
+        line = child.line(timeout)
+        try:
+            child.proc.wait(STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            raise RunFailed(child.failure(f"did not exit within {STOP_GRACE:.0f} s")) from None
+        if child.proc.returncode != 0 or not line.startswith("RESULT "):
+            raise RunFailed(child.failure(f"exited {child.proc.returncode}: {line!r}"))
+        child.stderr.close()
+        self._children.remove(child)
+        result: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
+        return result
+
+
+@dataclass
+class _Child:
+    proc: subprocess.Popen[bytes]
+    job: dict[str, Any]
+    stderr: IO[bytes]
+
+    def line(self, timeout: float) -> str:
+        """The next protocol line (``READY`` or ``RESULT ...``) within ``timeout`` seconds;
+        anything else the process prints is ignored."""
+        stdout = self.proc.stdout
+        assert stdout is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            if not select.select([stdout], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                raise RunFailed(self.failure(f"gave no result within {timeout:.0f} s"))
+            line = stdout.readline().decode()
+            if not line:
+                self.proc.wait()
+                raise RunFailed(self.failure("ended without a result"))
+            if line.startswith(("READY", "RESULT ")):
+                return line.strip()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def failure(self, what: str) -> str:
+        self.kill()
+        self.stderr.seek(0)
+        tail = self.stderr.read().decode(errors="replace")[-3000:]
+        self.stderr.close()
+        return f"{self.job['role']} run {json.dumps(self.job)} {what}\n{tail}"

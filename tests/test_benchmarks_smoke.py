@@ -1,0 +1,89 @@
+"""``python -m benchmarks --quick`` runs end to end and reports every row (no timing asserts)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ("stream", "task", "pubsub")
+LOOPS = ("asyncio", "uvloop")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
+    pytest.importorskip("uvloop")
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--reps", "1", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done.stdout, json.loads(out.read_text())
+
+
+def _rows(text: str, header: str) -> list[list[str]]:
+    """The rows of the table printed under ``header``, split into cells."""
+    lines = text.split(header, 1)[1].splitlines()
+    rows = []
+    for line in lines[3:]:  # below the rest of the title line, the column names and the rule
+        if "|" not in line:
+            break
+        rows.append([cell.strip() for cell in line.split("|")])
+    return rows
+
+
+def test_each_loop_has_a_full_row_per_model(quick_run: tuple[str, dict[str, Any]]) -> None:
+    text, _ = quick_run
+    for loop in LOOPS:
+        rows = _rows(text, f"event loop: {loop}")
+        assert [row[0] for row in rows] == list(MODELS)
+        for row in rows:
+            # consume, raw consume, ratio, produce, raw produce, ratio, p50, p99
+            assert all(cell not in ("", "-") for cell in row[1:9]), row
+
+
+def test_cpu_rss_and_uvloop_tables_cover_every_model(quick_run: tuple[str, dict[str, Any]]) -> None:
+    text, _ = quick_run
+    rss = _rows(text, "peak RSS of the aioredq process")
+    assert sorted((row[0], row[1]) for row in rss) == sorted(
+        (model, loop) for model in MODELS for loop in LOOPS
+    )
+    assert all(float(row[4]) > 0 for row in rss)
+    uv = _rows(text, "what uvloop changes")
+    assert [row[0] for row in uv] == list(MODELS)
+    cpu = _rows(text, "CPU time of the consuming process per message")
+    assert [row[0] for row in cpu] == list(MODELS)
+    assert all(float(cell.split()[0]) > 0 for row in cpu for cell in row[1:3])
+
+
+def test_json_has_the_same_numbers(quick_run: tuple[str, dict[str, Any]]) -> None:
+    _, data = quick_run
+    for loop in LOOPS:
+        for model in MODELS:
+            row = data["summary"][loop][model]
+            for key in ("consume_aioredq", "consume_raw", "produce_aioredq", "produce_raw"):
+                assert row[key]["median"] > 0, (loop, model, key)
+            for key in ("consume_ratio", "produce_ratio", "latency_p50_ms", "latency_p99_ms"):
+                assert row[key]["min"] <= row[key]["median"] <= row[key]["max"], (loop, key)
+            assert row["rss"]["peak_mb"] >= row["rss"]["idle_mb"] > 0
+
+
+def test_backlogs_are_drained_and_acknowledged(quick_run: tuple[str, dict[str, Any]]) -> None:
+    _, data = quick_run
+    drains = [
+        r for r in data["records"] if r["kind"] in ("consume", "rss") and r["model"] != "pubsub"
+    ]
+    assert len(drains) == 2 * 2 * len(LOOPS) + 2 * len(LOOPS)  # both impls + the RSS runs
+    for run in drains:
+        assert run["dropped"] == 0 and run["count"] > 0, run
+        assert run.get("failed", 0) == 0, run
