@@ -31,6 +31,7 @@ from ._handlers import (
     subscribe_spec,
     task_spec,
 )
+from ._outage import Outage
 from ._stats import Counters, Stats
 from ._stream import GroupConsumer, TailConsumer
 from ._subscribe import Subscriber
@@ -208,6 +209,11 @@ class App:
             if other.name == handler.name:
                 raise ConfigurationError(
                     f"two handlers are named {handler.name!r}; give the functions distinct names"
+                )
+            if {other.kind, handler.kind} == {"task", "stream"} and other.key == handler.key:
+                raise ConfigurationError(
+                    f"{handler.key!r} cannot be both a task queue (a list) and a stream: "
+                    f"rename the queue of {other.name if other.kind == 'task' else handler.name!r}"
                 )
             if (
                 other.kind == handler.kind != "subscribe"
@@ -407,14 +413,22 @@ class App:
         consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         workers: list[_Worker] = []
         subscribers: list[SubscribeHandler] = []
+        # One warning per outage for all consumers, not one per handler and loop.
+        outage = Outage(log, "consumers", conn.target.safe_url)
         for h in handlers:
             wakeup = None if conn.can_block else self._wakeups.setdefault(h.key, asyncio.Event())
             counters = self._counters[h.name]
+            common: dict[str, Any] = {
+                "consumer": consumer,
+                "counters": counters,
+                "wakeup": wakeup,
+                "outage": outage,
+            }
             if isinstance(h, TaskHandler):
-                c: Any = TaskConsumer(h, conn, consumer=consumer, counters=counters, wakeup=wakeup)
+                c: Any = TaskConsumer(h, conn, **common)
             elif isinstance(h, StreamHandler):
                 cls = GroupConsumer if h.spec.group is not None else TailConsumer
-                c = cls(h, conn, consumer=consumer, counters=counters, wakeup=wakeup)
+                c = cls(h, conn, **common)
             else:
                 assert isinstance(h, SubscribeHandler)
                 subscribers.append(h)

@@ -66,6 +66,7 @@ class Consumer(abc.ABC, Generic[J]):
         capacity: int,
         counters: Counters,
         url: str,
+        outage: Outage | None = None,
     ) -> None:
         self.handler = handler
         self.counters = counters
@@ -73,9 +74,12 @@ class Consumer(abc.ABC, Generic[J]):
         self.stop = asyncio.Event()
         self._settle_needed = asyncio.Event()
         what = f"{handler.kind} handler {handler.name!r} ({handler.key})"
-        self.fetch_outage = Outage(log, what, url)
-        self.settle_outage = Outage(log, f"{what} acks", url)
-        self.upkeep_outage = Outage(log, f"{what} upkeep", url)
+        # Redis unreachable: one warning for the whole app (the outage is shared). Commands
+        # refused (WRONGTYPE, OOM, a bug): one error for this consumer, and a pause.
+        self.outage = outage or Outage(log, what, url)
+        self._fetch_trouble = Outage(log, what, url)
+        self._settle_trouble = Outage(log, f"{what} acks", url)
+        self._upkeep_trouble = Outage(log, f"{what} upkeep", url)
 
     # to implement ------------------------------------------------------------------------
     @abc.abstractmethod
@@ -102,6 +106,9 @@ class Consumer(abc.ABC, Generic[J]):
     async def handback(self, jobs: list[J]) -> None:
         """Give back jobs that were fetched but not finished, so others take them at once."""
 
+    async def give_back(self, job: J) -> None:
+        """Return one job whose processing failed inside aioredq, its delivery counted."""
+
     async def leave(self) -> None:
         """Deregister after a clean stop."""
 
@@ -120,33 +127,44 @@ class Consumer(abc.ABC, Generic[J]):
     async def run(
         self, shutdown_timeout: float, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
     ) -> None:
-        await self._retrying(self.start, self.fetch_outage)
+        await self._retrying(self.start, refused_is_fatal=True)
         self.pool.start()
         task_status.started()
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._settle_loop)
             tg.start_soon(self._upkeep_loop)
             await self._fetch_loop()
-            await self._retrying(
-                lambda: self.handback(self.pool.take_unstarted()),
-                self.settle_outage,
-                deadline=shutdown_timeout,
-            )
+            unstarted = self.pool.take_unstarted()
+            await self._retrying(lambda: self.handback(unstarted), deadline=shutdown_timeout)
             interrupted = await self.pool.close(shutdown_timeout)
             tg.cancel_scope.cancel()
-        await self._retrying(self._settle_all, self.settle_outage, deadline=5.0)
-        await self._retrying(lambda: self.handback(interrupted), self.settle_outage, deadline=5.0)
-        await self._retrying(self.leave, self.settle_outage, deadline=2.0)
+        await self._retrying(self._settle_all, deadline=5.0)
+        await self._retrying(lambda: self.handback(interrupted), deadline=5.0)
+        await self._retrying(self.leave, deadline=2.0)
+
+    async def _failed(self, exc: Exception, trouble: Outage) -> None:
+        """Log (once per spell) and pause after a failed call."""
+        await (self.outage if is_connection_error(exc) else trouble).failed(exc)
+
+    def _worked(self, trouble: Outage) -> None:
+        if self.outage.active:
+            self.outage.ok()
+        if trouble.active:
+            trouble.ok()
 
     async def _retrying(
-        self, call: Callable[[], Any], outage: Outage, deadline: float | None = None
+        self,
+        call: Callable[[], Any],
+        deadline: float | None = None,
+        *,
+        refused_is_fatal: bool = False,
     ) -> None:
         give_up = None if deadline is None else time.monotonic() + deadline
         while True:
             try:
                 await call()
             except Exception as exc:
-                if not is_connection_error(exc):
+                if refused_is_fatal and not is_connection_error(exc):
                     raise
                 if give_up is not None and time.monotonic() > give_up:
                     log.warning(
@@ -155,9 +173,9 @@ class Consumer(abc.ABC, Generic[J]):
                         error_text(exc),
                     )
                     return
-                await outage.failed(exc)
+                await self._failed(exc, self._settle_trouble)
             else:
-                outage.ok()
+                self._worked(self._settle_trouble)
                 return
 
     async def _fetch_loop(self) -> None:
@@ -172,11 +190,9 @@ class Consumer(abc.ABC, Generic[J]):
                 try:
                     jobs = await self.fetch(self.pool.room)
                 except Exception as exc:
-                    if not is_connection_error(exc):
-                        raise
-                    await self.fetch_outage.failed(exc)
+                    await self._failed(exc, self._fetch_trouble)
                     continue
-                self.fetch_outage.ok()
+                self._worked(self._fetch_trouble)
                 if jobs:
                     self.pool.put_many(jobs)
         finally:
@@ -193,32 +209,37 @@ class Consumer(abc.ABC, Generic[J]):
             try:
                 await self._settle_all()
             except Exception as exc:
-                if not is_connection_error(exc):
-                    raise
                 self._settle_needed.set()
-                await self.settle_outage.failed(exc)
+                await self._failed(exc, self._settle_trouble)
             else:
-                self.settle_outage.ok()
+                self._worked(self._settle_trouble)
 
     async def _upkeep_loop(self) -> None:
         while True:
             try:
                 await self.upkeep()
             except Exception as exc:
-                if not is_connection_error(exc):
-                    log.exception("%s: upkeep failed", self.handler.name)
-                else:
-                    await self.upkeep_outage.failed(exc)
-                    continue
-            else:
-                self.upkeep_outage.ok()
+                await self._failed(exc, self._upkeep_trouble)
+                continue
+            self._worked(self._upkeep_trouble)
             await anyio.sleep(self.upkeep_interval)
 
     async def _process_safely(self, job: J) -> None:
         try:
             await self.process(job)
         except Exception:
+            # Not the handler (its errors are outcomes): aioredq itself failed on this job.
+            # Hand it back with its delivery counted, so it runs again and a job that keeps
+            # failing this way ends in the dead letters instead of looping.
             log.exception("%s: internal error while processing a message", self.handler.name)
+            try:
+                await self.give_back(job)
+            except Exception as exc:
+                log.warning(
+                    "%s: could not hand the message back (%s); the lease will recover it",
+                    self.handler.name,
+                    error_text(exc),
+                )
 
     # running the handler -----------------------------------------------------------------
     async def execute(

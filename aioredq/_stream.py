@@ -14,6 +14,7 @@ from ._connection import BLOCK_SECONDS, Connection
 from ._consumer import Ack, Again, Consumer, Dead, error_text, log
 from ._handlers import StreamHandler
 from ._message import Message
+from ._outage import Outage
 from ._stats import Counters
 from ._transports.stream import (
     DeadLetter,
@@ -49,6 +50,7 @@ class _StreamBase(Consumer[Entry]):
         consumer: str,
         counters: Counters,
         wakeup: asyncio.Event | None,
+        outage: Outage | None = None,
     ) -> None:
         spec = handler.spec
         super().__init__(
@@ -57,6 +59,7 @@ class _StreamBase(Consumer[Entry]):
             capacity=spec.concurrency + spec.batch,
             counters=counters,
             url=conn.target.safe_url,
+            outage=outage,
         )
         self.spec = spec
         self.conn = conn
@@ -109,8 +112,11 @@ class GroupConsumer(_StreamBase):
         consumer: str,
         counters: Counters,
         wakeup: asyncio.Event | None,
+        outage: Outage | None = None,
     ) -> None:
-        super().__init__(handler, conn, consumer=consumer, counters=counters, wakeup=wakeup)
+        super().__init__(
+            handler, conn, consumer=consumer, counters=counters, wakeup=wakeup, outage=outage
+        )
         self.lease_ms = int(self.spec.lease * 1000)
         self.upkeep_interval = min(self.spec.lease / 3, 1.0)
         # Entries this consumer holds (id -> delivery count): queued, running or waiting for
@@ -260,16 +266,12 @@ class GroupConsumer(_StreamBase):
         message = self._message(entry, fields)
         # Left in place when the run is cancelled at shutdown: handback then counts it.
         self._started.add(entry.id)
-        try:
-            decision = await self.execute(
-                lambda: self._decode(entry, fields),
-                message,
-                self.spec.max_deliveries,
-                self.spec.backoff,
-            )
-        except Exception:
-            self._started.discard(entry.id)
-            raise
+        decision = await self.execute(
+            lambda: self._decode(entry, fields),
+            message,
+            self.spec.max_deliveries,
+            self.spec.backoff,
+        )
         self._started.discard(entry.id)
         match decision:
             case Ack():
@@ -367,6 +369,10 @@ class GroupConsumer(_StreamBase):
             released.append((job.id, job.deliveries if started else job.deliveries - 1))
         await self.transport.release(released)
 
+    async def give_back(self, job: Entry) -> None:
+        self._started.add(job.id)
+        await self.handback([job])
+
     async def leave(self) -> None:
         # Entries waiting for a retry become claimable by the others at once; their failed
         # deliveries still count.
@@ -397,16 +403,19 @@ class TailConsumer(_StreamBase):
     async def process(self, entry: Entry) -> None:
         fields = decode_fields_raw(entry.fields)
         message = self._message(entry, fields)
-        decision = await self.execute(
-            lambda: self._decode(entry, fields), message, 1, self.spec.backoff
+        await self.execute(lambda: self._decode(entry, fields), message, 1, self.spec.backoff)
+
+    def _dead_letter(self, message: Message, error: str) -> Dead:
+        # No group, no dead letters: the entry stays in the stream, nothing else is written.
+        log.error(
+            "handler=%s key=%s id=%s failed: %s (a handler without a group does not retry; "
+            "the entry stays in the stream)",
+            self.handler.name,
+            message.name,
+            message.id,
+            error,
         )
-        if isinstance(decision, Dead):
-            log.debug(
-                "stream tail %r: entry %s not handled: %s",
-                self.handler.key,
-                entry.id,
-                decision.error,
-            )
+        return Dead(error)
 
     def has_unsettled(self) -> bool:
         return False

@@ -14,6 +14,7 @@ Besides running handlers, it keeps three promises the Lua scripts cannot keep al
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import time
@@ -23,11 +24,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ._codec import TaskItem, parse_task_item
+from ._codec import DecodeError, TaskItem, parse_task_item
 from ._connection import BLOCK_SECONDS, Connection, is_connection_error
 from ._consumer import Ack, Again, Consumer, Dead, log
 from ._handlers import TaskHandler
 from ._message import Message
+from ._outage import Outage
 from ._stats import Counters
 from ._transports.queue import Fetched, QueueTransport
 
@@ -62,6 +64,7 @@ class TaskConsumer(Consumer[Job]):
         consumer: str,
         counters: Counters,
         wakeup: asyncio.Event | None,
+        outage: Outage | None = None,
     ) -> None:
         spec = handler.spec
         super().__init__(
@@ -70,6 +73,7 @@ class TaskConsumer(Consumer[Job]):
             capacity=spec.concurrency + spec.batch,
             counters=counters,
             url=conn.target.safe_url,
+            outage=outage,
         )
         self.spec = spec
         self.conn = conn
@@ -207,7 +211,7 @@ class TaskConsumer(Consumer[Job]):
             enqueued_at=None if enqueued is None else datetime.fromtimestamp(enqueued, UTC),
         )
         decision = await self.execute(
-            lambda: self.handler.codec.decode_item(item),
+            lambda: self._decode(item),
             message,
             self.spec.max_attempts,
             self.spec.backoff,
@@ -221,17 +225,23 @@ class TaskConsumer(Consumer[Job]):
                 self._dead.append((item.raw, self._letter(item, error)))
         self.settle_soon()
 
+    def _decode(self, item: TaskItem) -> Any:
+        """The handler's body; an item over ``max_body_bytes`` (pushed by another program:
+        the app refuses to produce one) is refused like an invalid one."""
+        limit = self.handler.app.max_body_bytes
+        if len(item.raw) > limit and (size := len(item.original)) > limit:
+            raise DecodeError(f"MessageTooLarge: item is {size} bytes, over max_body_bytes={limit}")
+        return self.handler.codec.decode_item(item)
+
     def _letter(self, item: TaskItem, error: str) -> bytes:
         # A delivery past max_attempts is refused without running: it does not count as one.
         attempts = min(item.attempts, max(self.spec.max_attempts, 1))
-        letter: dict[str, Any] = {
-            "id": item.id,
-            "queue": self.handler.key,
-            "body": item.original.decode("utf-8", "replace"),
-            "error": error,
-            "attempts": attempts,
-            "failed_at": datetime.now(UTC).isoformat(),
-        }
+        letter: dict[str, Any] = {"id": item.id, "queue": self.handler.key}
+        try:
+            letter["body"] = item.original.decode()
+        except UnicodeDecodeError:  # kept exactly: a requeue puts back the same bytes
+            letter["body_b64"] = base64.b64encode(item.original).decode()
+        letter |= {"error": error, "attempts": attempts, "failed_at": datetime.now(UTC).isoformat()}
         return json.dumps(letter).encode()
 
     # settling ----------------------------------------------------------------------------
@@ -284,6 +294,13 @@ class TaskConsumer(Consumer[Job]):
         """Give back unfinished jobs in fetch order. Unstarted ones get their delivery
         uncounted; interrupted ones keep it (they ran, like a crash)."""
         await self._end_wait()
+        await self._return(jobs)
+
+    async def give_back(self, job: Job) -> None:
+        job.started = True
+        await self._return([job])
+
+    async def _return(self, jobs: list[Job]) -> None:
         if not jobs:
             return
         jobs = sorted(jobs, key=lambda j: j.seq)

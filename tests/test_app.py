@@ -428,3 +428,75 @@ async def test_an_app_cannot_start_twice(redis_url: str) -> None:
     async with app:
         with pytest.raises(RuntimeError, match="already running"):
             await app.start()
+
+
+@pytest.mark.parametrize("kind", ["task", "stream"])
+async def test_a_refused_command_is_logged_once_and_the_consumer_recovers(
+    redis_url: str,
+    redis_client: redis.asyncio.Redis,
+    caplog: pytest.LogCaptureFixture,
+    kind: str,
+) -> None:
+    app = App(redis_url)
+    seen: list[str] = []
+
+    async def handle(body: str) -> None:
+        seen.append(body)
+
+    if kind == "task":
+        app.task("work")(handle)
+    else:
+        app.stream("work", group="g")(handle)
+    async with app:
+        # Another program puts a string where the queue or stream should be: every read now
+        # fails with WRONGTYPE (the group is recreated once the key is a stream again).
+        await redis_client.delete("work")
+        await redis_client.set("work", "not a queue")
+        await until(
+            lambda: any("failing (ResponseError" in r.getMessage() for r in caplog.records),
+            "the error to be logged",
+        )
+        await asyncio.sleep(0.5)
+        await redis_client.delete("work")
+        if kind == "task":
+            await app.enqueue("work", "after")
+        else:
+            await app.append("work", "after")
+        await until(lambda: seen == ["after"], "the consumer to work again")
+    failing = [r.getMessage() for r in caplog.records if "failing (ResponseError" in r.getMessage()]
+    # once per loop that met the error (reads, and the stream's upkeep scripts), not per retry
+    assert failing and len(failing) == len(set(failing)) <= 2
+    assert any("working again" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("kind", ["task", "stream"])
+async def test_a_message_aioredq_itself_failed_on_is_run_again(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    from aioredq._stream import GroupConsumer
+    from aioredq._task import TaskConsumer
+
+    cls: Any = TaskConsumer if kind == "task" else GroupConsumer
+    original = cls.process
+    faults = [RuntimeError("injected fault")]
+
+    async def faulty(self: Any, job: Any) -> None:
+        if faults:
+            raise faults.pop()
+        await original(self, job)
+
+    monkeypatch.setattr(cls, "process", faulty)
+    app = App(redis_url)
+    attempts: list[int] = []
+
+    async def handle(body: str, message: Message) -> None:
+        attempts.append(message.attempt)
+
+    if kind == "task":
+        app.task("work", lease=1.0)(handle)
+    else:
+        app.stream("work", group="g", lease=1.0)(handle)
+    async with app:
+        await (app.enqueue if kind == "task" else app.append)("work", "x")
+        await until(lambda: attempts == [2], "the message to run again, its delivery counted")
+        await until(lambda: app._idle(), "the app to be idle")

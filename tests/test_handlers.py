@@ -203,6 +203,16 @@ def test_two_handlers_in_one_group_with_different_types_are_refused(app: App) ->
         app.stream("events", group="g")(second)
 
 
+def test_one_key_cannot_be_a_queue_and_a_stream(app: App) -> None:
+    @app.task("events")
+    async def job(body: str) -> None: ...
+
+    async def entry(body: str) -> None: ...
+
+    with pytest.raises(ConfigurationError, match="both a task queue"):
+        app.stream("events", group="g")(entry)
+
+
 def test_two_handlers_with_one_name_are_refused(app: App) -> None:
     @app.task("a")
     async def same(body: str) -> None: ...
