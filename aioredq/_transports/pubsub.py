@@ -12,11 +12,12 @@ nothing from the caller.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
 import redis.exceptions as rexc
-from redis.asyncio.cluster import ClusterPubSub
+from redis.asyncio.cluster import ClusterPubSub, RedisCluster
 
 PUBLISH = "PUBLISH"
 PUBLISH_SHARDED = "SPUBLISH"
@@ -127,17 +128,36 @@ async def publish(client: Any, channel: str, payloads: Sequence[bytes], sharded:
 
 
 async def subscriber_counts(client: Any, channels: Sequence[str], sharded: bool) -> dict[str, int]:
+    """Subscribers per channel (PUBSUB NUMSUB / SHARDNUMSUB), over the whole cluster.
+
+    A server counts only the clients connected to it, and redis-py sends these commands to one
+    node of a cluster; each subscriber is connected to exactly one node, so the cluster's figure
+    is the sum over every node (replicas included: clients may subscribe there too).
+    """
     if not channels:
         return {}
-    if sharded:
-        reply = await client.execute_command("PUBSUB SHARDNUMSUB", *channels)
+    command = "PUBSUB SHARDNUMSUB" if sharded else "PUBSUB NUMSUB"
+    if isinstance(client, RedisCluster):
+        await client.initialize()
+        replies = await asyncio.gather(
+            *(
+                client.execute_command(command, *channels, target_nodes=node)
+                for node in client.get_nodes()
+            )
+        )
     else:
-        reply = await client.execute_command("PUBSUB NUMSUB", *channels)
+        replies = [await client.execute_command(command, *channels)]
+    counts = dict.fromkeys(channels, 0)
+    for reply in replies:
+        for name, count in _pairs(reply):
+            counts[text(name)] = counts.get(text(name), 0) + int(count)
+    return counts
+
+
+def _pairs(reply: Any) -> list[tuple[Any, Any]]:
+    """A NUMSUB reply as (channel, count) pairs, whatever shape redis-py gave it."""
     if isinstance(reply, dict):
-        return {text(k): int(v) for k, v in reply.items()}
-    pairs = (
-        reply
-        if reply and isinstance(reply[0], (list, tuple))
-        else zip(reply[::2], reply[1::2], strict=True)
-    )
-    return {text(k): int(v) for k, v in pairs}
+        return list(reply.items())
+    if reply and isinstance(reply[0], (list, tuple)):
+        return [(k, v) for k, v in reply]
+    return list(zip(reply[::2], reply[1::2], strict=True))
