@@ -1,4 +1,5 @@
-"""A worker app for scale-out tests: records every job/entry it handles in Redis.
+"""A worker app for scale-out tests: records every job/entry it handles in Redis, in the list
+``{name}:done``, and the pid of every process that handled one in the set ``{name}:pids``.
 
 Configured by the environment so several processes can run it: AIOREDQ_URL, SCALE_LEASE,
 SCALE_SLEEP (seconds per message, so work is in flight when a worker is killed).
@@ -22,6 +23,7 @@ async def _record(kind: str, name: str, ident: str) -> None:
     client = app.connection.command
     # every handled message leaves one record, keyed so that all records of a key share a slot
     await client.rpush(f"{{{name}}}:done", ident)
+    await client.sadd(f"{{{name}}}:pids", os.getpid())
     if SLEEP:
         await asyncio.sleep(SLEEP)
 
