@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from typing import Any
 
@@ -9,22 +11,44 @@ from . import keys
 from .pubsub import subscriber_counts
 from .stream import StreamTransport
 
-# KEYS: dead list, queue; ARGV: letter, item. Atomic, so an interrupted requeue loses nothing.
+# Both requeue scripts check first, then write the copy, then remove the letter: a script is not
+# rolled back when a command fails half way, so a refused write (WRONGTYPE, OOM) must come
+# before the removal. A letter is thus either still dead or requeued, never lost or doubled.
+
+# KEYS: dead list, queue; ARGV: letter, item. The item's delivery count restarts at 0.
 REQUEUE_ITEM = """
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
-  redis.call('LPUSH', KEYS[2], ARGV[2])
-  return 1
-end
-return 0
+if not redis.call('LPOS', KEYS[1], ARGV[1]) then return 0 end
+local item = ARGV[2]
+local prefix = '{"aioredq":1,"attempts":'
+local n = string.match(item, '^{"aioredq":1,"attempts":(%d+),')
+if n then item = prefix .. '0' .. string.sub(item, #prefix + #n + 1) end
+redis.call('LPUSH', KEYS[2], item)
+redis.call('LREM', KEYS[1], 1, ARGV[1])
+return 1
 """
 
-# KEYS: stream, dead stream; ARGV: dead entry id, field, value, ...
+# KEYS: stream, dead stream; ARGV: dead entry id, field, value, ... Returns the new entry id.
 REQUEUE_ENTRY = """
-if redis.call('XDEL', KEYS[2], ARGV[1]) == 1 then
-  return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
-end
-return false
+if #redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[1]) == 0 then return false end
+local new_id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+redis.call('XDEL', KEYS[2], ARGV[1])
+return new_id
 """
+
+# KEYS: dead list or stream. Returns how many letters were deleted.
+PURGE = """
+local kind = redis.call('TYPE', KEYS[1])['ok']
+local n = 0
+if kind == 'list' then n = redis.call('LLEN', KEYS[1])
+elseif kind == 'stream' then n = redis.call('XLEN', KEYS[1])
+else return 0 end
+redis.call('DEL', KEYS[1])
+return n
+"""
+
+
+class BadLetter(ValueError):
+    """A dead letter that cannot be requeued (written by another program in another shape)."""
 
 
 def _text(value: Any) -> str:
@@ -119,10 +143,24 @@ async def queue_dead_letters(client: Any, queue: str, count: int | None) -> list
     return list(await client.lrange(keys.dead(queue), 0, -1 if count is None else count - 1))
 
 
+def letter_item(letter: bytes) -> bytes:
+    """The original item a queue's dead letter carries (``body``, or ``body_b64``)."""
+    try:
+        data = json.loads(letter)
+        if "body_b64" in data:
+            return base64.b64decode(data["body_b64"], validate=True)
+        body = data["body"]
+    except (ValueError, TypeError, KeyError, binascii.Error):
+        raise BadLetter("not a JSON object with a 'body' or 'body_b64'") from None
+    if not isinstance(body, str):  # another program's letter: keep its JSON body as JSON
+        return json.dumps(body).encode()
+    return body.encode("utf-8", "surrogateescape")
+
+
 async def requeue_queue_letter(client: Any, queue: str, letter: bytes) -> bool:
-    body = json.loads(letter)["body"].encode("utf-8", "surrogateescape")
+    """Move one dead letter back onto ``queue`` (its delivery count reset), atomically."""
     script = client.register_script(REQUEUE_ITEM)
-    return bool(await script(keys=[keys.dead(queue), queue], args=[letter, body]))
+    return bool(await script(keys=[keys.dead(queue), queue], args=[letter, letter_item(letter)]))
 
 
 async def stream_dead_letters(
@@ -135,22 +173,23 @@ async def stream_dead_letters(
 async def requeue_stream_letter(
     client: Any, stream: str, dead_id: str, fields: dict[str, str]
 ) -> str | None:
-    original = json.loads(fields.get("fields", "{}"))
+    """Append a dead entry's original fields to ``stream`` as a new entry (so its delivery
+    count starts again) and delete the dead entry, atomically. None if it was already gone."""
+    try:
+        original = json.loads(fields["fields"])
+    except (KeyError, ValueError):
+        raise BadLetter("no 'fields' JSON object") from None
+    if not isinstance(original, dict) or not original:
+        raise BadLetter("its 'fields' is not a non-empty JSON object")
     args: list[Any] = [dead_id]
     for k, v in original.items():
-        args += [k, v]
+        args += [k, v if isinstance(v, str) else json.dumps(v)]
     script = client.register_script(REQUEUE_ENTRY)
     new_id = await script(keys=[stream, keys.dead(stream)], args=args)
     return None if new_id is None else _text(new_id)
 
 
 async def purge(client: Any, name: str) -> int:
-    key = keys.dead(name)
-    kind = _text(await client.type(key))
-    size = (
-        int(await (client.llen(key) if kind == "list" else client.xlen(key)))
-        if kind in ("list", "stream")
-        else 0
-    )
-    await client.delete(key)
-    return size
+    """Delete every dead letter of queue or stream ``name``; returns how many there were."""
+    script = client.register_script(PURGE)
+    return int(await script(keys=[keys.dead(name)]))
