@@ -1,6 +1,7 @@
 """The command line: run an app, inspect its keys, manage dead letters.
 
 python -m aioredq MODULE:ATTR [--url URL] [--only NAME ...] [--workers N] [--log-level L]
+                             [--metrics-port PORT]
 python -m aioredq inspect MODULE:ATTR [--url URL] [--json] [--watch]
 python -m aioredq dead MODULE:ATTR NAME [--show N | --requeue [--all | ID ...] | --purge]
 
@@ -17,6 +18,7 @@ import importlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import traceback
@@ -29,10 +31,17 @@ from ._exceptions import AioredqError, ConfigurationError
 PROG = "aioredq"
 # Set in the environment of the processes that ``--workers N`` starts: the supervisor's pid.
 SUPERVISOR_ENV = "AIOREDQ_SUPERVISOR_PID"
+# ... and the worker's index (0 to N-1): worker i serves its metrics on --metrics-port + i.
+WORKER_INDEX_ENV = "AIOREDQ_WORKER_INDEX"
 SUPERVISOR_CHECK_SECONDS = 1.0
 log = logging.getLogger("aioredq")
 
 RUN_EPILOG = """\
+metrics:
+  --metrics-port PORT serves Prometheus metrics on http://HOST:PORT/metrics (needs
+  pip install 'aioredq[prometheus]'). With --workers N, worker i serves its own counters on
+  PORT+i (ports PORT to PORT+N-1); the Redis figures (length, lag, ...) are the same on each.
+
 other commands:
   aioredq inspect MODULE:ATTR [--url URL] [--json] [--watch]
   aioredq dead MODULE:ATTR NAME [--show N | --requeue [--all | ID ...] | --purge]
@@ -62,6 +71,16 @@ def _number(kind: type[int] | type[float], minimum: float) -> Any:
     return parse
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number (1-65535), got {text!r}")
+    return value
+
+
 def _add_common(p: _Parser) -> None:
     p.add_argument("app", metavar="MODULE:ATTR", help="the App, e.g. myproject.worker:app")
     p.add_argument("--url", help="Redis URL (overrides the App's and $AIOREDQ_URL)")
@@ -89,6 +108,20 @@ def _run_parser() -> _Parser:
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
         type=str.upper,
+        help="DEBUG adds tracebacks to handler failures (default INFO)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics on this port (worker i of --workers: PORT+i)",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default="0.0.0.0",
+        metavar="HOST",
+        help="address the metrics server listens on (default 0.0.0.0)",
     )
     p.add_argument(
         "--shutdown-timeout",
@@ -206,13 +239,21 @@ def _main(args: list[str]) -> int:
     if ns.shutdown_timeout is not None:
         app.shutdown_timeout = ns.shutdown_timeout
     supervisor = _supervisor_pid()
+    metrics = None
+    if ns.metrics_port is not None:
+        from ._metrics import require_prometheus
+
+        require_prometheus()  # before anything starts: one line, exit 2
+        metrics = (ns.metrics_host, ns.metrics_port + _worker_index())
     if ns.workers > 1 and supervisor is None:
+        if ns.metrics_port is not None:
+            _check_ports(ns.metrics_host, range(ns.metrics_port, ns.metrics_port + ns.workers))
         asyncio.run(_check_reachable(app))  # one error line, not one per worker
         return _supervise(args, ns.workers)
     logging.basicConfig(
         level=ns.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    asyncio.run(_serve(app, ns.only, supervisor))
+    asyncio.run(_serve(app, ns.only, supervisor, metrics))
     return 0
 
 
@@ -232,24 +273,50 @@ async def _check_reachable(app: App) -> None:
         await app.aclose()
 
 
-async def _serve(app: App, only: list[str] | None, supervisor: int | None) -> None:
-    # Reach Redis before saying anything, so an unreachable one is a single error line.
-    try:
-        await app.connect()
-    except BaseException:
-        await app.aclose()
-        raise
-    log.info("starting %r (pid %d)", app, os.getpid())
-    if supervisor is None:
-        await app.run(only=only)
-        return
-    watch = asyncio.ensure_future(_watch_supervisor(supervisor))
-    try:
-        await app.run(only=only)
-    finally:
-        watch.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watch
+async def _serve(
+    app: App, only: list[str] | None, supervisor: int | None, metrics: tuple[str, int] | None
+) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            # Reach Redis before saying anything, so an unreachable one is a single error line.
+            await app.connect()
+            if metrics is not None:
+                from ._metrics import serve_metrics
+
+                host, port = metrics
+                await stack.enter_async_context(serve_metrics(app, port, host))
+        except BaseException:
+            await app.aclose()
+            raise
+        log.info("starting %r (pid %d)", app, os.getpid())
+        if supervisor is None:
+            await app.run(only=only)
+            return
+        watch = asyncio.ensure_future(_watch_supervisor(supervisor))
+        try:
+            await app.run(only=only)
+        finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+
+
+def _worker_index() -> int:
+    value = os.environ.get(WORKER_INDEX_ENV, "") if _supervisor_pid() is not None else ""
+    return int(value) if value.isdigit() else 0
+
+
+def _check_ports(host: str, ports: range) -> None:
+    """Refuse at once a metrics port that is taken, rather than in one worker of N."""
+    for port in ports:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                raise UsageError(
+                    f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}"
+                ) from None
 
 
 async def _watch_supervisor(supervisor: int) -> None:
@@ -287,12 +354,14 @@ def _supervise(args: list[str], workers: int) -> int:
     signal.signal(signal.SIGINT, forward)
     env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
     child_args = _without_workers(args)
-    for _ in range(workers):
+    for index in range(workers):
         if received:
             break
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "aioredq", *child_args], env=env, process_group=0
+                [sys.executable, "-m", "aioredq", *child_args],
+                env={**env, WORKER_INDEX_ENV: str(index)},
+                process_group=0,
             )
         )
     if received:  # a signal came while workers were starting: the late ones missed it
