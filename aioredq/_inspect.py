@@ -155,8 +155,12 @@ class _RichScreen:
                 cells[COLUMNS.index("lag")].stylize("bold red")
             table.add_row(*cells)
         notes = [
-            Text(f"! {n}: lag is over lag_warning {self.thresholds[n]}", style="red") for n in over
+            Text(f"! {r['name']}: lag {r['lag']} is over lag_warning {self.thresholds[r['name']]}")
+            for r in rows
+            if r["name"] in over
         ]
+        for note in notes:
+            note.stylize("red")
         if error:
             notes.append(Text(error, style="bold red"))
         self.live.update(Group(table, *notes), refresh=True)
