@@ -286,6 +286,45 @@ def test_only_with_an_unknown_name_is_a_usage_error(redis_url: str) -> None:
     assert "'nope'" in line and "job, event, notice" in line
 
 
+@pytest.mark.parametrize(
+    "level",
+    [
+        "WARNING",
+        pytest.param(
+            "DEBUG",
+            marks=pytest.mark.xfail(
+                reason="the retry warning is logged after the except block, so exc_info=True "
+                "finds no exception and prints 'NoneType: None' instead of the traceback",
+                strict=True,
+            ),
+        ),
+    ],
+)
+def test_log_level_and_one_structured_line_per_failure(
+    redis_url: str, r: redis.Redis, start_worker: Callable[..., Worker], level: str
+) -> None:
+    worker = start_worker(APP, "--url", redis_url, "--log-level", level.lower())
+    eventually(lambda: subscribers(r) == 1, "the worker to subscribe")
+    r.lpush(QUEUE, "slow:not-a-number")  # the handler raises ValueError
+    line = eventually(
+        lambda: next((x for x in worker.output().splitlines() if "failed:" in x), None),
+        "the failure to be logged",
+    )
+    [retry] = r.zrange(f"{{{QUEUE}}}:delayed", 0, -1)
+    message_id = json.loads(retry)["id"]
+    assert worker.stop() == 0, worker.output()
+    assert " WARNING aioredq: " in line
+    assert (
+        f"handler=job key={QUEUE} id={message_id} attempt=1/5 failed: ValueError: could not "
+        "convert string to float: 'not-a-number'; retrying in " in line
+    )
+    output = worker.output()
+    if level == "WARNING":
+        assert " INFO " not in output and "Traceback" not in output
+    else:  # DEBUG: info lines, and the handler's traceback under the failure line
+        assert " INFO aioredq: starting " in output and "Traceback" in output
+
+
 # --workers -------------------------------------------------------------------------------------
 def test_workers_share_the_work_and_stop_on_one_sigterm(
     redis_url: str, r: redis.Redis, out: Path, start_worker: Callable[..., Worker]
