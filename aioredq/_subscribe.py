@@ -123,7 +123,7 @@ class Subscriber:
                     await self._read_every_node(subscription)
                 else:
                     [source] = subscription.sources()
-                    await self._read(source, self._outage)
+                    await self._read(source, self._outage, subscription)
         finally:
             with anyio.CancelScope(shield=True):
                 await subscription.aclose()
@@ -151,7 +151,8 @@ class Subscriber:
 
         async def read(source: Source, scope: anyio.CancelScope) -> None:
             with scope:
-                await self._read(source, Outage(log, source.name, self.conn.target.safe_url))
+                outage = Outage(log, source.name, self.conn.target.safe_url)
+                await self._read(source, outage, subscription)
 
         async with anyio.create_task_group() as tg:
             while True:
@@ -164,20 +165,24 @@ class Subscriber:
                         tg.start_soon(read, source, readers[source])
                 await anyio.sleep(RESCAN_SOURCES)
 
-    async def _read(self, source: Source, outage: Outage) -> None:
+    async def _read(self, source: Source, outage: Outage, subscription: Subscription) -> None:
         routes = self._routes
-        read = source.read
         checkpoint = anyio.lowlevel.checkpoint
         clock = time.monotonic
         unchecked = CHECK_EVERY
         hand_back_at = clock() + HOLD_LOOP
         while True:
             try:
-                frame = await read()
+                frame = await source.read()
             except Exception as exc:
                 if not is_connection_error(exc):
                     raise
                 await outage.failed(exc)
+                try:
+                    await subscription.recover(source)
+                except Exception as again:
+                    if not is_connection_error(again):
+                        raise
                 continue
             if outage.active:
                 outage.ok()

@@ -13,6 +13,7 @@ nothing from the caller.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -72,32 +73,65 @@ class Source:
 
 class Subscription:
     """Every subscription of an app. On a single server (or Sentinel's master) that is one
-    connection. In a cluster, plain channels and patterns share one connection (PUBLISH reaches
-    every node) while shard channels need one connection per node that owns some of them;
-    redis-py moves those when slots move, so ``sources()`` can change over time."""
+    connection. In a cluster, plain channels and patterns share one connection to any node (a
+    cluster delivers PUBLISH on every node), while shard channels need one connection per node
+    that owns some of them; redis-py moves those when slots move, so ``sources()`` can change
+    over time."""
 
     def __init__(self, client: Any) -> None:
+        self._client = client
         self.pubsub: Any = client.pubsub(push_handler_func=_pass_through)
         self.sharded_per_node = isinstance(self.pubsub, ClusterPubSub)
-        self._main = Source(self.pubsub, "subscriber")
+        # In a cluster, plain channels and patterns get a pubsub of their own, so that it can
+        # be moved to another node without touching the shard channels.
+        self._plain: Any = (
+            client.pubsub(push_handler_func=_pass_through) if self.sharded_per_node else self.pubsub
+        )
+        self._channels: list[str] = []
+        self._patterns: list[str] = []
+        self._next_node = 0
+        self._main = Source(self._plain, "subscriber")
         self._nodes: dict[str, Source] = {}
 
     async def subscribe(
         self, channels: Sequence[str], patterns: Sequence[str], shard_channels: Sequence[str]
     ) -> None:
         """Subscribe to everything (what was already subscribed is simply subscribed again)."""
-        if channels:
-            await self.pubsub.subscribe(*channels)
-        if patterns:
-            await self.pubsub.psubscribe(*patterns)
+        self._channels, self._patterns = list(channels), list(patterns)
+        await self._subscribe_plain()
         if shard_channels:
             await self.pubsub.ssubscribe(*shard_channels)
+
+    async def _subscribe_plain(self) -> None:
+        if self._channels:
+            await self._plain.subscribe(*self._channels)
+        if self._patterns:
+            await self._plain.psubscribe(*self._patterns)
+
+    async def recover(self, source: Source) -> None:
+        """After a connection error on ``source``. In a cluster, plain channels and patterns
+        move to the next node: their node may be gone for good (a crashed master), and redis-py
+        would only ever reconnect to it. Elsewhere (and for shard channels) redis-py reconnects
+        by itself on the next read. Raises the redis-py error when the next node fails too."""
+        if not self.sharded_per_node or source is not self._main:
+            return
+        nodes = self._client.get_nodes()
+        node = nodes[self._next_node % len(nodes)]
+        self._next_node += 1
+        old, self._plain = (
+            self._plain,
+            self._client.pubsub(node=node, push_handler_func=_pass_through),
+        )
+        source.pubsub = self._plain
+        with contextlib.suppress(Exception):
+            await old.aclose()
+        await self._subscribe_plain()
 
     def sources(self) -> list[Source]:
         """The connections to read now."""
         if not self.sharded_per_node:
             return [self._main]
-        sources = [self._main] if self.pubsub.connection is not None else []
+        sources = [self._main] if self._channels or self._patterns else []
         nodes = self.pubsub.node_pubsub_mapping
         for name in list(self._nodes):
             if name not in nodes or nodes[name] is not self._nodes[name].pubsub:
@@ -108,6 +142,8 @@ class Subscription:
         return sources + list(self._nodes.values())
 
     async def aclose(self) -> None:
+        if self._plain is not self.pubsub:
+            await self._plain.aclose()
         await self.pubsub.aclose()
 
 
