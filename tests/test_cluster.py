@@ -447,3 +447,67 @@ async def test_manual_failover_mid_run_loses_nothing_acknowledged(
             return "after" in received
 
         await wait_until(order_received, "a shard message after the failover", timeout=20)
+
+
+async def test_a_crashed_master_is_replaced_and_every_model_follows(
+    redis_cluster_factory: Any,
+) -> None:
+    cluster: LocalCluster = redis_cluster_factory(masters=3, replicas=1)
+    seed = cluster.nodes[0].port
+    # A plain channel whose node is not the seed, a shard channel and a queue on that node.
+    channel = next(
+        c for c in ("news", "news-1", "news-2", "news-3") if masters(cluster, [c]) != {seed}
+    )
+    master = cluster.master_for_key(channel)
+    shard = next(
+        f"orders-{i}" for i in range(50) if masters(cluster, [f"orders-{i}"]) == {master.port}
+    )
+    queue = next(f"jobs-{i}" for i in range(50) if masters(cluster, [f"jobs-{i}"]) == {master.port})
+    replica = _replica_of(cluster, master)
+    app = App(cluster.url, shutdown_timeout=5.0)
+    got: list[tuple[str, str]] = []
+    jobs: set[str] = set()
+
+    @app.subscribe(channel)
+    async def plain(text: str) -> None:
+        got.append(("plain", text))
+
+    @app.subscribe(shard, sharded=True)
+    async def sharded(text: str) -> None:
+        got.append(("sharded", text))
+
+    @app.task(queue, lease=2.0, backoff=FAST)
+    async def job(text: str) -> None:
+        jobs.add(text)
+
+    async with app:
+        await app.enqueue_many(queue, [f"job-{i}" for i in range(100)])
+
+        async def first_handled() -> bool:
+            return len(jobs) == 100
+
+        await wait_until(first_handled, "the first jobs")
+        offset = int(master.info("replication")["master_repl_offset"])
+
+        async def replica_caught_up() -> bool:
+            info = replica.info("replication")
+            return int(info.get("slave_repl_offset", -1)) >= offset
+
+        await wait_until(replica_caught_up, "the replica to catch up")
+        master.kill()
+        await asyncio.to_thread(cluster.wait_stable, 30)
+        assert cluster.master_for_key(queue) is replica
+
+        async def both_received() -> bool:
+            with contextlib.suppress(Exception):
+                await app.publish(channel, "after")
+                await app.publish(shard, "after", sharded=True)
+            return {kind for kind, text in got if text == "after"} == {"plain", "sharded"}
+
+        await wait_until(both_received, "plain and shard messages after the failover")
+        await app.enqueue_many(queue, [f"job-{i}" for i in range(100, 200)])
+
+        async def all_handled() -> bool:
+            return len(jobs) == 200
+
+        await wait_until(all_handled, "the jobs enqueued after the failover")
