@@ -18,7 +18,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from ._backoff import Backoff
-from ._codec import check_size, encode_body, encode_envelope, encode_fields, new_id
+from ._codec import check_size, encode_body, encode_envelope, encode_fields, new_ids
 from ._connection import Connection, is_connection_error, parse_url, resolve_url, translated
 from ._exceptions import ConfigurationError, ConnectError
 from ._handlers import (
@@ -92,6 +92,9 @@ class App:
         self._wakeups: dict[str, asyncio.Event] = {}
         self._serving: asyncio.Task[None] | None = None
         self._workers: list[_Worker] = []
+        # Producers' transports by key, for the current client (they hold script objects).
+        self._queues: dict[str, QueueTransport] = {}
+        self._streams: dict[str, StreamTransport] = {}
 
     def __repr__(self) -> str:
         return f"<App {self.target.safe_url} handlers={[h.name for h in self.handlers]}>"
@@ -298,15 +301,17 @@ class App:
     ) -> list[str]:
         if delay < 0:
             raise ValueError("delay must be >= 0")
-        ids = [new_id() for _ in bodies]
+        ids = new_ids(len(bodies))
+        now = time.time()
         items = [
-            encode_envelope(b, msg_id=i, headers=headers) for b, i in zip(bodies, ids, strict=True)
+            encode_envelope(b, msg_id=i, headers=headers, now=now)
+            for b, i in zip(bodies, ids, strict=True)
         ]
         for item in items:
             check_size(item, self.max_body_bytes, queue)
         if not items:
             return []
-        transport = QueueTransport(self.connection.command, queue)
+        transport = self._queue(queue)
         if at is not None:
             at_ms = int(at.timestamp() * 1000)
             await translated(f"enqueue on {queue!r}", lambda: transport.push_at(items, at_ms))
@@ -334,10 +339,24 @@ class App:
         if not entries:
             return []
         limit = maxlen if maxlen is not None else self._maxlen(stream)
-        transport = StreamTransport(self.connection.command, stream)
+        transport = self._stream(stream)
         ids = await translated(f"append to {stream!r}", lambda: transport.append(entries, limit))
         self._wake(stream)
         return ids
+
+    def _queue(self, queue: str) -> QueueTransport:
+        client = self.connection.command
+        transport = self._queues.get(queue)
+        if transport is None or transport.client is not client:
+            transport = self._queues[queue] = QueueTransport(client, queue)
+        return transport
+
+    def _stream(self, stream: str) -> StreamTransport:
+        client = self.connection.command
+        transport = self._streams.get(stream)
+        if transport is None or transport.client is not client:
+            transport = self._streams[stream] = StreamTransport(client, stream)
+        return transport
 
     def _maxlen(self, stream: str) -> int | None:
         limits = [

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -64,23 +64,37 @@ def check_size(data: bytes | Mapping[str, str | bytes], limit: int, name: str) -
         )
 
 
+def new_ids(count: int) -> list[str]:
+    """``count`` random 128-bit ids in hex, from one ``os.urandom`` call."""
+    pool = os.urandom(16 * count).hex()
+    return [pool[i : i + 32] for i in range(0, 32 * count, 32)]
+
+
 def new_id() -> str:
-    return uuid.uuid4().hex
+    return new_ids(1)[0]
 
 
-def encode_envelope(body: Any, *, msg_id: str, headers: Mapping[str, str] | None = None) -> bytes:
+def encode_envelope(
+    body: Any,
+    *,
+    msg_id: str,
+    headers: Mapping[str, str] | None = None,
+    now: float | None = None,
+) -> bytes:
     """A task item: ``{"aioredq":1,"attempts":0,"id":..,"enqueued_at":..,"body":..}``.
 
     ``headers`` is added when given; ``body_b64`` replaces ``body`` for bytes bodies.
     """
-    rest: dict[str, Any] = {"id": msg_id, "enqueued_at": round(time.time(), 6)}
+    to_json = pydantic_core.to_json
+    stamp = b"%.6f" % (time.time() if now is None else now)
+    parts = [ENVELOPE_PREFIX, b'0,"id":', to_json(msg_id), b',"enqueued_at":', stamp]
     if headers:
-        rest["headers"] = dict(headers)
+        parts += [b',"headers":', to_json(dict(headers))]
     if isinstance(body, bytes):
-        rest["body_b64"] = base64.b64encode(body).decode()
+        parts += [b',"body_b64":"', base64.b64encode(body), b'"}']
     else:
-        rest["body"] = pydantic_core.to_jsonable_python(body)
-    return ENVELOPE_PREFIX + b"0," + pydantic_core.to_json(rest)[1:]
+        parts += [b',"body":', to_json(body), b"}"]
+    return b"".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,11 +136,15 @@ def parse_task_item(raw: bytes) -> TaskItem:
     if env is None:
         # The prefix matched but the rest is not a JSON object: the item is foreign text.
         return TaskItem(raw, "", 1, raw, None)
-    try:
-        attempts = int(env.get("attempts", 1))
-    except (TypeError, ValueError):
-        attempts = 1
-    msg_id = str(env.get("id", ""))
+    attempts = env.get("attempts", 1)
+    if type(attempts) is not int:
+        try:
+            attempts = int(attempts)
+        except (TypeError, ValueError):
+            attempts = 1
+    msg_id = env.get("id", "")
+    if type(msg_id) is not str:
+        msg_id = str(msg_id)
     if "raw" in env:  # a foreign item wrapped by the move script
         foreign = str(env["raw"]).encode("utf-8", "surrogateescape")
         return TaskItem(raw, msg_id, attempts, foreign, None)
@@ -145,23 +163,23 @@ def _loads_envelope(raw: bytes) -> dict[str, Any] | None:
             env = json.loads(raw.decode("utf-8", "surrogateescape"))
         except ValueError:
             return None
-    if not isinstance(env, dict):
-        return None
-    # Another program may write envelopes too: metadata of the wrong type is dropped rather
-    # than allowed to break the delivery of the body.
+    return env if isinstance(env, dict) else None
+
+
+def envelope_metadata(env: dict[str, Any]) -> tuple[float | None, dict[str, str]]:
+    """``enqueued_at`` and ``headers`` of an envelope. Another program may write envelopes
+    too: metadata of the wrong type is dropped rather than allowed to break the delivery."""
     enqueued = env.get("enqueued_at")
     if (
         not isinstance(enqueued, (int, float))
         or isinstance(enqueued, bool)
         or not 0 <= enqueued < 1e11  # a time datetime can represent (also refuses nan)
     ):
-        env.pop("enqueued_at", None)
+        enqueued = None
     headers = env.get("headers")
-    if isinstance(headers, dict):
-        env["headers"] = {str(k): v if isinstance(v, str) else str(v) for k, v in headers.items()}
-    else:
-        env.pop("headers", None)
-    return env
+    if not isinstance(headers, dict):
+        return enqueued, {}
+    return enqueued, {str(k): v if isinstance(v, str) else str(v) for k, v in headers.items()}
 
 
 def _core_type(schema: Any) -> str:
@@ -195,6 +213,9 @@ class Codec:
         self.annotation = annotation
         self.adapter: TypeAdapter[Any] = TypeAdapter(annotation)
         core = _core_type(self.adapter.core_schema)
+        # Values that pydantic would return unchanged need no trip through it.
+        self.takes_any = annotation is Any or annotation is object
+        self.takes_dict = annotation is dict
         self.wants_str = annotation is str
         self.wants_bytes = annotation is bytes
         self.wants_mapping = core in (
@@ -259,6 +280,8 @@ class Codec:
         return self._validate(body)
 
     def _decode_fields(self, fields: dict[str, str]) -> Any:
+        if self.takes_dict or self.takes_any:
+            return fields
         if not self.wants_mapping and "body" in fields and len(fields) == 1:
             # Field text that is not UTF-8 was escaped when read; give back the exact bytes.
             return self._decode_text(fields["body"].encode("utf-8", "surrogateescape"))
@@ -274,6 +297,8 @@ class Codec:
                 raise DecodeError(_validation_text(first)) from None
 
     def _validate(self, value: Any) -> Any:
+        if self.takes_any or (self.takes_dict and type(value) is dict):
+            return value
         try:
             return self.adapter.validate_python(value)
         except ValidationError as exc:

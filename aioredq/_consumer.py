@@ -64,6 +64,7 @@ class Consumer(abc.ABC, Generic[J]):
         *,
         concurrency: int,
         capacity: int,
+        batch: int,
         counters: Counters,
         url: str,
         outage: Outage | None = None,
@@ -71,6 +72,9 @@ class Consumer(abc.ABC, Generic[J]):
         self.handler = handler
         self.counters = counters
         self.pool: Pool[J] = Pool(concurrency, capacity, self._process_safely)
+        # Fetch when a good part of a batch fits: a busy consumer then reads in large batches
+        # (fewer round trips) while the jobs already queued keep every slot busy.
+        self.min_room = max(1, min(batch, self.pool.capacity - concurrency) // 2)
         self.stop = asyncio.Event()
         self._settle_needed = asyncio.Event()
         what = f"{handler.kind} handler {handler.name!r} ({handler.key})"
@@ -182,8 +186,8 @@ class Consumer(abc.ABC, Generic[J]):
         waiter = asyncio.ensure_future(self.stop.wait())
         try:
             while not self.stop.is_set():
-                if self.pool.room <= 0:
-                    room_wait = asyncio.ensure_future(self.pool.wait_room())
+                if self.pool.room < self.min_room:
+                    room_wait = asyncio.ensure_future(self.pool.wait_room(self.min_room))
                     await asyncio.wait({room_wait, waiter}, return_when=asyncio.FIRST_COMPLETED)
                     room_wait.cancel()
                     continue
@@ -245,34 +249,44 @@ class Consumer(abc.ABC, Generic[J]):
     async def execute(
         self,
         decode: Callable[[], Any],
-        message: Message,
+        msg_id: str,
+        attempt: int,
+        message: Callable[[], Message],
         max_attempts: int,
         backoff: Backoff,
     ) -> Decision:
-        """Decode, run the handler and decide: ack, run again after a delay, or dead-letter."""
+        """Decode, run the handler and decide: ack, run again after a delay, or dead-letter.
+
+        ``message`` builds the handler's ``Message``; it is only called for a handler that
+        asks for one, so the common case costs nothing for it.
+        """
         counters = self.counters
         counters.received += 1
-        attempt = message.attempt
         if attempt > max_attempts:
             return self._dead_letter(
-                message,
+                msg_id,
+                attempt,
                 f"AttemptsExceeded: delivered {attempt} times without completing "
                 f"(limit {max_attempts}); the consumer may have crashed while running it",
             )
         try:
             body = decode()
         except DecodeError as exc:
-            return self._dead_letter(message, str(exc))
+            return self._dead_letter(msg_id, attempt, str(exc))
+        handler = self.handler
         started = time.perf_counter()
         try:
-            await self.handler.invoke(body, message)
+            if handler.message_param is None:
+                await handler.func(body)
+            else:
+                await handler.func(body, **{handler.message_param: message()})
         except Retry as exc:
             outcome: Decision = Again(backoff.delay(attempt) if exc.delay is None else exc.delay)
             error = "Retry: the handler asked for a retry"
         except Reject as exc:
             counters.latencies.append(time.perf_counter() - started)
             counters.failed += 1
-            return self._dead_letter(message, f"Reject: {exc.reason}")
+            return self._dead_letter(msg_id, attempt, f"Reject: {exc.reason}")
         except Exception as exc:
             outcome = Again(backoff.delay(attempt))
             error = error_text(exc)
@@ -283,14 +297,14 @@ class Consumer(abc.ABC, Generic[J]):
         counters.latencies.append(time.perf_counter() - started)
         counters.failed += 1
         if attempt >= max_attempts:
-            return self._dead_letter(message, error)
+            return self._dead_letter(msg_id, attempt, error)
         counters.retried += 1
         assert isinstance(outcome, Again)
         log.warning(
             "handler=%s key=%s id=%s attempt=%d/%d failed: %s; retrying in %.2fs",
-            self.handler.name,
-            message.name,
-            message.id,
+            handler.name,
+            handler.key,
+            msg_id,
             attempt,
             max_attempts,
             error,
@@ -299,14 +313,14 @@ class Consumer(abc.ABC, Generic[J]):
         )
         return outcome
 
-    def _dead_letter(self, message: Message, error: str) -> Dead:
+    def _dead_letter(self, msg_id: str, attempt: int, error: str) -> Dead:
         self.counters.dead_lettered += 1
         log.error(
             "handler=%s key=%s id=%s attempt=%d dead-lettered: %s",
             self.handler.name,
-            message.name,
-            message.id,
-            message.attempt,
+            self.handler.key,
+            msg_id,
+            attempt,
             error,
         )
         return Dead(error)

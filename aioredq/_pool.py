@@ -40,8 +40,8 @@ class Pool(Generic[J]):
     def outstanding(self) -> int:
         return len(self._queued) + self._busy
 
-    async def wait_room(self) -> None:
-        while self.room <= 0:
+    async def wait_room(self, at_least: int = 1) -> None:
+        while self.room < at_least:
             self._room.clear()
             await self._room.wait()
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from ._codec import DecodeError, decode_fields_raw
 from ._connection import BLOCK_SECONDS, Connection
-from ._consumer import Ack, Again, Consumer, Dead, error_text, log
+from ._consumer import ACK, Again, Consumer, Dead, error_text, log
 from ._handlers import StreamHandler
 from ._message import Message
 from ._outage import Outage
@@ -57,6 +57,7 @@ class _StreamBase(Consumer[Entry]):
             handler,
             concurrency=spec.concurrency,
             capacity=spec.concurrency + spec.batch,
+            batch=spec.batch,
             counters=counters,
             url=conn.target.safe_url,
             outage=outage,
@@ -65,6 +66,8 @@ class _StreamBase(Consumer[Entry]):
         self.conn = conn
         self.transport = StreamTransport(conn.command, handler.key, spec.group, consumer)
         self._wakeup = wakeup
+        self._codec = handler.codec
+        self._max_size = handler.app.max_body_bytes
 
     async def _idle_wait(self) -> None:
         """memory:// only: fakeredis cannot block, so wake on a local append or poll."""
@@ -75,18 +78,20 @@ class _StreamBase(Consumer[Entry]):
         except TimeoutError:
             pass
 
-    def _decode(self, entry: Entry, fields: dict[str, str]) -> Any:
+    def _decode(self, entry: Entry) -> Any:
         """The handler's body; an entry over ``max_body_bytes`` (written by another program:
         the app refuses to produce one) is refused like an invalid one."""
-        size = sum(len(k) + len(v) for k, v in entry.fields.items())
-        limit = self.handler.app.max_body_bytes
-        if size > limit:
+        size = 0
+        for name, value in entry.fields.items():
+            size += len(name) + len(value)
+        if size > self._max_size:
             raise DecodeError(
-                f"MessageTooLarge: entry is {size} bytes, over max_body_bytes={limit}"
+                f"MessageTooLarge: entry is {size} bytes, over max_body_bytes={self._max_size}"
             )
-        return self.handler.codec.decode_fields(fields)
+        return self._codec.decode_fields(decode_fields_raw(entry.fields))
 
-    def _message(self, entry: Entry, fields: dict[str, str]) -> Message:
+    def _message(self, entry: Entry) -> Message:
+        fields = decode_fields_raw(entry.fields)
         return Message(
             id=entry.id,
             kind="stream",
@@ -262,37 +267,38 @@ class GroupConsumer(_StreamBase):
         return due
 
     async def process(self, entry: Entry) -> None:
-        fields = decode_fields_raw(entry.fields)
-        message = self._message(entry, fields)
+        entry_id = entry.id
+        attempt = max(entry.deliveries, 1)
         # Left in place when the run is cancelled at shutdown: handback then counts it.
-        self._started.add(entry.id)
+        self._started.add(entry_id)
         decision = await self.execute(
-            lambda: self._decode(entry, fields),
-            message,
+            lambda: self._decode(entry),
+            entry_id,
+            attempt,
+            lambda: self._message(entry),
             self.spec.max_deliveries,
             self.spec.backoff,
         )
-        self._started.discard(entry.id)
-        match decision:
-            case Ack():
-                self._in_flight.pop(entry.id, None)
-                self._acks.append(entry.id)
-                self.settle_soon()
-            case Again(delay):
-                # Stays pending and ours (kept fresh by upkeep) until it is due again.
-                heapq.heappush(self._retry_heap, (time.monotonic() + delay, entry.id))
-            case Dead(error):
-                self._in_flight.pop(entry.id, None)
-                self._dead.append(
-                    DeadLetter(
-                        entry.id,
-                        error,
-                        message.attempt,
-                        datetime.now(UTC).isoformat(),
-                        json.dumps(fields),
-                    )
+        self._started.discard(entry_id)
+        if decision is ACK:
+            self._in_flight.pop(entry_id, None)
+            self._acks.append(entry_id)
+            self.settle_soon()
+        elif isinstance(decision, Again):
+            # Stays pending and ours (kept fresh by upkeep) until it is due again.
+            heapq.heappush(self._retry_heap, (time.monotonic() + decision.delay, entry_id))
+        elif isinstance(decision, Dead):
+            self._in_flight.pop(entry_id, None)
+            self._dead.append(
+                DeadLetter(
+                    entry_id,
+                    decision.error,
+                    attempt,
+                    datetime.now(UTC).isoformat(),
+                    json.dumps(decode_fields_raw(entry.fields)),
                 )
-                self.settle_soon()
+            )
+            self.settle_soon()
 
     def has_unsettled(self) -> bool:
         return bool(self._acks or self._dead)
@@ -401,18 +407,23 @@ class TailConsumer(_StreamBase):
         return entries
 
     async def process(self, entry: Entry) -> None:
-        fields = decode_fields_raw(entry.fields)
-        message = self._message(entry, fields)
-        await self.execute(lambda: self._decode(entry, fields), message, 1, self.spec.backoff)
+        await self.execute(
+            lambda: self._decode(entry),
+            entry.id,
+            1,
+            lambda: self._message(entry),
+            1,
+            self.spec.backoff,
+        )
 
-    def _dead_letter(self, message: Message, error: str) -> Dead:
+    def _dead_letter(self, msg_id: str, attempt: int, error: str) -> Dead:
         # No group, no dead letters: the entry stays in the stream, nothing else is written.
         log.error(
             "handler=%s key=%s id=%s failed: %s (a handler without a group does not retry; "
             "the entry stays in the stream)",
             self.handler.name,
-            message.name,
-            message.id,
+            self.handler.key,
+            msg_id,
             error,
         )
         return Dead(error)

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ._codec import DecodeError, TaskItem, parse_task_item
+from ._codec import DecodeError, TaskItem, envelope_metadata, parse_task_item
 from ._connection import BLOCK_SECONDS, Connection, is_connection_error
-from ._consumer import Ack, Again, Consumer, Dead, log
+from ._consumer import ACK, Again, Consumer, Dead, log
 from ._handlers import TaskHandler
 from ._message import Message
 from ._outage import Outage
@@ -71,6 +71,7 @@ class TaskConsumer(Consumer[Job]):
             handler,
             concurrency=spec.concurrency,
             capacity=spec.concurrency + spec.batch,
+            batch=spec.batch,
             counters=counters,
             url=conn.target.safe_url,
             outage=outage,
@@ -198,32 +199,34 @@ class TaskConsumer(Consumer[Job]):
     async def process(self, job: Job) -> None:
         job.started = True
         item = job.item
-        env = item.envelope or {}
-        enqueued = env.get("enqueued_at")
-        message = Message(
+        decision = await self.execute(
+            lambda: self._decode(item),
+            item.id,
+            item.attempts,
+            lambda: self._message(item),
+            self.spec.max_attempts,
+            self.spec.backoff,
+        )
+        if decision is ACK:
+            self._acks.append(item.raw)
+        elif isinstance(decision, Again):
+            self._retries.append((item.raw, max(int(decision.delay * 1000), 1)))
+        elif isinstance(decision, Dead):
+            self._dead.append((item.raw, self._letter(item, decision.error)))
+        self.settle_soon()
+
+    def _message(self, item: TaskItem) -> Message:
+        enqueued, headers = envelope_metadata(item.envelope or {})
+        return Message(
             id=item.id,
             kind="task",
             name=self.handler.key,
             channel=self.handler.key,
             attempt=item.attempts,
             raw=item.original,
-            headers=dict(env.get("headers") or {}),
+            headers=headers,
             enqueued_at=None if enqueued is None else datetime.fromtimestamp(enqueued, UTC),
         )
-        decision = await self.execute(
-            lambda: self._decode(item),
-            message,
-            self.spec.max_attempts,
-            self.spec.backoff,
-        )
-        match decision:
-            case Ack():
-                self._acks.append(item.raw)
-            case Again(delay):
-                self._retries.append((item.raw, max(int(delay * 1000), 1)))
-            case Dead(error):
-                self._dead.append((item.raw, self._letter(item, error)))
-        self.settle_soon()
 
     def _decode(self, item: TaskItem) -> Any:
         """The handler's body; an item over ``max_body_bytes`` (pushed by another program:

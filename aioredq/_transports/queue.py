@@ -79,22 +79,23 @@ return {out, nxt[2] or false, tostring(now), fresh}
 # ARGV: number of acks, number of retries, acks..., (item, delay_ms) per retry,
 #       (item, dead letter) per dead item
 # Only items still held are moved, so a replayed call (after a lost reply) or a late one (the
-# lease expired and the item went back to the queue) changes nothing.
+# lease expired and the item went back to the queue) changes nothing. LREM searches from the
+# tail (-1), where FETCH left the oldest items, those most likely done first.
 SETTLE = (
     _NOW
     + """
 local acks, retries = tonumber(ARGV[1]), tonumber(ARGV[2])
 local n = 0
-for i = 3, 2 + acks do n = n + redis.call('LREM', KEYS[1], 1, ARGV[i]) end
+for i = 3, 2 + acks do n = n + redis.call('LREM', KEYS[1], -1, ARGV[i]) end
 local first = 3 + acks
 for i = first, first + 2 * retries - 1, 2 do
-  if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
+  if redis.call('LREM', KEYS[1], -1, ARGV[i]) == 1 then
     redis.call('ZADD', KEYS[2], now + tonumber(ARGV[i + 1]), ARGV[i])
     n = n + 1
   end
 end
 for i = first + 2 * retries, #ARGV, 2 do
-  if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
+  if redis.call('LREM', KEYS[1], -1, ARGV[i]) == 1 then
     redis.call('LPUSH', KEYS[3], ARGV[i + 1])
     n = n + 1
   end

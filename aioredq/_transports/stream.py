@@ -186,7 +186,7 @@ def _text(value: Any) -> str:
 
 def _fields(raw: Any) -> dict[bytes, bytes]:
     if isinstance(raw, dict):
-        return dict(raw)
+        return raw  # redis-py builds a new dict per entry
     if not raw:
         return {}
     it = iter(raw)
