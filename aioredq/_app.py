@@ -322,7 +322,7 @@ class App:
             )
         else:
             await translated(f"enqueue on {queue!r}", lambda: transport.push(items))
-            self._wake(queue)
+        self._wake(queue)
         return ids
 
     async def append(self, stream: str, body: Any, *, maxlen: int | None = None) -> str:
@@ -435,7 +435,10 @@ class App:
         # One warning per outage for all consumers, not one per handler and loop.
         outage = Outage(log, "consumers", conn.target.safe_url)
         for h in handlers:
-            wakeup = None if conn.can_block else self._wakeups.setdefault(h.key, asyncio.Event())
+            # A local enqueue wakes the consumers of its key: on memory:// (fakeredis cannot
+            # block) always, on Redis for delayed jobs due before the blocking read ends.
+            local = not conn.can_block or isinstance(h, TaskHandler)
+            wakeup = self._wakeups.setdefault(h.key, asyncio.Event()) if local else None
             counters = self._counters[h.name]
             common: dict[str, Any] = {
                 "consumer": consumer,

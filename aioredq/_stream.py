@@ -81,14 +81,13 @@ class _StreamBase(Consumer[Entry]):
     def _decode(self, entry: Entry) -> Any:
         """The handler's body; an entry over ``max_body_bytes`` (written by another program:
         the app refuses to produce one) is refused like an invalid one."""
-        size = 0
-        for name, value in entry.fields.items():
-            size += len(name) + len(value)
+        fields = entry.fields
+        size = sum(map(len, fields)) + sum(map(len, fields.values()))
         if size > self._max_size:
             raise DecodeError(
                 f"MessageTooLarge: entry is {size} bytes, over max_body_bytes={self._max_size}"
             )
-        return self._codec.decode_fields(decode_fields_raw(entry.fields))
+        return self._codec.decode_fields(decode_fields_raw(fields))
 
     def _message(self, entry: Entry) -> Message:
         fields = decode_fields_raw(entry.fields)
