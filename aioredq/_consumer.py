@@ -71,7 +71,7 @@ class Consumer(abc.ABC, Generic[J]):
     ) -> None:
         self.handler = handler
         self.counters = counters
-        self.pool: Pool[J] = Pool(concurrency, capacity, self._process_safely)
+        self.pool: Pool[J] = Pool(concurrency, capacity, self.process, self._process_failed)
         # Fetch when a good part of a batch fits: a busy consumer then reads in large batches
         # (fewer round trips) while the jobs already queued keep every slot busy.
         self.min_room = max(1, min(batch, self.pool.capacity - concurrency) // 2)
@@ -228,22 +228,19 @@ class Consumer(abc.ABC, Generic[J]):
             self._worked(self._upkeep_trouble)
             await anyio.sleep(self.upkeep_interval)
 
-    async def _process_safely(self, job: J) -> None:
+    async def _process_failed(self, job: J) -> None:
+        """``process`` raised: not the handler (its errors are outcomes), aioredq itself
+        failed on this job. Hand it back with its delivery counted, so it runs again and a job
+        that keeps failing this way ends in the dead letters instead of looping."""
+        log.exception("%s: internal error while processing a message", self.handler.name)
         try:
-            await self.process(job)
-        except Exception:
-            # Not the handler (its errors are outcomes): aioredq itself failed on this job.
-            # Hand it back with its delivery counted, so it runs again and a job that keeps
-            # failing this way ends in the dead letters instead of looping.
-            log.exception("%s: internal error while processing a message", self.handler.name)
-            try:
-                await self.give_back(job)
-            except Exception as exc:
-                log.warning(
-                    "%s: could not hand the message back (%s); the lease will recover it",
-                    self.handler.name,
-                    error_text(exc),
-                )
+            await self.give_back(job)
+        except Exception as exc:
+            log.warning(
+                "%s: could not hand the message back (%s); the lease will recover it",
+                self.handler.name,
+                error_text(exc),
+            )
 
     # running the handler -----------------------------------------------------------------
     async def execute(
@@ -283,6 +280,7 @@ class Consumer(abc.ABC, Generic[J]):
         except Retry as exc:
             outcome: Decision = Again(backoff.delay(attempt) if exc.delay is None else exc.delay)
             error = "Retry: the handler asked for a retry"
+            raised: Exception = exc
         except Reject as exc:
             counters.latencies.append(time.perf_counter() - started)
             counters.failed += 1
@@ -290,6 +288,7 @@ class Consumer(abc.ABC, Generic[J]):
         except Exception as exc:
             outcome = Again(backoff.delay(attempt))
             error = error_text(exc)
+            raised = exc
         else:
             counters.latencies.append(time.perf_counter() - started)
             counters.succeeded += 1
@@ -309,7 +308,7 @@ class Consumer(abc.ABC, Generic[J]):
             max_attempts,
             error,
             outcome.delay,
-            exc_info=log.isEnabledFor(logging.DEBUG),
+            exc_info=raised if log.isEnabledFor(logging.DEBUG) else None,
         )
         return outcome
 

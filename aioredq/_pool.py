@@ -17,10 +17,17 @@ J = TypeVar("J")
 
 
 class Pool(Generic[J]):
-    def __init__(self, size: int, capacity: int, process: Callable[[J], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        size: int,
+        capacity: int,
+        process: Callable[[J], Awaitable[None]],
+        failed: Callable[[J], Awaitable[None]] | None = None,
+    ) -> None:
         self.size = size
         self.capacity = max(capacity, size)
         self._process = process
+        self._failed = failed  # called when ``process`` raises
         self._queued: deque[J] = deque()
         self._running: dict[asyncio.Task[None], J] = {}
         self._workers: list[asyncio.Task[None]] = []
@@ -83,6 +90,10 @@ class Pool(Generic[J]):
             self._running[current] = job
             try:
                 await self._process(job)
+            except Exception:
+                if self._failed is None:
+                    raise
+                await self._failed(job)
             finally:
                 del self._running[current]
                 self._busy -= 1

@@ -288,17 +288,7 @@ def test_only_with_an_unknown_name_is_a_usage_error(redis_url: str) -> None:
 
 @pytest.mark.parametrize(
     "level",
-    [
-        "WARNING",
-        pytest.param(
-            "DEBUG",
-            marks=pytest.mark.xfail(
-                reason="the retry warning is logged after the except block, so exc_info=True "
-                "finds no exception and prints 'NoneType: None' instead of the traceback",
-                strict=True,
-            ),
-        ),
-    ],
+    ["WARNING", "DEBUG"],
 )
 def test_log_level_and_one_structured_line_per_failure(
     redis_url: str, r: redis.Redis, start_worker: Callable[..., Worker], level: str
