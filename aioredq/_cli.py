@@ -27,6 +27,8 @@ from typing import Any, NoReturn
 
 from ._app import App
 from ._exceptions import AioredqError, ConfigurationError
+from ._loop import loop_name
+from ._loop import run as run_loop
 
 PROG = "aioredq"
 # Set in the environment of the processes that ``--workers N`` starts: the supervisor's pid.
@@ -253,7 +255,9 @@ def _main(args: list[str]) -> int:
     logging.basicConfig(
         level=ns.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    asyncio.run(_serve(app, ns.only, supervisor, metrics))
+    # redis-py logs a line per connection at DEBUG: noise next to aioredq's own DEBUG lines.
+    logging.getLogger("redis").setLevel(max(logging.getLogger().level, logging.INFO))
+    run_loop(_serve(app, ns.only, supervisor, metrics))
     return 0
 
 
@@ -288,7 +292,7 @@ async def _serve(
         except BaseException:
             await app.aclose()
             raise
-        log.info("starting %r (pid %d)", app, os.getpid())
+        log.info("starting %r (pid %d, %s)", app, os.getpid(), loop_name())
         if supervisor is None:
             await app.run(only=only)
             return

@@ -8,6 +8,7 @@ that should fail before reaching Redis can never reach a server the suite did no
 from __future__ import annotations
 
 import concurrent.futures
+import importlib.util
 import json
 import os
 import shutil
@@ -313,6 +314,8 @@ def test_log_level_and_one_structured_line_per_failure(
         assert " INFO " not in output and "Traceback" not in output
     else:  # DEBUG: info lines, and the handler's traceback under the failure line
         assert " INFO aioredq: starting " in output and "Traceback" in output
+        loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+        assert f", {loop})" in output  # the event loop it runs on
 
 
 # --workers -------------------------------------------------------------------------------------
