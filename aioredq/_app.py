@@ -41,6 +41,7 @@ from ._transports.queue import QueueTransport
 from ._transports.stream import StreamTransport
 
 log = logging.getLogger("aioredq")
+TRANSPORT_CACHE = 256
 
 
 class _Worker(Protocol):
@@ -348,6 +349,8 @@ class App:
         client = self.connection.command
         transport = self._queues.get(queue)
         if transport is None or transport.client is not client:
+            if len(self._queues) >= TRANSPORT_CACHE:  # names made on the fly: stay bounded
+                self._queues.clear()
             transport = self._queues[queue] = QueueTransport(client, queue)
         return transport
 
@@ -355,6 +358,8 @@ class App:
         client = self.connection.command
         transport = self._streams.get(stream)
         if transport is None or transport.client is not client:
+            if len(self._streams) >= TRANSPORT_CACHE:
+                self._streams.clear()
             transport = self._streams[stream] = StreamTransport(client, stream)
         return transport
 
@@ -432,6 +437,7 @@ class App:
         consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         workers: list[_Worker] = []
         subscribers: list[SubscribeHandler] = []
+        self._wakeups = {}  # events of this run's loop (an app may run again on another loop)
         # One warning per outage for all consumers, not one per handler and loop.
         outage = Outage(log, "consumers", conn.target.safe_url)
         for h in handlers:

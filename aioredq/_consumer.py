@@ -110,8 +110,10 @@ class Consumer(abc.ABC, Generic[J]):
     async def handback(self, jobs: list[J]) -> None:
         """Give back jobs that were fetched but not finished, so others take them at once."""
 
-    async def give_back(self, job: J) -> None:
-        """Return one job whose processing failed inside aioredq, its delivery counted."""
+    @abc.abstractmethod
+    def retry_soon(self, job: J) -> None:
+        """Schedule ``job`` to run again at once, its delivery counted, through the normal
+        retry path (no call to Redis here, so this cannot fail)."""
 
     async def leave(self) -> None:
         """Deregister after a clean stop."""
@@ -148,11 +150,14 @@ class Consumer(abc.ABC, Generic[J]):
 
     async def _failed(self, exc: Exception, trouble: Outage) -> None:
         """Log (once per spell) and pause after a failed call."""
-        await (self.outage if is_connection_error(exc) else trouble).failed(exc)
+        if is_connection_error(exc):
+            await self.outage.failed(exc, trouble)
+        else:
+            await trouble.failed(exc)
 
     def _worked(self, trouble: Outage) -> None:
         if self.outage.active:
-            self.outage.ok()
+            self.outage.ok(trouble)
         if trouble.active:
             trouble.ok()
 
@@ -230,17 +235,10 @@ class Consumer(abc.ABC, Generic[J]):
 
     async def _process_failed(self, job: J) -> None:
         """``process`` raised: not the handler (its errors are outcomes), aioredq itself
-        failed on this job. Hand it back with its delivery counted, so it runs again and a job
-        that keeps failing this way ends in the dead letters instead of looping."""
+        failed on this job. Run it again with its delivery counted, so a job that keeps
+        failing this way ends in the dead letters instead of looping."""
         log.exception("%s: internal error while processing a message", self.handler.name)
-        try:
-            await self.give_back(job)
-        except Exception as exc:
-            log.warning(
-                "%s: could not hand the message back (%s); the lease will recover it",
-                self.handler.name,
-                error_text(exc),
-            )
+        self.retry_soon(job)
 
     # running the handler -----------------------------------------------------------------
     async def execute(
@@ -280,7 +278,7 @@ class Consumer(abc.ABC, Generic[J]):
         except Retry as exc:
             outcome: Decision = Again(backoff.delay(attempt) if exc.delay is None else exc.delay)
             error = "Retry: the handler asked for a retry"
-            raised: Exception = exc
+            raised: BaseException = exc
         except Reject as exc:
             counters.latencies.append(time.perf_counter() - started)
             counters.failed += 1
@@ -288,6 +286,14 @@ class Consumer(abc.ABC, Generic[J]):
         except Exception as exc:
             outcome = Again(backoff.delay(attempt))
             error = error_text(exc)
+            raised = exc
+        except asyncio.CancelledError as exc:
+            current = asyncio.current_task()
+            if current is None or current.cancelling():
+                raise  # we are being cancelled (shutdown): not the handler's outcome
+            # A cancellation leaking out of the handler's own work: a failure like another.
+            outcome = Again(backoff.delay(attempt))
+            error = "CancelledError: the handler raised CancelledError"
             raised = exc
         else:
             counters.latencies.append(time.perf_counter() - started)

@@ -14,6 +14,8 @@ Handler control flow (raised *by* handlers, caught by the worker):
 
 from __future__ import annotations
 
+import math
+
 
 class AioredqError(Exception):
     """Base class of every error aioredq raises."""
@@ -43,8 +45,8 @@ class Retry(Exception):
     """
 
     def __init__(self, delay: float | None = None) -> None:
-        if delay is not None and delay < 0:
-            raise ValueError("Retry delay must be >= 0")
+        if delay is not None and not (isinstance(delay, (int, float)) and 0 <= delay < math.inf):
+            raise ValueError(f"Retry delay must be a finite number >= 0, got {delay!r}")
         super().__init__(f"retry requested (delay={delay})")
         self.delay = delay
 

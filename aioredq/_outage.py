@@ -15,12 +15,20 @@ REPEAT_AFTER = 60.0
 
 
 class Outage:
+    """A spell of failures, shared by everyone who calls through the same Redis.
+
+    Each caller passes itself as ``who``: the spell begins (one log line) when the first caller
+    fails and ends ("reachable again") when none is failing any more, so one consumer that
+    keeps working while another's node is down neither ends the spell nor resets the
+    other's backoff.
+    """
+
     def __init__(self, log: logging.Logger, what: str, url: str) -> None:
         self._log = log
         self._what = what
         self._url = url
         self._since: float | None = None
-        self._attempt = 0
+        self._attempts: dict[object, int] = {}  # who is failing -> failures in a row
         self._unreachable = True
         self._logged = False
         self._quiet_until = 0.0
@@ -29,7 +37,7 @@ class Outage:
     def active(self) -> bool:
         return self._since is not None
 
-    async def failed(self, exc: BaseException) -> None:
+    async def failed(self, exc: BaseException, who: object = None) -> None:
         """Record a failed call; log once per spell, then sleep before the next attempt.
 
         A refused command (WRONGTYPE, OOM, a bug) that fails now and then between successes
@@ -58,20 +66,19 @@ class Outage:
                     exc,
                     exc_info=exc,
                 )
-        self._attempt += 1
-        delay = min(5.0, 0.05 * 2 ** min(self._attempt, 10))
+        attempt = self._attempts[who] = self._attempts.get(who, 0) + 1
+        delay = min(5.0, 0.05 * 2 ** min(attempt, 10))
         await anyio.sleep(random.uniform(delay / 2, delay))
 
-    def ok(self) -> None:
-        if self._since is not None:
-            if self._logged:
-                back = (
-                    f"Redis at {self._url} reachable again"
-                    if self._unreachable
-                    else "working again"
-                )
-                spell = time.monotonic() - self._since
-                self._log.warning("%s: %s after %.1fs", self._what, back, spell)
-            self._since = None
-            self._attempt = 0
-            self._logged = False
+    def ok(self, who: object = None) -> None:
+        if self._since is None:
+            return
+        self._attempts.pop(who, None)
+        if self._attempts:
+            return  # others are still failing: the spell goes on
+        if self._logged:
+            back = f"Redis at {self._url} reachable again" if self._unreachable else "working again"
+            spell = time.monotonic() - self._since
+            self._log.warning("%s: %s after %.1fs", self._what, back, spell)
+        self._since = None
+        self._logged = False

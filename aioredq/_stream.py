@@ -189,7 +189,13 @@ class GroupConsumer(_StreamBase):
     async def _fetch(self, room: int) -> list[Entry]:
         due = self._due_retries(room)
         if due:
-            entries = await self.transport.claim_own(due)
+            try:
+                entries = await self.transport.claim_own(due)
+            except BaseException:
+                now = time.monotonic()  # still ours and due: try them again next time
+                for entry_id in due:
+                    heapq.heappush(self._retry_heap, (now, entry_id))
+                raise
             claimed = {e.id for e in entries}
             for entry_id in due:
                 if entry_id not in claimed:  # taken over by another consumer, or deleted
@@ -376,9 +382,10 @@ class GroupConsumer(_StreamBase):
             released.append((job.id, job.deliveries if started else job.deliveries - 1))
         await self.transport.release(released)
 
-    async def give_back(self, job: Entry) -> None:
-        self._started.add(job.id)
-        await self.handback([job])
+    def retry_soon(self, job: Entry) -> None:
+        self._started.discard(job.id)
+        self._in_flight[job.id] = job.deliveries
+        heapq.heappush(self._retry_heap, (time.monotonic(), job.id))
 
     async def leave(self) -> None:
         # Entries waiting for a retry become claimable by the others at once; their failed
@@ -431,6 +438,9 @@ class TailConsumer(_StreamBase):
 
     def has_unsettled(self) -> bool:
         return False
+
+    def retry_soon(self, job: Entry) -> None:
+        """Nothing to retry without a group: the entry stays in the stream."""
 
     async def settle(self) -> None:
         return None

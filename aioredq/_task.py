@@ -299,9 +299,9 @@ class TaskConsumer(Consumer[Job]):
         await self._end_wait()
         await self._return(jobs)
 
-    async def give_back(self, job: Job) -> None:
-        job.started = True
-        await self._return([job])
+    def retry_soon(self, job: Job) -> None:
+        self._retries.append((job.item.raw, 1))
+        self.settle_soon()
 
     async def _return(self, jobs: list[Job]) -> None:
         if not jobs:

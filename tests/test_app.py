@@ -500,3 +500,48 @@ async def test_a_message_aioredq_itself_failed_on_is_run_again(
         await (app.enqueue if kind == "task" else app.append)("work", "x")
         await until(lambda: attempts == [2], "the message to run again, its delivery counted")
         await until(lambda: app._idle(), "the app to be idle")
+
+
+async def test_a_cancellation_raised_by_a_handler_is_a_failure_not_a_dead_worker(
+    redis_url: str,
+) -> None:
+    app = App(redis_url)
+    attempts: list[int] = []
+
+    @app.task("cancels", concurrency=1, backoff=Backoff(base=0.01, jitter=False))
+    async def cancels(body: str, message: Message) -> None:
+        attempts.append(message.attempt)
+        if message.attempt == 1:
+            raise asyncio.CancelledError  # e.g. a library's own timeout leaking out
+
+    async with app:
+        await app.enqueue("cancels", "a")
+        await until(lambda: attempts == [1, 2], "a retry after the leaked cancellation")
+        await app.enqueue("cancels", "b")  # the one worker is still alive
+        await until(lambda: attempts == [1, 2, 1], "the next job")
+
+
+def test_an_app_runs_again_on_a_new_event_loop(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = App(redis_url)
+    done: list[str] = []
+
+    @app.task("again")
+    async def again(body: str) -> None:
+        done.append(body)
+
+    async def one_run(n: int) -> None:
+        async with app:
+            await app.enqueue("again", f"run-{n}", delay=0.05)
+            await until(lambda: f"run-{n}" in done, f"run {n}")
+            # Idle now: the consumer waits in blocking reads, it does not spin.
+            [consumer] = app._workers
+            before = consumer._fetches  # type: ignore[attr-defined]
+            await asyncio.sleep(0.5)
+            assert consumer._fetches - before < 10  # type: ignore[attr-defined]
+
+    asyncio.run(one_run(1))
+    asyncio.run(one_run(2))
+    assert done == ["run-1", "run-2"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -561,3 +561,32 @@ async def test_killed_connections_lose_nothing(redis_url: str, redis_client: Red
         await wait_until(lambda: set(done) == set(bodies), what="every job")
         await wait_until(lambda: nothing_held(redis_client, "killed"), what="acks")
     assert await redis_client.llen("killed") == 0
+
+
+async def test_a_dead_letter_refused_by_redis_is_kept_until_it_can_be_written(
+    redis_url: str, redis_client: redis.asyncio.Redis
+) -> None:
+    app = App(redis_url)
+
+    @app.task("refused", max_attempts=1)
+    async def refused(body: str) -> None:
+        raise ValueError("always")
+
+    async def held() -> int:
+        return sum(len(v) for v in (await processing_lists(redis_client, "refused")).values())
+
+    # Another program put a string where the dead letters go: settling must not remove the
+    # item and then fail to write its letter.
+    await redis_client.set("{refused}:dead", "not a list")
+    async with app:
+        await app.enqueue("refused", "p1")
+        await wait_until(async_eq(held, 1), what="the item taken")
+        await asyncio.sleep(0.5)  # settle attempts are refused meanwhile
+        assert await held() == 1
+        await redis_client.delete("{refused}:dead")
+        await wait_until(
+            async_eq(lambda: redis_client.llen("{refused}:dead"), 1), what="the dead letter"
+        )
+    [letter] = letters(await redis_client.lrange("{refused}:dead", 0, -1))
+    assert json.loads(letter["body"])["body"] == "p1" and letter["error"] == "ValueError: always"
+    assert await held() == 0

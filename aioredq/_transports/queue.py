@@ -85,6 +85,22 @@ SETTLE = (
     _NOW
     + """
 local acks, retries = tonumber(ARGV[1]), tonumber(ARGV[2])
+-- Redis does not undo a script that fails half way: refuse before removing anything if a
+-- retry or a dead letter could not be written, so the settle can be retried whole.
+local function check(key, want)
+  local t = redis.call('TYPE', key).ok
+  if t ~= want and t ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. key .. ' is a ' .. t .. ', not a ' .. want)
+  end
+end
+if retries > 0 then
+  local err = check(KEYS[2], 'zset')
+  if err then return err end
+end
+if #ARGV > 2 + acks + 2 * retries then
+  local err = check(KEYS[3], 'list')
+  if err then return err end
+end
 local n = 0
 for i = 3, 2 + acks do n = n + redis.call('LREM', KEYS[1], -1, ARGV[i]) end
 local first = 3 + acks
