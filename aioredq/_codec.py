@@ -337,7 +337,10 @@ def _validation_text(exc: ValidationError) -> str:
 
 def decode_fields_raw(fields: Mapping[bytes, bytes]) -> dict[str, str]:
     """Stream field names and values as text (bytes that are not UTF-8 are escaped)."""
-    return {
-        k.decode("utf-8", "surrogateescape"): v.decode("utf-8", "surrogateescape")
-        for k, v in fields.items()
-    }
+    try:
+        return {k.decode(): v.decode() for k, v in fields.items()}
+    except UnicodeDecodeError:
+        return {
+            k.decode("utf-8", "surrogateescape"): v.decode("utf-8", "surrogateescape")
+            for k, v in fields.items()
+        }

@@ -170,6 +170,9 @@ class Connection:
             sentinel = _sentinel(url, common)
             self._extra.extend(sentinel.sentinels)
             return _master_for(sentinel, url, self._max_connections)
+        packing = _PACKING.get(url.split("://", 1)[0].lower())
+        if packing is not None:
+            common["connection_class"] = packing
         return aioredis.Redis.from_url(url, max_connections=self._max_connections, **common)
 
     async def ping(self) -> None:
@@ -208,3 +211,37 @@ def _master_for(sentinel: Any, url: str, max_connections: int) -> Any:
     if parts.scheme.startswith("rediss"):
         auth["ssl"] = True
     return sentinel.master_for(master, db=db, max_connections=max_connections, **auth)
+
+
+class _HiredisPacking:
+    """Commands packed by hiredis in C, as redis-py's synchronous client does. redis-py's
+    asyncio connection packs in Python, re-joining its buffer for every argument: for a
+    batch of 100 acks that costs more than running the handlers. Anything hiredis refuses
+    (memoryview, or a type Redis cannot take) goes the usual way, errors included."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        head = args[0]
+        if isinstance(head, str):
+            args = (*head.encode().split(), *args[1:])
+        elif b" " in head:
+            args = (*head.split(), *args[1:])
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError:
+            return super().pack_command(*args)  # type: ignore[misc, no-any-return]
+
+
+_PACKING: dict[str, type] = {}
+try:
+    import hiredis
+except ImportError:  # redis[hiredis] is a dependency, but stay correct without it
+    pass
+else:
+
+    class _PackedConnection(_HiredisPacking, aioredis.Connection):
+        pass
+
+    class _PackedSSLConnection(_HiredisPacking, aioredis.SSLConnection):
+        pass
+
+    _PACKING = {"redis": _PackedConnection, "rediss": _PackedSSLConnection}

@@ -77,6 +77,8 @@ class Consumer(abc.ABC, Generic[J]):
         self.min_room = max(1, min(batch, self.pool.capacity - concurrency) // 2)
         self.stop = asyncio.Event()
         self._settle_needed = asyncio.Event()
+        # Outcomes wait to be written: wake the settle loop (which batches them).
+        self.settle_soon: Callable[[], None] = self._settle_needed.set
         what = f"{handler.kind} handler {handler.name!r} ({handler.key})"
         # Redis unreachable: one warning for the whole app (the outage is shared). Commands
         # refused (WRONGTYPE, OOM, a bug): one error for this consumer, and a pause.
@@ -121,14 +123,12 @@ class Consumer(abc.ABC, Generic[J]):
     # shared machinery --------------------------------------------------------------------
     def request_stop(self) -> None:
         self.stop.set()
+        self.pool.stop_waiting()  # a fetch loop waiting for room sees the stop at once
 
     @property
     def idle(self) -> bool:
         """Nothing fetched and unfinished, nothing waiting to be written to Redis."""
         return self.pool.outstanding == 0 and not self.has_unsettled()
-
-    def settle_soon(self) -> None:
-        self._settle_needed.set()
 
     async def run(
         self, shutdown_timeout: float, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
@@ -188,24 +188,20 @@ class Consumer(abc.ABC, Generic[J]):
                 return
 
     async def _fetch_loop(self) -> None:
-        waiter = asyncio.ensure_future(self.stop.wait())
-        try:
-            while not self.stop.is_set():
-                if self.pool.room < self.min_room:
-                    room_wait = asyncio.ensure_future(self.pool.wait_room(self.min_room))
-                    await asyncio.wait({room_wait, waiter}, return_when=asyncio.FIRST_COMPLETED)
-                    room_wait.cancel()
-                    continue
-                try:
-                    jobs = await self.fetch(self.pool.room)
-                except Exception as exc:
-                    await self._failed(exc, self._fetch_trouble)
-                    continue
-                self._worked(self._fetch_trouble)
-                if jobs:
-                    self.pool.put_many(jobs)
-        finally:
-            waiter.cancel()
+        while not self.stop.is_set():
+            if self.pool.room < self.min_room:
+                # Awaited directly (not through a task of its own): the pool lets this loop
+                # run the moment there is room, so the next read overlaps the queued jobs.
+                await self.pool.wait_room(self.min_room)
+                continue
+            try:
+                jobs = await self.fetch(self.pool.room)
+            except Exception as exc:
+                await self._failed(exc, self._fetch_trouble)
+                continue
+            self._worked(self._fetch_trouble)
+            if jobs:
+                self.pool.put_many(jobs)
 
     async def _settle_all(self) -> None:
         while self.has_unsettled():
@@ -241,20 +237,18 @@ class Consumer(abc.ABC, Generic[J]):
         self.retry_soon(job)
 
     # running the handler -----------------------------------------------------------------
-    async def execute(
-        self,
-        decode: Callable[[], Any],
-        msg_id: str,
-        attempt: int,
-        message: Callable[[], Message],
-        max_attempts: int,
-        backoff: Backoff,
-    ) -> Decision:
-        """Decode, run the handler and decide: ack, run again after a delay, or dead-letter.
+    @abc.abstractmethod
+    def decode(self, job: J) -> Any:
+        """The handler's body for ``job``; raise DecodeError when it cannot be had."""
 
-        ``message`` builds the handler's ``Message``; it is only called for a handler that
-        asks for one, so the common case costs nothing for it.
-        """
+    @abc.abstractmethod
+    def message(self, job: J) -> Message:
+        """The ``Message`` of ``job``: built only for a handler that asks for one."""
+
+    async def execute(
+        self, job: J, msg_id: str, attempt: int, max_attempts: int, backoff: Backoff
+    ) -> Decision:
+        """Decode, run the handler and decide: ack, run again after a delay, or dead-letter."""
         counters = self.counters
         counters.received += 1
         if attempt > max_attempts:
@@ -265,7 +259,7 @@ class Consumer(abc.ABC, Generic[J]):
                 f"(limit {max_attempts}); the consumer may have crashed while running it",
             )
         try:
-            body = decode()
+            body = self.decode(job)
         except DecodeError as exc:
             return self._dead_letter(msg_id, attempt, str(exc))
         handler = self.handler
@@ -274,7 +268,7 @@ class Consumer(abc.ABC, Generic[J]):
             if handler.message_param is None:
                 await handler.func(body)
             else:
-                await handler.func(body, **{handler.message_param: message()})
+                await handler.func(body, **{handler.message_param: self.message(job)})
         except Retry as exc:
             outcome: Decision = Again(backoff.delay(attempt) if exc.delay is None else exc.delay)
             error = "Retry: the handler asked for a retry"

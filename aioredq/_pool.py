@@ -4,6 +4,11 @@ A task per message costs ~10 us; a fixed pool fed through a deque costs well und
 gives the two numbers a consumer needs: how much room is left (so a fetch never asks for more
 than ``capacity``), and which jobs were not started or were interrupted at shutdown (so they can
 be handed back).
+
+Workers are woken one at a time: a new job wakes one idle worker, and a worker that takes a job
+while more are queued wakes the next. Handlers that suspend (I/O) so bring in as many workers as
+there are jobs, while handlers that never suspend are run by one worker without waking the other
+fifteen for nothing.
 """
 
 from __future__ import annotations
@@ -31,12 +36,14 @@ class Pool(Generic[J]):
         self._queued: deque[J] = deque()
         self._running: dict[asyncio.Task[None], J] = {}
         self._workers: list[asyncio.Task[None]] = []
-        self._job_ready = asyncio.Event()
+        self._sleepers: deque[asyncio.Future[None]] = deque()  # idle workers, to wake
         self._room = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
         self._busy = 0
+        self._wanted = 0  # room the feeder waits for (0: nobody waits)
+        self._stop_waiting = False
 
     # feeding -----------------------------------------------------------------------------
     @property
@@ -48,22 +55,38 @@ class Pool(Generic[J]):
         return len(self._queued) + self._busy
 
     async def wait_room(self, at_least: int = 1) -> None:
-        while self.room < at_least:
-            self._room.clear()
-            await self._room.wait()
+        """Return when ``at_least`` jobs fit, or after ``stop_waiting``."""
+        try:
+            while self.room < at_least and not self._stop_waiting:
+                self._wanted = at_least
+                self._room.clear()
+                await self._room.wait()
+        finally:
+            self._wanted = 0
+
+    def stop_waiting(self) -> None:
+        self._stop_waiting = True
+        self._room.set()
 
     def put_many(self, jobs: list[J]) -> None:
         self._queued.extend(jobs)
         self._idle.clear()
-        self._job_ready.set()
+        self._wake_one()
 
     def offer(self, job: J, limit: int) -> J | None:
         """Queue ``job``; if ``limit`` jobs already wait, drop the oldest and return it."""
         dropped = self._queued.popleft() if len(self._queued) >= limit else None
         self._queued.append(job)
         self._idle.clear()
-        self._job_ready.set()
+        self._wake_one()
         return dropped
+
+    def _wake_one(self) -> None:
+        while self._sleepers:
+            sleeper = self._sleepers.popleft()
+            if not sleeper.done():
+                sleeper.set_result(None)
+                return
 
     def running_jobs(self) -> list[J]:
         return list(self._running.values())
@@ -79,13 +102,24 @@ class Pool(Generic[J]):
     async def _work(self) -> None:
         current = asyncio.current_task()
         assert current is not None
+        loop = asyncio.get_running_loop()
         while True:
+            if self._wanted and self.room >= self._wanted:
+                # The feeder waits for this much room: let it send its next read before more
+                # work is taken, so the round trip overlaps the jobs still queued (handlers
+                # that never suspend would otherwise drain the whole buffer first).
+                self._room.set()
+                await asyncio.sleep(0)
+                continue
             while not self._queued:
                 if self._closing:
                     return
-                self._job_ready.clear()
-                await self._job_ready.wait()
+                sleeper = loop.create_future()
+                self._sleepers.append(sleeper)
+                await sleeper
             job = self._queued.popleft()
+            if self._queued:
+                self._wake_one()  # it runs if this job suspends
             self._busy += 1
             self._running[current] = job
             try:
@@ -97,7 +131,6 @@ class Pool(Generic[J]):
             finally:
                 del self._running[current]
                 self._busy -= 1
-                self._room.set()
                 if not self._busy and not self._queued:
                     self._idle.set()
 
@@ -115,7 +148,8 @@ class Pool(Generic[J]):
         Call ``take_unstarted`` first: workers still take queued jobs until the buffer is empty.
         """
         self._closing = True
-        self._job_ready.set()
+        while self._sleepers:
+            self._wake_one()
         if not self._workers:
             return []
         done, pending = await asyncio.wait(self._workers, timeout=timeout)

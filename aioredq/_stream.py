@@ -79,7 +79,7 @@ class _StreamBase(Consumer[Entry]):
         except TimeoutError:
             pass
 
-    def _decode(self, entry: Entry) -> Any:
+    def decode(self, entry: Entry) -> Any:
         """The handler's body; an entry over ``max_body_bytes`` (written by another program:
         the app refuses to produce one) is refused like an invalid one."""
         fields = entry.fields
@@ -91,7 +91,7 @@ class _StreamBase(Consumer[Entry]):
         text = decode_fields_raw(fields)
         return text if self._as_is else self._codec.decode_fields(text)
 
-    def _message(self, entry: Entry) -> Message:
+    def message(self, entry: Entry) -> Message:
         fields = decode_fields_raw(entry.fields)
         return Message(
             id=entry.id,
@@ -279,12 +279,7 @@ class GroupConsumer(_StreamBase):
         # Left in place when the run is cancelled at shutdown: handback then counts it.
         self._started.add(entry_id)
         decision = await self.execute(
-            lambda: self._decode(entry),
-            entry_id,
-            attempt,
-            lambda: self._message(entry),
-            self.spec.max_deliveries,
-            self.spec.backoff,
+            entry, entry_id, attempt, self.spec.max_deliveries, self.spec.backoff
         )
         self._started.discard(entry_id)
         if decision is ACK:
@@ -415,14 +410,7 @@ class TailConsumer(_StreamBase):
         return entries
 
     async def process(self, entry: Entry) -> None:
-        await self.execute(
-            lambda: self._decode(entry),
-            entry.id,
-            1,
-            lambda: self._message(entry),
-            1,
-            self.spec.backoff,
-        )
+        await self.execute(entry, entry.id, 1, 1, self.spec.backoff)
 
     def _dead_letter(self, msg_id: str, attempt: int, error: str) -> Dead:
         # No group, no dead letters: the entry stays in the stream, nothing else is written.

@@ -200,12 +200,7 @@ class TaskConsumer(Consumer[Job]):
         job.started = True
         item = job.item
         decision = await self.execute(
-            lambda: self._decode(item),
-            item.id,
-            item.attempts,
-            lambda: self._message(item),
-            self.spec.max_attempts,
-            self.spec.backoff,
+            job, item.id, item.attempts, self.spec.max_attempts, self.spec.backoff
         )
         if decision is ACK:
             self._acks.append(item.raw)
@@ -215,7 +210,8 @@ class TaskConsumer(Consumer[Job]):
             self._dead.append((item.raw, self._letter(item, decision.error)))
         self.settle_soon()
 
-    def _message(self, item: TaskItem) -> Message:
+    def message(self, job: Job) -> Message:
+        item = job.item
         enqueued, headers = envelope_metadata(item.envelope or {})
         return Message(
             id=item.id,
@@ -228,9 +224,10 @@ class TaskConsumer(Consumer[Job]):
             enqueued_at=None if enqueued is None else datetime.fromtimestamp(enqueued, UTC),
         )
 
-    def _decode(self, item: TaskItem) -> Any:
+    def decode(self, job: Job) -> Any:
         """The handler's body; an item over ``max_body_bytes`` (pushed by another program:
         the app refuses to produce one) is refused like an invalid one."""
+        item = job.item
         limit = self.handler.app.max_body_bytes
         if len(item.raw) > limit and (size := len(item.original)) > limit:
             raise DecodeError(f"MessageTooLarge: item is {size} bytes, over max_body_bytes={limit}")
@@ -266,10 +263,13 @@ class TaskConsumer(Consumer[Job]):
             self._nudge.set()
 
     def _release(self, raws: list[bytes]) -> None:
-        self._held.subtract(raws)
+        held = self._held
         for raw in raws:
-            if self._held[raw] <= 0:
-                del self._held[raw]
+            left = held.get(raw, 0) - 1
+            if left > 0:
+                held[raw] = left
+            else:
+                held.pop(raw, None)
 
     # upkeep ------------------------------------------------------------------------------
     async def upkeep(self) -> None:

@@ -208,11 +208,13 @@ def _entries(reply: Any) -> list[tuple[Any, Any]]:
     per_stream = reply.values() if isinstance(reply, dict) else (item[1] for item in reply)
     out: list[tuple[Any, Any]] = []
     for payload in per_stream:
-        for item in payload or ():
-            if _is_entry(item):
-                out.append((item[0], item[1]))
-            else:
-                out.extend((e[0], e[1]) for e in item)
+        if not payload:
+            continue
+        if _is_entry(payload[0]):  # one shape per reply: look at the first entry only
+            out.extend(payload)
+        else:
+            for group in payload:
+                out.extend(group)
     return out
 
 
