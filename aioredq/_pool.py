@@ -118,7 +118,7 @@ class Pool(Generic[J]):
                 self._sleepers.append(sleeper)
                 await sleeper
             job = self._queued.popleft()
-            if self._queued:
+            if self._queued and self._sleepers:
                 self._wake_one()  # it runs if this job suspends
             self._busy += 1
             self._running[current] = job
