@@ -6,40 +6,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
 import pytest
 import redis.asyncio
+from _waiting import until, until_redis
 from fastapi import FastAPI
 from pydantic import BaseModel
 
 from aioredq import App, Backoff, Message, Reject, Retry
 
-WAIT = 20.0
 NEVER = Backoff(base=3600.0, cap=3600.0, jitter=False)  # a retry that will not come in a test
 
 
 class Job(BaseModel):
     n: int
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {WAIT:.0f} s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-async def until_redis(read: Callable[[], Awaitable[Any]], expected: Any, what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while (value := await read()) != expected:
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {WAIT:.0f} s waiting for {what} (last: {value!r})")
-        await asyncio.sleep(0.02)
 
 
 async def in_flight(client: redis.asyncio.Redis, queue: str) -> int:

@@ -15,17 +15,15 @@ import base64
 import dataclasses
 import json
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import redis.asyncio
+from _waiting import WAIT, until, until_redis
 from pydantic import BaseModel
 
 from aioredq import App, Message, MessageTooLarge
-
-WAIT = 20.0
 
 
 class Notification(BaseModel):
@@ -43,22 +41,6 @@ class Order(BaseModel):
 class Point:
     x: int
     y: int
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {WAIT:.0f} s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-async def until_redis(read: Callable[[], Awaitable[Any]], expected: Any, what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while (value := await read()) != expected:
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {WAIT:.0f} s waiting for {what} (last: {value!r})")
-        await asyncio.sleep(0.02)
 
 
 # what aioredq writes: pub/sub ---------------------------------------------------------------------

@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable
 from typing import Any
 
-import pytest
+from _waiting import until
 from pydantic import BaseModel
 
 from aioredq import App, Backoff, Message
-
-WAIT = 20.0
 
 
 class Notification(BaseModel):
     type: str
     user: int
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {WAIT:.0f} s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def test_the_three_models_round_trip_in_memory() -> None:
