@@ -148,12 +148,14 @@ class Consumer(abc.ABC, Generic[J]):
         await self._retrying(lambda: self.handback(interrupted), deadline=5.0)
         await self._retrying(self.leave, deadline=2.0)
 
-    async def _failed(self, exc: Exception, trouble: Outage) -> None:
-        """Log (once per spell) and pause after a failed call."""
+    async def _failed(
+        self, exc: Exception, trouble: Outage, wake: asyncio.Event | None = None
+    ) -> None:
+        """Log (once per spell) and pause after a failed call (ended early by ``wake``)."""
         if is_connection_error(exc):
-            await self.outage.failed(exc, trouble)
+            await self.outage.failed(exc, trouble, wake)
         else:
-            await trouble.failed(exc)
+            await trouble.failed(exc, wake=wake)
 
     def _worked(self, trouble: Outage) -> None:
         if self.outage.active:
@@ -197,7 +199,7 @@ class Consumer(abc.ABC, Generic[J]):
             try:
                 jobs = await self.fetch(self.pool.room)
             except Exception as exc:
-                await self._failed(exc, self._fetch_trouble)
+                await self._failed(exc, self._fetch_trouble, wake=self.stop)
                 continue
             self._worked(self._fetch_trouble)
             if jobs:

@@ -3,6 +3,8 @@ between attempts."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -37,7 +39,9 @@ class Outage:
     def active(self) -> bool:
         return self._since is not None
 
-    async def failed(self, exc: BaseException, who: object = None) -> None:
+    async def failed(
+        self, exc: BaseException, who: object = None, wake: asyncio.Event | None = None
+    ) -> None:
         """Record a failed call; log once per spell, then sleep before the next attempt.
 
         A refused command (WRONGTYPE, OOM, a bug) that fails now and then between successes
@@ -68,7 +72,12 @@ class Outage:
                 )
         attempt = self._attempts[who] = self._attempts.get(who, 0) + 1
         delay = min(5.0, 0.05 * 2 ** min(attempt, 10))
-        await anyio.sleep(random.uniform(delay / 2, delay))
+        pause = random.uniform(delay / 2, delay)
+        if wake is None:
+            await anyio.sleep(pause)
+        else:  # e.g. a stop request: no need to sit out the pause
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), pause)
 
     def ok(self, who: object = None) -> None:
         if self._since is None:
