@@ -38,7 +38,7 @@ from ._subscribe import Subscriber
 from ._task import TaskConsumer
 from ._transports import pubsub
 from ._transports.queue import QueueTransport
-from ._transports.stream import StreamTransport
+from ._transports.stream import StreamTransport, group_lag
 
 log = logging.getLogger("aioredq")
 TRANSPORT_CACHE = 256
@@ -152,9 +152,13 @@ class App:
         start: Literal["latest", "earliest"] = "latest",
         lag_warning: int = 1000,
         batch: int = 100,
+        max_age: float | None = None,
     ) -> Callable[[HandlerFunc], StreamHandler]:
         """Consume the stream ``stream``: in consumer group ``group`` (at-least-once, acked,
-        claimed, dead-lettered), or without a group as a tail of new entries."""
+        claimed, dead-lettered), or without a group as a tail of new entries.
+
+        ``maxlen`` and ``max_age`` (seconds) bound what the stream keeps: every append made
+        through the app trims with ``MAXLEN ~`` / ``MINID ~``."""
 
         def decorate(func: HandlerFunc) -> StreamHandler:
             return self.add_stream(
@@ -169,6 +173,7 @@ class App:
                 start=start,
                 lag_warning=lag_warning,
                 batch=batch,
+                max_age=max_age,
             )
 
         return decorate
@@ -340,8 +345,12 @@ class App:
         if not entries:
             return []
         limit = maxlen if maxlen is not None else self._maxlen(stream)
+        max_age = self._max_age(stream)
+        min_ms = None if max_age is None else int((time.time() - max_age) * 1000)
         transport = self._stream(stream)
-        ids = await translated(f"append to {stream!r}", lambda: transport.append(entries, limit))
+        ids = await translated(
+            f"append to {stream!r}", lambda: transport.append(entries, limit, min_ms)
+        )
         self._wake(stream)
         return ids
 
@@ -363,6 +372,14 @@ class App:
             transport = self._streams[stream] = StreamTransport(client, stream)
         return transport
 
+    def _max_age(self, stream: str) -> float | None:
+        ages = [
+            h.spec.max_age
+            for h in self.handlers
+            if isinstance(h, StreamHandler) and h.key == stream and h.spec.max_age
+        ]
+        return max(ages) if ages else None
+
     def _maxlen(self, stream: str) -> int | None:
         limits = [
             h.spec.maxlen
@@ -377,6 +394,15 @@ class App:
         return data
 
     # observing -----------------------------------------------------------------------------
+    async def lag(self, name: str) -> int | None:
+        """Entries of a stream handler's group not yet delivered to it (XINFO GROUPS ``lag``,
+        counted when Redis reports nil); None if the group does not exist yet."""
+        handler = self.handler(name)
+        if not isinstance(handler, StreamHandler) or handler.spec.group is None:
+            raise ConfigurationError(f"{name!r} is not a stream handler with a group")
+        transport = StreamTransport(self.connection.command, handler.key, handler.spec.group)
+        return await translated(f"lag of {name!r}", lambda: group_lag(transport))
+
     def stats(self) -> Stats:
         """A snapshot of every handler's counters and latency in this process."""
         return Stats(
@@ -544,6 +570,7 @@ _STREAM_DEFAULTS: dict[str, Any] = {
     "start": "latest",
     "lag_warning": 1000,
     "batch": 100,
+    "max_age": None,
 }
 _SUBSCRIBE_DEFAULTS: dict[str, Any] = {
     "pattern": None,

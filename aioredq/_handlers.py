@@ -66,6 +66,7 @@ class StreamSpec:
     start: Literal["latest", "earliest"]
     lag_warning: int
     batch: int
+    max_age: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +265,7 @@ def stream_spec(
     start: object,
     lag_warning: object,
     batch: object,
+    max_age: object = None,
     where: str,
 ) -> StreamSpec:
     if group is not None:
@@ -272,6 +274,7 @@ def stream_spec(
         raise ConfigurationError(f"{where}: backoff must be an aioredq.Backoff")
     if maxlen is not None:
         maxlen = _positive_int(maxlen, "maxlen", where)
+    age = None if max_age is None else _positive_float(max_age, "max_age", where)
     if start not in ("latest", "earliest"):
         raise ConfigurationError(f"{where}: start must be 'latest' or 'earliest', got {start!r}")
     return StreamSpec(
@@ -285,6 +288,7 @@ def stream_spec(
         start=start,
         lag_warning=_positive_int(lag_warning, "lag_warning", where),
         batch=_positive_int(batch, "batch", where),
+        max_age=age,
     )
 
 

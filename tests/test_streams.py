@@ -18,7 +18,7 @@ import pytest
 import redis.asyncio
 from pydantic import BaseModel
 
-from aioredq import App, Backoff, Message, MessageTooLarge, Reject, Retry
+from aioredq import App, Backoff, ConfigurationError, Message, MessageTooLarge, Reject, Retry
 from aioredq._stream import group_lag
 from aioredq._transports.stream import RELEASED_IDLE_MS, StreamTransport
 
@@ -415,6 +415,53 @@ async def test_maxlen_trims_every_append(redis_url: str, redis_client: redis.asy
     await app.aclose()
     # MAXLEN ~ trims whole radix-tree nodes (100 entries each by default).
     assert all(100 <= n <= 200 for n in lengths[1:]), lengths
+
+
+@pytest.mark.parametrize("maxlen", [None, 10_000])
+async def test_max_age_trims_old_entries_on_every_append(
+    redis_url: str, redis_client: redis.asyncio.Redis, maxlen: int | None
+) -> None:
+    app = App(redis_url)
+
+    @app.stream("aged", group="g", max_age=60.0, maxlen=maxlen)
+    async def handle(body: dict[str, str]) -> None:
+        pass
+
+    # 1000 entries from two hours ago, written by another program with explicit ids
+    old_ms = int(time.time() * 1000) - 2 * 3600 * 1000
+    pipe = redis_client.pipeline(transaction=False)
+    for n in range(1000):
+        pipe.xadd("aged", {"n": f"old{n}"}, id=f"{old_ms}-{n}")
+    await pipe.execute()
+    ids = await app.append_many("aged", [{"n": f"new{n}"} for n in range(10)])
+    await app.aclose()
+    kept = await redis_client.xrange("aged")
+    # MINID ~ trims whole radix-tree nodes (100 entries by default): a few old ones may stay.
+    assert len(kept) < 110
+    assert [i.decode() for i, _ in kept[-10:]] == ids
+
+
+async def test_lag_is_available_from_the_app(
+    redis_url: str, redis_client: redis.asyncio.Redis
+) -> None:
+    app = App(redis_url)
+
+    @app.stream("lagging", group="g")
+    async def handle(body: dict[str, str]) -> None:
+        pass
+
+    @app.task("not-a-stream")
+    async def job(body: str) -> None:
+        pass
+
+    assert await app.lag("handle") is None  # no group yet
+    await redis_client.xgroup_create("lagging", "g", "$", mkstream=True)
+    await app.append_many("lagging", [{"n": str(n)} for n in range(7)])
+    assert await app.lag("handle") == 7
+    assert await app.lag("lagging") == 7  # by key too
+    with pytest.raises(ConfigurationError):
+        await app.lag("job")
+    await app.aclose()
 
 
 async def test_start_positions_groups_and_tail(

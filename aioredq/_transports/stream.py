@@ -253,12 +253,25 @@ class StreamTransport:
 
     # producing ---------------------------------------------------------------------------
     async def append(
-        self, entries: Sequence[Mapping[str, str | bytes]], maxlen: int | None
+        self,
+        entries: Sequence[Mapping[str, str | bytes]],
+        maxlen: int | None,
+        min_ms: int | None = None,
     ) -> list[str]:
+        """XADD every entry in one pipeline, trimming with ``MAXLEN ~`` on each; entries
+        older than ``min_ms`` (ms since the epoch) are trimmed with ``MINID ~`` as well (XADD
+        takes one trim strategy, so with both the batch ends with an ``XTRIM MINID ~``)."""
         pipe = self.client.pipeline(transaction=False)
+        by_id = min_ms is not None and maxlen is None
         for fields in entries:
-            pipe.xadd(self.stream, dict(fields), maxlen=maxlen, approximate=True)
-        return [_text(i) for i in await pipe.execute()]
+            if by_id:
+                pipe.xadd(self.stream, dict(fields), minid=f"{min_ms}-0", approximate=True)
+            else:
+                pipe.xadd(self.stream, dict(fields), maxlen=maxlen, approximate=True)
+        if min_ms is not None and not by_id:
+            pipe.xtrim(self.stream, minid=f"{min_ms}-0", approximate=True)
+        replies = await pipe.execute()
+        return [_text(i) for i in replies[: len(entries)]]
 
     # groups ------------------------------------------------------------------------------
     async def create_group(self, start_id: str) -> bool:
@@ -361,7 +374,14 @@ class StreamTransport:
         return [_text(n) for n in removed]
 
     async def group_info(self) -> dict[str, Any] | None:
-        for info in await self.client.xinfo_groups(self.stream):
+        """The group's XINFO GROUPS row; None when the group or the stream does not exist."""
+        try:
+            groups = await self.client.xinfo_groups(self.stream)
+        except ResponseError as exc:
+            if "no such key" in str(exc):
+                return None
+            raise
+        for info in groups:
             decoded = {_text(k): v for k, v in info.items()}
             if _text(decoded.get("name", "")) == self.group:
                 return decoded
