@@ -346,7 +346,7 @@ class App:
             return []
         limit = maxlen if maxlen is not None else self._maxlen(stream)
         max_age = self._max_age(stream)
-        min_ms = None if max_age is None else int((time.time() - max_age) * 1000)
+        min_ms = None if max_age is None else max(0, int((time.time() - max_age) * 1000))
         transport = self._stream(stream)
         ids = await translated(
             f"append to {stream!r}", lambda: transport.append(entries, limit, min_ms)
@@ -395,8 +395,9 @@ class App:
 
     # observing -----------------------------------------------------------------------------
     async def lag(self, name: str) -> int | None:
-        """Entries of a stream handler's group not yet delivered to it (XINFO GROUPS ``lag``,
-        counted when Redis reports nil); None if the group does not exist yet."""
+        """Entries of a stream handler's group not yet delivered to it: XINFO GROUPS ``lag``,
+        or, where Redis reports nil (after an XDEL), counted up to 100,000. None if the group
+        does not exist yet."""
         handler = self.handler(name)
         if not isinstance(handler, StreamHandler) or handler.spec.group is None:
             raise ConfigurationError(f"{name!r} is not a stream handler with a group")

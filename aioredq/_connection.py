@@ -170,10 +170,11 @@ class Connection:
             sentinel = _sentinel(url, common)
             self._extra.extend(sentinel.sentinels)
             return _master_for(sentinel, url, self._max_connections)
-        packing = _PACKING.get(url.split("://", 1)[0].lower())
-        if packing is not None:
-            common["connection_class"] = packing
-        return aioredis.Redis.from_url(url, max_connections=self._max_connections, **common)
+        client = aioredis.Redis.from_url(url, max_connections=self._max_connections, **common)
+        pool = client.connection_pool
+        # The URL picks the class (TCP, TLS, unix socket); use its hiredis-packing variant.
+        pool.connection_class = _PACKING.get(pool.connection_class, pool.connection_class)
+        return client
 
     async def ping(self) -> None:
         await self.command.ping()
@@ -217,31 +218,40 @@ class _HiredisPacking:
     """Commands packed by hiredis in C, as redis-py's synchronous client does. redis-py's
     asyncio connection packs in Python, re-joining its buffer for every argument: for a
     batch of 100 acks that costs more than running the handlers. Anything hiredis refuses
-    (memoryview, or a type Redis cannot take) goes the usual way, errors included."""
+    (memoryview, or a type Redis cannot take), and clients set to an encoding other than
+    strict UTF-8, go the usual way, errors included."""
+
+    encoder: Any
 
     def pack_command(self, *args: Any) -> list[bytes]:
-        head = args[0]
-        if isinstance(head, str):
-            args = (*head.encode().split(), *args[1:])
-        elif b" " in head:
-            args = (*head.split(), *args[1:])
-        try:
-            return [hiredis.pack_command(args)]
-        except TypeError:
-            return super().pack_command(*args)  # type: ignore[misc, no-any-return]
+        encoder = self.encoder
+        if (
+            encoder.encoding.lower().replace("-", "") == "utf8"
+            and encoder.encoding_errors == "strict"
+        ):
+            head = args[0]
+            if isinstance(head, str):
+                head_args = (*head.encode().split(), *args[1:])
+            elif b" " in head:
+                head_args = (*head.split(), *args[1:])
+            else:
+                head_args = args
+            try:
+                return [hiredis.pack_command(head_args)]
+            except TypeError:
+                pass
+        return super().pack_command(*args)  # type: ignore[misc, no-any-return]
 
 
-_PACKING: dict[str, type] = {}
+_PACKING: dict[type, type] = {}
 try:
     import hiredis
 except ImportError:  # redis[hiredis] is a dependency, but stay correct without it
     pass
 else:
-
-    class _PackedConnection(_HiredisPacking, aioredis.Connection):
-        pass
-
-    class _PackedSSLConnection(_HiredisPacking, aioredis.SSLConnection):
-        pass
-
-    _PACKING = {"redis": _PackedConnection, "rediss": _PackedSSLConnection}
+    for _plain in (
+        aioredis.Connection,
+        aioredis.SSLConnection,
+        aioredis.UnixDomainSocketConnection,
+    ):
+        _PACKING[_plain] = type(f"Packed{_plain.__name__}", (_HiredisPacking, _plain), {})

@@ -4,7 +4,6 @@ between attempts."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -76,8 +75,8 @@ class Outage:
         if wake is None:
             await anyio.sleep(pause)
         else:  # e.g. a stop request: no need to sit out the pause
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), pause)
+            with anyio.move_on_after(pause):
+                await wake.wait()
 
     def ok(self, who: object = None) -> None:
         if self._since is None:

@@ -37,6 +37,7 @@ class Pool(Generic[J]):
         self._running: dict[asyncio.Task[None], J] = {}
         self._workers: list[asyncio.Task[None]] = []
         self._sleepers: deque[asyncio.Future[None]] = deque()  # idle workers, to wake
+        self._waking = 0  # woken, not yet running
         self._room = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -86,6 +87,7 @@ class Pool(Generic[J]):
             sleeper = self._sleepers.popleft()
             if not sleeper.done():
                 sleeper.set_result(None)
+                self._waking += 1
                 return
 
     def running_jobs(self) -> list[J]:
@@ -116,10 +118,17 @@ class Pool(Generic[J]):
                     return
                 sleeper = loop.create_future()
                 self._sleepers.append(sleeper)
-                await sleeper
+                try:
+                    await sleeper
+                except asyncio.CancelledError:
+                    if sleeper.done() and not sleeper.cancelled():
+                        self._waking -= 1
+                        self._wake_one()  # pass on the wake-up this worker will not use
+                    raise
+                self._waking -= 1
             job = self._queued.popleft()
-            if self._queued and self._sleepers:
-                self._wake_one()  # it runs if this job suspends
+            if self._queued and self._sleepers and not self._waking:
+                self._wake_one()  # it runs if this job suspends (one on its way is enough)
             self._busy += 1
             self._running[current] = job
             try:

@@ -388,7 +388,18 @@ class StreamTransport:
         return None
 
     async def count_after(self, entry_id: str, limit: int) -> int:
-        return len(await self.client.xrange(self.stream, f"({entry_id}", "+", count=limit))
+        """Entries after ``entry_id``, counted up to ``limit`` in pages (XRANGE returns whole
+        entries: one reply of a million would weigh hundreds of MB)."""
+        counted, after = 0, entry_id
+        while counted < limit:
+            page = await self.client.xrange(
+                self.stream, f"({after}", "+", count=min(1000, limit - counted)
+            )
+            if not page:
+                break
+            counted += len(page)
+            after = _text(page[-1][0])
+        return counted
 
     async def lag(self, info: Mapping[str, Any], limit: int) -> int:
         """The group's lag from its XINFO GROUPS row; counted (up to ``limit``) when Redis
@@ -405,7 +416,7 @@ def position(info: Mapping[str, Any]) -> str:
     return _text(info.get("last-delivered-id", "0-0"))
 
 
-async def group_lag(transport: StreamTransport, limit: int = 1_000_000) -> int | None:
+async def group_lag(transport: StreamTransport, limit: int = 100_000) -> int | None:
     """Entries not yet delivered to the transport's group (XINFO GROUPS ``lag``, counted
     when Redis reports nil); None when the group does not exist."""
     info = await transport.group_info()
