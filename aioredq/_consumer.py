@@ -136,14 +136,18 @@ class Consumer(abc.ABC, Generic[J]):
         await self._retrying(self.start, refused_is_fatal=True)
         self.pool.start()
         task_status.started()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._settle_loop)
-            tg.start_soon(self._upkeep_loop)
-            await self._fetch_loop()
-            unstarted = self.pool.take_unstarted()
-            await self._retrying(lambda: self.handback(unstarted), deadline=shutdown_timeout)
-            interrupted = await self.pool.close(shutdown_timeout)
-            tg.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._settle_loop)
+                tg.start_soon(self._upkeep_loop)
+                await self._fetch_loop()
+                unstarted = self.pool.take_unstarted()
+                await self._retrying(lambda: self.handback(unstarted), deadline=shutdown_timeout)
+                interrupted = await self.pool.close(shutdown_timeout)
+                tg.cancel_scope.cancel()
+        except BaseException:
+            self.pool.cancel()  # cancelled from outside: no worker is left behind
+            raise
         await self._retrying(self._settle_all, deadline=5.0)
         await self._retrying(lambda: self.handback(interrupted), deadline=5.0)
         await self._retrying(self.leave, deadline=2.0)

@@ -151,6 +151,12 @@ class Pool(Generic[J]):
             self._idle.set()
         return jobs
 
+    def cancel(self) -> None:
+        """Cancel every worker at once (the consumer itself is being cancelled)."""
+        for task in self._workers:
+            task.cancel()
+        self._workers = []
+
     async def close(self, timeout: float) -> list[J]:
         """Let running jobs finish within ``timeout``; cancel the rest and return their jobs.
 
