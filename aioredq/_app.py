@@ -25,6 +25,7 @@ from ._handlers import (
     Handler,
     HandlerFunc,
     StreamHandler,
+    StreamSpec,
     SubscribeHandler,
     TaskHandler,
     stream_spec,
@@ -56,6 +57,8 @@ class _Worker(Protocol):
 
 
 H = TypeVar("H", bound=Handler)
+T = TypeVar("T", QueueTransport, StreamTransport)
+N = TypeVar("N", int, float)
 DEFAULT_BACKOFF = Backoff()
 
 
@@ -355,36 +358,23 @@ class App:
         return ids
 
     def _queue(self, queue: str) -> QueueTransport:
-        client = self.connection.command
-        transport = self._queues.get(queue)
-        if transport is None or transport.client is not client:
-            if len(self._queues) >= TRANSPORT_CACHE:  # names made on the fly: stay bounded
-                self._queues.clear()
-            transport = self._queues[queue] = QueueTransport(client, queue)
-        return transport
+        return _cached(self._queues, queue, self.connection.command, QueueTransport)
 
     def _stream(self, stream: str) -> StreamTransport:
-        client = self.connection.command
-        transport = self._streams.get(stream)
-        if transport is None or transport.client is not client:
-            if len(self._streams) >= TRANSPORT_CACHE:
-                self._streams.clear()
-            transport = self._streams[stream] = StreamTransport(client, stream)
-        return transport
+        return _cached(self._streams, stream, self.connection.command, StreamTransport)
 
     def _max_age(self, stream: str) -> float | None:
-        ages = [
-            h.spec.max_age
-            for h in self.handlers
-            if isinstance(h, StreamHandler) and h.key == stream and h.spec.max_age
-        ]
-        return max(ages) if ages else None
+        return self._widest(stream, lambda spec: spec.max_age)
 
     def _maxlen(self, stream: str) -> int | None:
+        return self._widest(stream, lambda spec: spec.maxlen)
+
+    def _widest(self, stream: str, limit: Callable[[StreamSpec], N | None]) -> N | None:
+        """The most generous retention limit that the handlers of ``stream`` set, or None."""
         limits = [
-            h.spec.maxlen
+            value
             for h in self.handlers
-            if isinstance(h, StreamHandler) and h.key == stream and h.spec.maxlen
+            if isinstance(h, StreamHandler) and h.key == stream and (value := limit(h.spec))
         ]
         return max(limits) if limits else None
 
@@ -561,6 +551,19 @@ _TASK_DEFAULTS: dict[str, Any] = {
     "lease": 30.0,
     "batch": 100,
 }
+
+
+def _cached(cache: dict[str, T], key: str, client: Any, make: Callable[[Any, str], T]) -> T:
+    """A producer's transport for ``key`` on ``client`` (transports hold script objects, made
+    once); rebuilt after a reconnect, and the cache stays bounded for names made on the fly."""
+    transport = cache.get(key)
+    if transport is None or transport.client is not client:
+        if len(cache) >= TRANSPORT_CACHE:
+            cache.clear()
+        transport = cache[key] = make(client, key)
+    return transport
+
+
 _STREAM_DEFAULTS: dict[str, Any] = {
     "group": None,
     "concurrency": 16,

@@ -67,7 +67,6 @@ class _StreamBase(Consumer[Entry]):
         self.transport = StreamTransport(conn.command, handler.key, spec.group, consumer)
         self._wakeup = wakeup
         self._codec = handler.codec
-        self._as_is = handler.codec.takes_dict or handler.codec.takes_any
         self._max_size = handler.app.max_body_bytes
 
     async def _idle_wait(self) -> None:
@@ -88,8 +87,7 @@ class _StreamBase(Consumer[Entry]):
             raise DecodeError(
                 f"MessageTooLarge: entry is {size} bytes, over max_body_bytes={self._max_size}"
             )
-        text = decode_fields_raw(fields)
-        return text if self._as_is else self._codec.decode_fields(text)
+        return self._codec.decode_fields(decode_fields_raw(fields))
 
     def message(self, entry: Entry) -> Message:
         fields = decode_fields_raw(entry.fields)

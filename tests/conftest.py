@@ -150,3 +150,13 @@ def redis_cluster_factory() -> Iterator[ClusterFactory]:
     finally:
         for cluster in clusters:
             cluster.close()
+
+
+@pytest.fixture
+def r(redis_url: str) -> Iterator[redis.Redis]:
+    """A plain synchronous client on the test database, acting as a foreign program."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        yield client
+    finally:
+        client.close()

@@ -123,16 +123,6 @@ class Worker:
 
 
 @pytest.fixture
-def r(redis_url: str) -> Iterator[redis.Redis]:
-    """A plain synchronous client on the test database, acting as a foreign program."""
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        yield client
-    finally:
-        client.close()
-
-
-@pytest.fixture
 def out(tmp_path: Path) -> Path:
     return tmp_path / "handled.jsonl"
 

@@ -12,7 +12,7 @@ import struct
 import subprocess
 import termios
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +36,6 @@ async def events(body: dict[str, str]) -> None: ...
 @app.task("w-jobs")
 async def jobs(body: str) -> None: ...
 """
-
-
-@pytest.fixture
-def r(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 def server_ms(r: redis.Redis) -> int:

@@ -9,7 +9,7 @@ from typing import Any
 
 from . import keys
 from .pubsub import subscriber_counts
-from .stream import StreamTransport
+from .stream import LAG_COUNT_LIMIT, StreamTransport
 
 # Both requeue scripts check first, then write the copy, then remove the letter: a script is not
 # rolled back when a command fails half way, so a refused write (WRONGTYPE, OOM) must come
@@ -104,10 +104,7 @@ async def stream_figures(client: Any, stream: str, group: str | None) -> dict[st
     info = await transport.group_info()
     if info is None:
         return figures
-    lag = info.get("lag")
-    if lag is None:
-        lag = await transport.count_after(_text(info.get("last-delivered-id", "0-0")), 100_000)
-    figures["lag"] = int(lag)
+    figures["lag"] = await transport.lag(info, LAG_COUNT_LIMIT)
     figures["pending"] = int(info.get("pending", 0))
     now = await server_ms(client)
     live = {

@@ -164,6 +164,10 @@ return redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 )
 
 
+# Where Redis reports a nil lag, entries are counted: up to this many.
+LAG_COUNT_LIMIT = 100_000
+
+
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs ~4x to create
 class Entry:
     id: str
@@ -416,7 +420,7 @@ def position(info: Mapping[str, Any]) -> str:
     return _text(info.get("last-delivered-id", "0-0"))
 
 
-async def group_lag(transport: StreamTransport, limit: int = 100_000) -> int | None:
+async def group_lag(transport: StreamTransport, limit: int = LAG_COUNT_LIMIT) -> int | None:
     """Entries not yet delivered to the transport's group (XINFO GROUPS ``lag``, counted
     when Redis reports nil); None when the group does not exist."""
     info = await transport.group_info()
