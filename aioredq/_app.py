@@ -451,7 +451,9 @@ class App:
 
     async def _serve(self, handlers: list[Handler], ready: asyncio.Future[None]) -> None:
         conn = self.connection
-        consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        # Each handler is its own consumer (its own processing list, its own name in a group):
+        # two handlers on one queue or group never take each other's messages for strays.
+        base = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         workers: list[_Worker] = []
         subscribers: list[SubscribeHandler] = []
         self._wakeups = {}  # events of this run's loop (an app may run again on another loop)
@@ -464,7 +466,7 @@ class App:
             wakeup = self._wakeups.setdefault(h.key, asyncio.Event()) if local else None
             counters = self._counters[h.name]
             common: dict[str, Any] = {
-                "consumer": consumer,
+                "consumer": f"{base}:{h.name}",
                 "counters": counters,
                 "wakeup": wakeup,
                 "outage": outage,
