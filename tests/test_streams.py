@@ -197,8 +197,9 @@ async def test_consumer_names_are_unique_per_app(
         names = await consumer_names(redis_client, "names", "g")
     assert len(names) == 2
     for name in names:
-        host, pid, suffix = name.rsplit(":", 2)
+        host, pid, suffix, handler = name.split(":")
         assert host and int(pid) == os.getpid() and re.fullmatch(r"[0-9a-f]{6}", suffix), name
+        assert handler == "handle", name
 
 
 # claiming -------------------------------------------------------------------------------------
