@@ -21,8 +21,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Tests spend most of their time waiting on Redis, leases and subprocesses: three processes,
+# each with its own redis-server. A database given by AIOREDQ_TEST_URL is flushed by every
+# test, so it is shared by one process only.
+PYTEST_JOBS ?= $(if $(AIOREDQ_TEST_URL),0,3)
+
 pytest: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_JOBS)
 
 test: lint typecheck pytest
 

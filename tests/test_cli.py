@@ -291,7 +291,8 @@ def test_log_level_and_one_structured_line_per_failure(
         lambda: next((x for x in worker.output().splitlines() if "failed:" in x), None),
         "the failure to be logged",
     )
-    [retry] = r.zrange(f"{{{QUEUE}}}:delayed", 0, -1)
+    # The failure is logged before the retry is written: wait for the write.
+    [retry] = eventually(lambda: r.zrange(f"{{{QUEUE}}}:delayed", 0, -1), "the retry")
     message_id = json.loads(retry)["id"]
     assert worker.stop() == 0, worker.output()
     assert " WARNING aioredq: " in line
