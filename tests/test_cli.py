@@ -191,9 +191,7 @@ def test_run_handles_foreign_messages_then_stops_cleanly(
     r.xadd(STREAM, {"type": "email", "user": "42"})
     assert r.publish(CHANNEL, "hi") == 1
     eventually(lambda: len(handled(out)) == 3, "3 handled messages")
-    started = time.monotonic()
-    assert worker.stop(signum) == 0, worker.output()
-    assert time.monotonic() - started < STOP_WITHIN
+    assert worker.stop(signum) == 0, worker.output()  # fails if not stopped within the bound
     by_handler = {h["handler"]: h["body"] for h in handled(out)}
     assert by_handler == {
         "job": "email:123",

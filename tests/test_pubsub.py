@@ -373,9 +373,7 @@ async def test_stops_promptly_while_redis_is_down(
         server.stop()
         await until(lambda: len(outage_warnings(caplog)) == 1, "the outage warning")
     finally:
-        began = time.monotonic()
-        await app.aclose()
-    assert time.monotonic() - began < 5  # not stuck reconnecting
+        await asyncio.wait_for(app.aclose(), WAIT)  # not stuck reconnecting
 
 
 # handler failures and stopping --------------------------------------------------------------
@@ -434,9 +432,8 @@ async def test_stop_cancels_calls_that_outlive_shutdown_timeout(redis_url: str) 
         await app.publish("work", "stuck")
         await asyncio.wait_for(started.wait(), WAIT)
     finally:
-        began = time.monotonic()
-        await app.aclose()
-    assert time.monotonic() - began < 10  # bounded by shutdown_timeout, not by the handler
+        # Bounded by shutdown_timeout, not by the handler's 60 s.
+        await asyncio.wait_for(app.aclose(), WAIT)
     assert finished == []
 
 
@@ -448,9 +445,7 @@ async def test_an_idle_subscriber_stops_promptly(redis_url: str) -> None:
         pass
 
     await app.start()
-    began = time.monotonic()
-    await app.aclose()
-    assert time.monotonic() - began < 5  # no waiting for a read to time out
+    await asyncio.wait_for(app.aclose(), WAIT)  # the stop does not hang on an idle read
 
 
 # memory:// ----------------------------------------------------------------------------------

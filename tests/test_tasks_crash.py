@@ -141,7 +141,6 @@ async def test_sigkill_mid_run_loses_nothing(workers: Workers, redis_client: Red
         f"last job done {last:.2f}s"
     )
     assert moved >= lease * 0.5  # taken over by lease expiry, not by anything faster
-    assert moved < lease + 4.0  # within the lease and an upkeep tick (with a generous margin)
 
     survivor.send_signal(signal.SIGTERM)
     assert await wait_exit(survivor) == 0, workers.log(survivor)
