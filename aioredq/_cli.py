@@ -29,6 +29,7 @@ from ._app import App
 from ._exceptions import AioredqError, ConfigurationError
 from ._loop import loop_name
 from ._loop import run as run_loop
+from ._startup import first_error
 
 PROG = "aioredq"
 # Set in the environment of the processes that ``--workers N`` starts: the supervisor's pid.
@@ -36,6 +37,9 @@ SUPERVISOR_ENV = "AIOREDQ_SUPERVISOR_PID"
 # ... and the worker's index (0 to N-1): worker i serves its metrics on --metrics-port + i.
 WORKER_INDEX_ENV = "AIOREDQ_WORKER_INDEX"
 SUPERVISOR_CHECK_SECONDS = 1.0
+NOTHING_TO_RUN = (
+    'declare one with @app.task("queue"), @app.stream("stream") or @app.subscribe("channel")'
+)
 log = logging.getLogger("aioredq")
 
 RUN_EPILOG = """\
@@ -169,10 +173,16 @@ def load_app(spec: str) -> App:
         raise UsageError(f"cannot import module {module_name!r}: {exc}") from None
     except ConfigurationError:
         raise  # a handler declared wrongly: its own message says which and why
+    except SyntaxError as exc:
+        # The traceback of a syntax error points into importlib; the error itself knows where.
+        raise UsageError(
+            f"importing {module_name!r} failed at {exc.filename}:{exc.lineno}: "
+            f"{type(exc).__name__}: {exc.msg}"
+        ) from exc
     except Exception as exc:
         raise UsageError(
             f"importing {module_name!r} failed{_where(exc)}: {type(exc).__name__}: {exc}"
-        ) from None
+        ) from exc
     obj: Any = module
     for part in attr.split("."):
         try:
@@ -197,18 +207,42 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         code = _main(args)
-    except (UsageError, ConfigurationError) as exc:
-        code = _fail(exc, 2)
-    except AioredqError as exc:  # ConnectError above all: Redis unreachable at start
-        code = _fail(exc, 1)
     except KeyboardInterrupt:
         code = 130
+    except Exception as exc:
+        code = _fail(exc, args)
     sys.exit(code)
 
 
-def _fail(exc: Exception, code: int) -> int:
-    print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+def _fail(exc: Exception, args: list[str]) -> int:
+    """One line on stderr (the traceback above it with ``--log-level DEBUG``); the exit
+    status: 2 for what the user must change, 1 for Redis unreachable or anything else."""
+    if _debugging(args):
+        traceback.print_exception(exc)
+    error = first_error(exc)
+    prefix = suffix = ""
+    if isinstance(error, (UsageError, ConfigurationError)):
+        code = 2
+    elif isinstance(error, AioredqError):  # ConnectError above all: Redis unreachable
+        code = 1
+    else:  # a failure nobody foresaw: still one line, its type named
+        code = 1
+        prefix = f"{type(error).__name__}: "
+        if not _debugging(args):
+            suffix = " (--log-level DEBUG shows the traceback)"
+    print(f"{PROG}: error: {prefix}{' '.join(str(error).split())}{suffix}", file=sys.stderr)
     return code
+
+
+def _debugging(args: list[str]) -> bool:
+    """Whether the command line asks for ``--log-level DEBUG`` (read before parsing, so that
+    a failure while parsing or importing can show its traceback too)."""
+    for i, arg in enumerate(args):
+        if arg.lower() == "--log-level=debug":
+            return True
+        if arg == "--log-level" and args[i + 1 : i + 2] and args[i + 1].lower() == "debug":
+            return True
+    return False
 
 
 def _main(args: list[str]) -> int:
@@ -236,8 +270,9 @@ def _main(args: list[str]) -> int:
         )
     ns = _run_parser().parse_args(args)
     app = _prepare(ns)
-    if ns.only:
-        app._select(ns.only)  # unknown names fail here, before anything starts
+    # Unknown names, or nothing at all to run, fail here, before anything starts.
+    if not app._select(ns.only):
+        raise UsageError(f"{ns.app} has no handlers: nothing to run ({NOTHING_TO_RUN})")
     if ns.shutdown_timeout is not None:
         app.shutdown_timeout = ns.shutdown_timeout
     supervisor = _supervisor_pid()
@@ -292,7 +327,14 @@ async def _serve(
         except BaseException:
             await app.aclose()
             raise
-        log.info("starting %r (pid %d, %s)", app, os.getpid(), loop_name())
+        names = ", ".join(h.name for h in app._select(only))
+        log.info(
+            "starting %s handlers: %s (pid %d, %s)",
+            app.target.safe_url,
+            names,
+            os.getpid(),
+            loop_name(),
+        )
         if supervisor is None:
             await app.run(only=only)
             return
