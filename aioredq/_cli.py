@@ -19,7 +19,6 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import traceback
 from collections.abc import Sequence
@@ -30,12 +29,9 @@ from ._exceptions import AioredqError, ConfigurationError
 from ._loop import loop_name
 from ._loop import run as run_loop
 from ._startup import first_error
+from ._supervisor import SUPERVISOR_ENV, WORKER_INDEX_ENV, supervise, without_workers
 
 PROG = "aioredq"
-# Set in the environment of the processes that ``--workers N`` starts: the supervisor's pid.
-SUPERVISOR_ENV = "AIOREDQ_SUPERVISOR_PID"
-# ... and the worker's index (0 to N-1): worker i serves its metrics on --metrics-port + i.
-WORKER_INDEX_ENV = "AIOREDQ_WORKER_INDEX"
 SUPERVISOR_CHECK_SECONDS = 1.0
 NOTHING_TO_RUN = (
     'declare one with @app.task("queue"), @app.stream("stream") or @app.subscribe("channel")'
@@ -286,10 +282,11 @@ def _main(args: list[str]) -> int:
         if ns.metrics_port is not None:
             _check_ports(ns.metrics_host, range(ns.metrics_port, ns.metrics_port + ns.workers))
         asyncio.run(_check_reachable(app))  # one error line, not one per worker
-        return _supervise(args, ns.workers)
     logging.basicConfig(
         level=ns.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if ns.workers > 1 and supervisor is None:
+        return supervise(without_workers(args), ns.workers)
     # redis-py logs a line per connection at DEBUG: noise next to aioredq's own DEBUG lines.
     logging.getLogger("redis").setLevel(max(logging.getLogger().level, logging.INFO))
     run_loop(_serve(app, ns.only, supervisor, metrics))
@@ -379,57 +376,3 @@ async def _watch_supervisor(supervisor: int) -> None:
 def _supervisor_pid() -> int | None:
     value = os.environ.get(SUPERVISOR_ENV, "")
     return int(value) if value.isdigit() else None
-
-
-def _supervise(args: list[str], workers: int) -> int:
-    """Run ``workers`` processes of this app; forward SIGINT/SIGTERM; exit when all have.
-
-    Each worker gets its own process group, so a Ctrl-C in a terminal reaches the workers once
-    (forwarded from here) rather than twice (a second signal means "exit at once").
-    """
-    procs: list[subprocess.Popen[bytes]] = []
-    received: list[int] = []
-
-    def forward(signum: int, _frame: object) -> None:
-        received.append(signum)
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
-    child_args = _without_workers(args)
-    for index in range(workers):
-        if received:
-            break
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "aioredq", *child_args],
-                env={**env, WORKER_INDEX_ENV: str(index)},
-                process_group=0,
-            )
-        )
-    if received:  # a signal came while workers were starting: the late ones missed it
-        forward(received[-1], None)
-    codes = [proc.wait() for proc in procs]
-    failed = [c for c in codes if c not in (0, -signal.SIGTERM, -signal.SIGINT)]
-    if not failed:
-        return 0
-    return 128 - failed[0] if failed[0] < 0 else failed[0]
-
-
-def _without_workers(args: list[str]) -> list[str]:
-    out: list[str] = []
-    skip = False
-    for arg in args:
-        if skip:
-            skip = False
-            continue
-        if arg == "--workers":
-            skip = True
-            continue
-        if arg.startswith("--workers="):
-            continue
-        out.append(arg)
-    return out
