@@ -427,7 +427,10 @@ class App:
                 if auth is not None:
                     raise auth from exc
                 if not is_connection_error(exc):
-                    raise connect_refused(exc, self.target) from exc
+                    error = connect_refused(exc, self.target)
+                    if error is exc:
+                        raise
+                    raise error from exc
                 if time.monotonic() >= deadline:
                     raise ConnectError(
                         f"cannot reach Redis at {self.target.safe_url}: {exc}"

@@ -95,6 +95,8 @@ def connect_refused(exc: Exception, target: Target) -> Exception:
         return ConfigurationError(
             refused(exc, f"Redis at {target.safe_url} refused the first command", target, [])
         )
+    if not isinstance(exc, (ValueError, TypeError, rexc.RedisError)):
+        return exc  # not about the URL: a failure of its own, reported as it is
     return ConfigurationError(
         f"cannot use the Redis URL {target.safe_url}: "
         f"{type(exc).__name__}: {_scrub(str(exc), target)}; fix the URL"

@@ -505,6 +505,7 @@ def test_start_up_refusals_are_one_line_naming_what_to_fix_and_exit_2(
             "nochan": ["~*", "resetchannels", "+@all"],
             "nokeys": [f"~{QUEUE}", f"~{{{QUEUE}}}:*", "&*", "+@all"],
             "noping": [*every, "-ping"],
+            "noscript": [*every, "-evalsha"],
         }.items():
             admin.execute_command("ACL", "SETUSER", user, "on", ">pw", *rules)
         admin.config_set("requirepass", "sekret")
@@ -532,6 +533,10 @@ def test_start_up_refusals_are_one_line_naming_what_to_fix_and_exit_2(
             f"ACL SETUSER nokeys ~{STREAM} ~{{{STREAM}}}:*",
         ],
         f"redis://noping:pw@{host}/1": ["refused the first command", "ACL SETUSER noping +ping"],
+        f"redis://noscript:pw@{host}/1": [
+            f"handler 'job' (queue '{QUEUE}') cannot start: ",
+            "ACL SETUSER noscript +evalsha",
+        ],
     }
     commands = [[APP, "--url", url, "--connect-timeout", "1"] for url in cases]
     debug = [APP, "--url", f"redis://:sekret@{host}/0", "--log-level", "DEBUG"]
