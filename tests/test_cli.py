@@ -311,13 +311,21 @@ def test_log_level_and_one_structured_line_per_failure(
 
 
 # --workers -------------------------------------------------------------------------------------
-def test_workers_share_the_work_and_stop_on_one_sigterm(
-    redis_url: str, r: redis.Redis, out: Path, start_worker: Callable[..., Worker]
-) -> None:
+def two_workers(
+    start_worker: Callable[..., Worker], redis_url: str, r: redis.Redis
+) -> tuple[Worker, list[int]]:
+    """A supervisor of 2 workers, both subscribed; and the workers' pids."""
     supervisor = start_worker(APP, "--url", redis_url, "--workers", "2")
     eventually(lambda: subscribers(r) == 2, "2 workers to subscribe")
     workers = children_of(supervisor.pid)
     assert len(workers) == 2
+    return supervisor, workers
+
+
+def test_workers_share_the_work_and_stop_on_one_sigterm(
+    redis_url: str, r: redis.Redis, out: Path, start_worker: Callable[..., Worker]
+) -> None:
+    supervisor, workers = two_workers(start_worker, redis_url, r)
     r.lpush(QUEUE, *[f"slow:0.{i % 3}" for i in range(24)])
     r.xadd(STREAM, {"n": "1"})
     eventually(lambda: len(handled(out)) == 25, "25 handled messages")
@@ -365,10 +373,7 @@ def test_workers_stop_by_themselves_when_the_supervisor_is_killed(
 def test_workers_restart_a_worker_that_died_after_a_growing_back_off(
     redis_url: str, r: redis.Redis, out: Path, start_worker: Callable[..., Worker]
 ) -> None:
-    supervisor = start_worker(APP, "--url", redis_url, "--workers", "2")
-    eventually(lambda: subscribers(r) == 2, "2 workers to subscribe")
-    first = children_of(supervisor.pid)
-    assert len(first) == 2
+    supervisor, first = two_workers(start_worker, redis_url, r)
     os.kill(first[0], signal.SIGKILL)
     restarted = eventually(
         lambda: [pid for pid in children_of(supervisor.pid) if pid not in first],
