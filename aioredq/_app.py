@@ -44,6 +44,9 @@ from ._transports.stream import StreamTransport, group_lag
 
 log = logging.getLogger("aioredq")
 TRANSPORT_CACHE = 256
+NOTHING_TO_RUN = (
+    'declare one with @app.task("queue"), @app.stream("stream") or @app.subscribe("channel")'
+)
 
 
 class _Worker(Protocol):
@@ -438,7 +441,12 @@ class App:
                 await anyio.sleep(0.2)
 
     async def start(self, *, only: Sequence[str] | None = None) -> None:
-        """Connect and start every consumer (or those named in ``only``) in the background."""
+        """Connect and start every consumer (or those named in ``only``) in the background.
+
+        Returns once every consumer is ready. Raises ``ConnectError`` when Redis cannot be
+        reached within ``connect_timeout``, and one ``ConfigurationError`` naming the handler
+        and what to do when Redis refuses what a consumer needs (a wrong password, a key of
+        another type, an ACL user without a command, key or channel)."""
         if self._serving is not None:
             raise RuntimeError("the app is already running")
         selected = self._select(only)
@@ -568,10 +576,7 @@ class App:
         """Run until cancelled, SIGINT or SIGTERM, then stop gracefully. After the first
         signal the default handlers are restored, so a second one exits at once."""
         if not self._select(only):
-            raise ConfigurationError(
-                "nothing to run: the app has no handlers; declare one with "
-                '@app.task("queue"), @app.stream("stream") or @app.subscribe("channel")'
-            )
+            raise ConfigurationError(f"nothing to run: the app has no handlers; {NOTHING_TO_RUN}")
         await self.start(only=only)
         try:
             serving = self._serving

@@ -5,8 +5,10 @@ python -m aioredq MODULE:ATTR [--url URL] [--only NAME ...] [--workers N] [--log
 python -m aioredq inspect MODULE:ATTR [--url URL] [--json] [--watch]
 python -m aioredq dead MODULE:ATTR NAME [--show N | --requeue [--all | ID ...] | --purge]
 
-Every error a user can cause (a bad MODULE:ATTR or option, an unreachable Redis at start) is one
-line on stderr and exit status 2 (usage) or 1 (Redis), never a traceback.
+Every error a user can cause is one line on stderr, never a traceback (``--log-level DEBUG``
+adds it): exit status 2 for what the user must change (a bad MODULE:ATTR or option, a bad URL
+value, a password, a key or ACL permission Redis refuses at start, nothing to run), 1 for a
+Redis that cannot be reached at start.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from ._app import App
+from ._app import NOTHING_TO_RUN, App
 from ._exceptions import AioredqError, ConfigurationError
 from ._loop import loop_name
 from ._loop import run as run_loop
@@ -33,9 +35,6 @@ from ._supervisor import SUPERVISOR_ENV, WORKER_INDEX_ENV, supervise, without_wo
 
 PROG = "aioredq"
 SUPERVISOR_CHECK_SECONDS = 1.0
-NOTHING_TO_RUN = (
-    'declare one with @app.task("queue"), @app.stream("stream") or @app.subscribe("channel")'
-)
 log = logging.getLogger("aioredq")
 
 RUN_EPILOG = """\
@@ -104,7 +103,12 @@ def _run_parser() -> _Parser:
     )
     _add_common(p)
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these handlers")
-    p.add_argument("--workers", type=_number(int, 1), default=1, help="processes to run")
+    p.add_argument(
+        "--workers",
+        type=_number(int, 1),
+        default=1,
+        help="processes to run; one that dies is restarted after a back-off (1 s to 30 s)",
+    )
     p.add_argument(
         "--log-level",
         default="INFO",
