@@ -33,6 +33,7 @@ from ._handlers import (
     task_spec,
 )
 from ._outage import Outage
+from ._startup import auth_error, connect_refused, first_error, refused_at_start
 from ._stats import Counters, Stats
 from ._stream import GroupConsumer, TailConsumer
 from ._subscribe import Subscriber
@@ -43,6 +44,9 @@ from ._transports.stream import StreamTransport, group_lag
 
 log = logging.getLogger("aioredq")
 TRANSPORT_CACHE = 256
+NOTHING_TO_RUN = (
+    'declare one with @app.task("queue"), @app.stream("stream") or @app.subscribe("channel")'
+)
 
 
 class _Worker(Protocol):
@@ -123,6 +127,7 @@ class App:
         batch: int = 100,
     ) -> Callable[[HandlerFunc], TaskHandler]:
         """Consume the reliable list queue ``queue`` (at-least-once)."""
+        _named("task", "queue", queue)
 
         def decorate(func: HandlerFunc) -> TaskHandler:
             return self.add_task(
@@ -162,6 +167,7 @@ class App:
 
         ``maxlen`` and ``max_age`` (seconds) bound what the stream keeps: every append made
         through the app trims with ``MAXLEN ~`` / ``MINID ~``."""
+        _named("stream", "stream", stream)
 
         def decorate(func: HandlerFunc) -> StreamHandler:
             return self.add_stream(
@@ -195,6 +201,8 @@ class App:
         concurrency: int = 1,
     ) -> Callable[[HandlerFunc], SubscribeHandler]:
         """Receive what is published on ``channels`` (or ``pattern``); at-most-once."""
+        if channels:
+            _named("subscribe", "channel", channels[0])
 
         def decorate(func: HandlerFunc) -> SubscribeHandler:
             return self.add_subscribe(
@@ -249,7 +257,8 @@ class App:
         for handler in self.handlers:
             if handler.key == name:
                 return handler
-        raise KeyError(name)
+        known = ", ".join(h.name for h in self.handlers) or "none"
+        raise KeyError(f"no handler or key named {name!r} (handlers: {known})")
 
     # producing -----------------------------------------------------------------------------
     @property
@@ -388,7 +397,10 @@ class App:
         """Entries of a stream handler's group not yet delivered to it: XINFO GROUPS ``lag``,
         or, where Redis reports nil (after an XDEL), counted up to 100,000. None if the group
         does not exist yet."""
-        handler = self.handler(name)
+        try:
+            handler = self.handler(name)
+        except KeyError as exc:
+            raise ConfigurationError(exc.args[0]) from None
         if not isinstance(handler, StreamHandler) or handler.spec.group is None:
             raise ConfigurationError(f"{name!r} is not a stream handler with a group")
         transport = StreamTransport(self.connection.command, handler.key, handler.spec.group)
@@ -413,8 +425,15 @@ class App:
                 await self.connection.ping()
                 return
             except Exception as exc:
+                # A wrong password or a bad URL value does not get better by waiting.
+                auth = auth_error(exc, self.target)
+                if auth is not None:
+                    raise auth from exc
                 if not is_connection_error(exc):
-                    raise
+                    error = connect_refused(exc, self.target)
+                    if error is exc:
+                        raise
+                    raise error from exc
                 if time.monotonic() >= deadline:
                     raise ConnectError(
                         f"cannot reach Redis at {self.target.safe_url}: {exc}"
@@ -422,7 +441,12 @@ class App:
                 await anyio.sleep(0.2)
 
     async def start(self, *, only: Sequence[str] | None = None) -> None:
-        """Connect and start every consumer (or those named in ``only``) in the background."""
+        """Connect and start every consumer (or those named in ``only``) in the background.
+
+        Returns once every consumer is ready. Raises ``ConnectError`` when Redis cannot be
+        reached within ``connect_timeout``, and one ``ConfigurationError`` naming the handler
+        and what to do when Redis refuses what a consumer needs (a wrong password, a key of
+        another type, an ACL user without a command, key or channel)."""
         if self._serving is not None:
             raise RuntimeError("the app is already running")
         selected = self._select(only)
@@ -435,7 +459,12 @@ class App:
         if not ready.done():
             serving, self._serving = self._serving, None
             ready.cancel()
-            await serving
+            try:
+                await serving
+            except BaseExceptionGroup as group:
+                # One error that says which handler and what to do, not the task group's tree.
+                error = first_error(group)
+                raise error from error.__cause__
 
     def _select(self, only: Sequence[str] | None) -> list[Handler]:
         if not only:
@@ -455,6 +484,7 @@ class App:
         # two handlers on one queue or group never take each other's messages for strays.
         base = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         workers: list[_Worker] = []
+        served: list[list[Handler]] = []  # the handlers of each worker, for error messages
         subscribers: list[SubscribeHandler] = []
         self._wakeups = {}  # events of this run's loop (an app may run again on another loop)
         # One warning per outage for all consumers, not one per handler and loop.
@@ -481,13 +511,29 @@ class App:
                 subscribers.append(h)
                 continue
             workers.append(c)
+            served.append([h])
         if subscribers:
             workers.append(Subscriber(subscribers, conn, self._counters))
+            served.append(list(subscribers))
         self._workers = workers
         async with anyio.create_task_group() as tg:
-            for worker in workers:
-                await tg.start(worker.run, self.shutdown_timeout)
+            for worker, its_handlers in zip(workers, served, strict=True):
+                await tg.start(self._run_worker, worker, its_handlers)
             ready.set_result(None)
+
+    async def _run_worker(
+        self, worker: _Worker, handlers: list[Handler], *, task_status: TaskStatus[None]
+    ) -> None:
+        """Run one consumer; a command Redis refuses (WRONGTYPE, NOPERM) ends it with one
+        error that names its handlers and says what to do."""
+        status = _Started(task_status)
+        try:
+            await worker.run(self.shutdown_timeout, task_status=status)
+        except Exception as exc:
+            error = refused_at_start(exc, handlers, self.target, started=status.done)
+            if error is exc:
+                raise
+            raise error from exc
 
     async def stop(self) -> None:
         """Stop fetching, finish in-flight work within ``shutdown_timeout``, hand back the
@@ -499,9 +545,13 @@ class App:
             worker.request_stop()
         with anyio.CancelScope(shield=True):
             try:
-                await asyncio.shield(serving)
-            except asyncio.CancelledError:
-                await serving
+                try:
+                    await asyncio.shield(serving)
+                except asyncio.CancelledError:
+                    await serving
+            except BaseExceptionGroup as group:
+                error = first_error(group)
+                raise error from error.__cause__
 
     async def aclose(self) -> None:
         """Stop (if running) and release the connections."""
@@ -525,6 +575,8 @@ class App:
     async def run(self, *, only: Sequence[str] | None = None) -> None:
         """Run until cancelled, SIGINT or SIGTERM, then stop gracefully. After the first
         signal the default handlers are restored, so a second one exits at once."""
+        if not self._select(only):
+            raise ConfigurationError(f"nothing to run: the app has no handlers; {NOTHING_TO_RUN}")
         await self.start(only=only)
         try:
             serving = self._serving
@@ -544,6 +596,29 @@ class App:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
         finally:
             await self.aclose()
+
+
+class _Started:
+    """Passes ``started()`` on to a task group and remembers that it was called."""
+
+    def __init__(self, status: TaskStatus[None]) -> None:
+        self._status = status
+        self.done = False
+
+    def started(self, value: None = None) -> None:
+        self.done = True
+        self._status.started(value)
+
+
+def _named(decorator: str, what: str, name: object) -> None:
+    """``@app.task`` without parentheses hands the function over as the queue name, and the
+    function would silently be replaced by the inner decorator: say so at import time."""
+    if callable(name):
+        func = getattr(name, "__name__", "handler")
+        raise ConfigurationError(
+            f"@app.{decorator} needs the {what} name in parentheses: "
+            f'write @app.{decorator}("{func}") above {func!r}, not @app.{decorator}'
+        )
 
 
 _TASK_DEFAULTS: dict[str, Any] = {

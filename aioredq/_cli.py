@@ -5,8 +5,10 @@ python -m aioredq MODULE:ATTR [--url URL] [--only NAME ...] [--workers N] [--log
 python -m aioredq inspect MODULE:ATTR [--url URL] [--json] [--watch]
 python -m aioredq dead MODULE:ATTR NAME [--show N | --requeue [--all | ID ...] | --purge]
 
-Every error a user can cause (a bad MODULE:ATTR or option, an unreachable Redis at start) is one
-line on stderr and exit status 2 (usage) or 1 (Redis), never a traceback.
+Every error a user can cause is one line on stderr, never a traceback (``--log-level DEBUG``
+adds it): exit status 2 for what the user must change (a bad MODULE:ATTR or option, a bad URL
+value, a password, a key or ACL permission Redis refuses at start, nothing to run), 1 for a
+Redis that cannot be reached at start.
 """
 
 from __future__ import annotations
@@ -19,22 +21,19 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import traceback
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from ._app import App
+from ._app import NOTHING_TO_RUN, App
 from ._exceptions import AioredqError, ConfigurationError
 from ._loop import loop_name
 from ._loop import run as run_loop
+from ._startup import first_error
+from ._supervisor import SUPERVISOR_ENV, WORKER_INDEX_ENV, supervise, without_workers
 
 PROG = "aioredq"
-# Set in the environment of the processes that ``--workers N`` starts: the supervisor's pid.
-SUPERVISOR_ENV = "AIOREDQ_SUPERVISOR_PID"
-# ... and the worker's index (0 to N-1): worker i serves its metrics on --metrics-port + i.
-WORKER_INDEX_ENV = "AIOREDQ_WORKER_INDEX"
 SUPERVISOR_CHECK_SECONDS = 1.0
 log = logging.getLogger("aioredq")
 
@@ -104,7 +103,12 @@ def _run_parser() -> _Parser:
     )
     _add_common(p)
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these handlers")
-    p.add_argument("--workers", type=_number(int, 1), default=1, help="processes to run")
+    p.add_argument(
+        "--workers",
+        type=_number(int, 1),
+        default=1,
+        help="processes to run; one that dies is restarted after a back-off (1 s to 30 s)",
+    )
     p.add_argument(
         "--log-level",
         default="INFO",
@@ -169,10 +173,16 @@ def load_app(spec: str) -> App:
         raise UsageError(f"cannot import module {module_name!r}: {exc}") from None
     except ConfigurationError:
         raise  # a handler declared wrongly: its own message says which and why
+    except SyntaxError as exc:
+        # The traceback of a syntax error points into importlib; the error itself knows where.
+        raise UsageError(
+            f"importing {module_name!r} failed at {exc.filename}:{exc.lineno}: "
+            f"{type(exc).__name__}: {exc.msg}"
+        ) from exc
     except Exception as exc:
         raise UsageError(
             f"importing {module_name!r} failed{_where(exc)}: {type(exc).__name__}: {exc}"
-        ) from None
+        ) from exc
     obj: Any = module
     for part in attr.split("."):
         try:
@@ -197,18 +207,42 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         code = _main(args)
-    except (UsageError, ConfigurationError) as exc:
-        code = _fail(exc, 2)
-    except AioredqError as exc:  # ConnectError above all: Redis unreachable at start
-        code = _fail(exc, 1)
     except KeyboardInterrupt:
         code = 130
+    except Exception as exc:
+        code = _fail(exc, args)
     sys.exit(code)
 
 
-def _fail(exc: Exception, code: int) -> int:
-    print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+def _fail(exc: Exception, args: list[str]) -> int:
+    """One line on stderr (the traceback above it with ``--log-level DEBUG``); the exit
+    status: 2 for what the user must change, 1 for Redis unreachable or anything else."""
+    if _debugging(args):
+        traceback.print_exception(exc)
+    error = first_error(exc)
+    prefix = suffix = ""
+    if isinstance(error, (UsageError, ConfigurationError)):
+        code = 2
+    elif isinstance(error, AioredqError):  # ConnectError above all: Redis unreachable
+        code = 1
+    else:  # a failure nobody foresaw: still one line, its type named
+        code = 1
+        prefix = f"{type(error).__name__}: "
+        if not _debugging(args):
+            suffix = " (--log-level DEBUG shows the traceback)"
+    print(f"{PROG}: error: {prefix}{' '.join(str(error).split())}{suffix}", file=sys.stderr)
     return code
+
+
+def _debugging(args: list[str]) -> bool:
+    """Whether the command line asks for ``--log-level DEBUG`` (read before parsing, so that
+    a failure while parsing or importing can show its traceback too)."""
+    for i, arg in enumerate(args):
+        if arg.lower() == "--log-level=debug":
+            return True
+        if arg == "--log-level" and args[i + 1 : i + 2] and args[i + 1].lower() == "debug":
+            return True
+    return False
 
 
 def _main(args: list[str]) -> int:
@@ -236,8 +270,9 @@ def _main(args: list[str]) -> int:
         )
     ns = _run_parser().parse_args(args)
     app = _prepare(ns)
-    if ns.only:
-        app._select(ns.only)  # unknown names fail here, before anything starts
+    # Unknown names, or nothing at all to run, fail here, before anything starts.
+    if not app._select(ns.only):
+        raise UsageError(f"{ns.app} has no handlers: nothing to run ({NOTHING_TO_RUN})")
     if ns.shutdown_timeout is not None:
         app.shutdown_timeout = ns.shutdown_timeout
     supervisor = _supervisor_pid()
@@ -251,10 +286,11 @@ def _main(args: list[str]) -> int:
         if ns.metrics_port is not None:
             _check_ports(ns.metrics_host, range(ns.metrics_port, ns.metrics_port + ns.workers))
         asyncio.run(_check_reachable(app))  # one error line, not one per worker
-        return _supervise(args, ns.workers)
     logging.basicConfig(
         level=ns.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if ns.workers > 1 and supervisor is None:
+        return supervise(without_workers(args), ns.workers)
     # redis-py logs a line per connection at DEBUG: noise next to aioredq's own DEBUG lines.
     logging.getLogger("redis").setLevel(max(logging.getLogger().level, logging.INFO))
     run_loop(_serve(app, ns.only, supervisor, metrics))
@@ -292,7 +328,14 @@ async def _serve(
         except BaseException:
             await app.aclose()
             raise
-        log.info("starting %r (pid %d, %s)", app, os.getpid(), loop_name())
+        names = ", ".join(h.name for h in app._select(only))
+        log.info(
+            "starting %s handlers: %s (pid %d, %s)",
+            app.target.safe_url,
+            names,
+            os.getpid(),
+            loop_name(),
+        )
         if supervisor is None:
             await app.run(only=only)
             return
@@ -337,57 +380,3 @@ async def _watch_supervisor(supervisor: int) -> None:
 def _supervisor_pid() -> int | None:
     value = os.environ.get(SUPERVISOR_ENV, "")
     return int(value) if value.isdigit() else None
-
-
-def _supervise(args: list[str], workers: int) -> int:
-    """Run ``workers`` processes of this app; forward SIGINT/SIGTERM; exit when all have.
-
-    Each worker gets its own process group, so a Ctrl-C in a terminal reaches the workers once
-    (forwarded from here) rather than twice (a second signal means "exit at once").
-    """
-    procs: list[subprocess.Popen[bytes]] = []
-    received: list[int] = []
-
-    def forward(signum: int, _frame: object) -> None:
-        received.append(signum)
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
-    child_args = _without_workers(args)
-    for index in range(workers):
-        if received:
-            break
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "aioredq", *child_args],
-                env={**env, WORKER_INDEX_ENV: str(index)},
-                process_group=0,
-            )
-        )
-    if received:  # a signal came while workers were starting: the late ones missed it
-        forward(received[-1], None)
-    codes = [proc.wait() for proc in procs]
-    failed = [c for c in codes if c not in (0, -signal.SIGTERM, -signal.SIGINT)]
-    if not failed:
-        return 0
-    return 128 - failed[0] if failed[0] < 0 else failed[0]
-
-
-def _without_workers(args: list[str]) -> list[str]:
-    out: list[str] = []
-    skip = False
-    for arg in args:
-        if skip:
-            skip = False
-            continue
-        if arg == "--workers":
-            skip = True
-            continue
-        if arg.startswith("--workers="):
-            continue
-        out.append(arg)
-    return out

@@ -4,7 +4,9 @@
     ├── ConfigurationError     a handler or option is wrong (raised at decoration/start time)
     ├── ConnectError           Redis cannot be reached (start-up, producing)
     ├── RedisCommandError      Redis answered with an error; the redis-py error is chained
-    └── MessageTooLarge        a body over ``max_body_bytes`` was produced
+    ├── MessageTooLarge        a body over ``max_body_bytes`` was produced
+    └── InvalidBody            a handler-bound ``enqueue``/``append``/``publish`` got a body
+                               its handler would refuse (also a ValueError)
 
 Handler control flow (raised *by* handlers, caught by the worker):
 
@@ -35,6 +37,11 @@ class RedisCommandError(AioredqError):
 
 class MessageTooLarge(AioredqError):
     """A produced body is larger than the app's ``max_body_bytes``."""
+
+
+class InvalidBody(AioredqError, ValueError):
+    """A body produced through a handler (``send_email.enqueue(...)``) does not validate
+    against that handler's annotation; nothing was sent."""
 
 
 class Retry(Exception):

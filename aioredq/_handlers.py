@@ -11,8 +11,16 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._backoff import Backoff
-from ._codec import Codec
-from ._exceptions import ConfigurationError
+from ._codec import (
+    Codec,
+    DecodeError,
+    decode_fields_raw,
+    encode_body,
+    encode_envelope,
+    encode_fields,
+    parse_task_item,
+)
+from ._exceptions import ConfigurationError, InvalidBody
 from ._message import Kind, Message
 
 if TYPE_CHECKING:
@@ -109,6 +117,25 @@ class Handler:
         self.__name__ = self.name
         self.__qualname__ = getattr(func, "__qualname__", self.name)
 
+    def _decode_as_sent(self, body: Any) -> Any:
+        """Decode ``body`` as this handler would receive it (encoded, then decoded)."""
+        raise NotImplementedError
+
+    def _check(self, bodies: Sequence[Any]) -> None:
+        """Refuse, before anything is sent, a body this handler would dead-letter at once.
+        The check decodes what goes on the wire, so a body is judged exactly as the handler
+        will see it (a dict for a model handler passes when its fields validate)."""
+        if self.codec.takes_any:
+            return
+        for index, body in enumerate(bodies):
+            try:
+                self._decode_as_sent(body)
+            except DecodeError as exc:
+                which = f" (body {index})" if len(bodies) > 1 else ""
+                raise InvalidBody(
+                    f"handler {self.name!r} on {self.key!r} would refuse this body{which}: {exc}"
+                ) from None
+
     def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[Any]:
         return self.func(*args, **kwargs)
 
@@ -134,14 +161,22 @@ class TaskHandler(Handler):
         at: datetime | None = None,
         headers: dict[str, str] | None = None,
     ) -> str:
-        """Enqueue ``body`` on this handler's queue; returns the message id."""
+        """Enqueue ``body`` on this handler's queue; returns the message id. The body is
+        validated against the handler's annotation first (``InvalidBody`` if it fails)."""
+        self._check([body])
         return await self.app.enqueue(self.key, body, delay=delay, at=at, headers=headers)
 
     async def enqueue_many(
         self, bodies: Sequence[Any], *, delay: float = 0, at: datetime | None = None
     ) -> list[str]:
-        """Enqueue every body in one round trip; returns their ids."""
+        """Enqueue every body in one round trip; returns their ids. Nothing is sent unless
+        every body validates."""
+        bodies = list(bodies)
+        self._check(bodies)
         return await self.app.enqueue_many(self.key, bodies, delay=delay, at=at)
+
+    def _decode_as_sent(self, body: Any) -> Any:
+        return self.codec.decode_item(parse_task_item(encode_envelope(body, msg_id="", now=0)))
 
 
 class StreamHandler(Handler):
@@ -149,12 +184,22 @@ class StreamHandler(Handler):
     spec: StreamSpec
 
     async def append(self, body: Any) -> str:
-        """Append ``body`` to this handler's stream; returns the entry id."""
+        """Append ``body`` to this handler's stream; returns the entry id. The body is
+        validated against the handler's annotation first (``InvalidBody`` if it fails)."""
+        self._check([body])
         return await self.app.append(self.key, body)
 
     async def append_many(self, bodies: Sequence[Any]) -> list[str]:
-        """Append every body in one round trip; returns the entry ids."""
+        """Append every body in one round trip; returns the entry ids. Nothing is sent
+        unless every body validates."""
+        bodies = list(bodies)
+        self._check(bodies)
         return await self.app.append_many(self.key, bodies)
+
+    def _decode_as_sent(self, body: Any) -> Any:
+        fields = encode_fields(body)
+        raw = {k.encode(): v if isinstance(v, bytes) else v.encode() for k, v in fields.items()}
+        return self.codec.decode_fields(decode_fields_raw(raw))
 
 
 class SubscribeHandler(Handler):
@@ -170,12 +215,22 @@ class SubscribeHandler(Handler):
         return self.spec.channels[0]
 
     async def publish(self, body: Any) -> int:
-        """Publish ``body`` on this handler's channel (sharded if the handler is)."""
-        return await self.app.publish(self._channel(), body, sharded=self.spec.sharded)
+        """Publish ``body`` on this handler's channel (sharded if the handler is). The body
+        is validated against the handler's annotation first (``InvalidBody`` if it fails)."""
+        channel = self._channel()
+        self._check([body])
+        return await self.app.publish(channel, body, sharded=self.spec.sharded)
 
     async def publish_many(self, bodies: Sequence[Any]) -> int:
-        """Publish every body in one round trip; returns the receivers, summed."""
-        return await self.app.publish_many(self._channel(), bodies, sharded=self.spec.sharded)
+        """Publish every body in one round trip; returns the receivers, summed. Nothing is
+        sent unless every body validates."""
+        channel = self._channel()
+        bodies = list(bodies)
+        self._check(bodies)
+        return await self.app.publish_many(channel, bodies, sharded=self.spec.sharded)
+
+    def _decode_as_sent(self, body: Any) -> Any:
+        return self.codec.decode_text(encode_body(body))
 
 
 def _inspect_signature(func: HandlerFunc, where: str) -> tuple[Any, str | None]:

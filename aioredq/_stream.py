@@ -152,6 +152,8 @@ class GroupConsumer(_StreamBase):
         info = await self.transport.group_info()
         if info is not None:
             self._seen(position(info))
+        # A script Redis refuses (an ACL user without EVALSHA) stops the start here.
+        await self.transport.heartbeat(self.lease_ms)
 
     def _seen(self, entry_id: str) -> None:
         if id_key(entry_id) > id_key(self._resume):

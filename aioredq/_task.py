@@ -96,6 +96,12 @@ class TaskConsumer(Consumer[Job]):
         self._registered = False
         self._recover_after: float | None = 0.0  # None: in an outage
 
+    async def start(self) -> None:
+        # Register before the first fetch: a script Redis refuses (an ACL user without
+        # EVALSHA or without the queue's keys) stops the start with one error, instead of
+        # a worker that runs and logs refusals.
+        self._check_registration(await self.transport.heartbeat(self.lease_ms))
+
     # fetching ----------------------------------------------------------------------------
     async def fetch(self, room: int) -> list[Job]:
         if time.monotonic() >= self._reconcile_at:

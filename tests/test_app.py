@@ -15,7 +15,7 @@ from _waiting import until, until_redis
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from aioredq import App, Backoff, Message, Reject, Retry
+from aioredq import App, Backoff, ConfigurationError, InvalidBody, Message, Reject, Retry
 
 NEVER = Backoff(base=3600.0, cap=3600.0, jitter=False)  # a retry that will not come in a test
 
@@ -527,3 +527,93 @@ def test_an_app_runs_again_on_a_new_event_loop(
     asyncio.run(one_run(2))
     assert done == ["run-1", "run-2"]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# handler-bound producing validates against the handler's own type ------------------------------
+class Email(BaseModel):
+    to: str
+
+
+async def test_handler_bound_producing_validates_the_body_first(
+    redis_url: str, redis_client: redis.asyncio.Redis
+) -> None:
+    app = App(redis_url)
+
+    @app.task("emails")
+    async def send_email(job: Email) -> None: ...
+
+    @app.stream("events", group="g")
+    async def notify(event: dict[str, int]) -> None: ...
+
+    @app.subscribe("notices")
+    async def notice(count: int) -> None: ...
+
+    listener = redis_client.pubsub()
+    await listener.subscribe("notices")
+    try:
+        refused = [
+            (send_email.enqueue({"too": "a@b.c"}), "send_email", "emails", "to; Field required"),
+            (send_email.enqueue_many([{"to": "a@b.c"}, 5]), "send_email", "emails", "(body 1)"),
+            (notify.append({"user": "x"}), "notify", "events", "valid integer"),
+            (notify.append_many([{"user": 1}, {"user": "x"}]), "notify", "events", "(body 1)"),
+            (notice.publish("many"), "notice", "notices", "valid integer"),
+            (notice.publish_many([1, "many"]), "notice", "notices", "(body 1)"),
+        ]
+        for call, name, key, reason in refused:
+            with pytest.raises(InvalidBody) as raised:
+                await call
+            assert isinstance(raised.value, ValueError)
+            text = str(raised.value)
+            assert f"handler {name!r} on {key!r} would refuse this body" in text, text
+            assert reason in text and "\n" not in text, text
+        # Nothing was sent, not even the valid bodies of a refused batch.
+        assert await redis_client.exists("emails", "events") == 0
+        assert await listener.get_message(timeout=0.2) is not None  # the subscribe reply
+        assert await listener.get_message(timeout=0.2) is None
+
+        # A dict for a model handler, and a field the stream handler converts, are accepted.
+        await send_email.enqueue({"to": "a@b.c"})
+        await send_email.enqueue_many([Email(to="d@e.f")])
+        await notify.append({"user": 42})
+        assert await notice.publish(3) == 1
+        assert await redis_client.llen("emails") == 2
+        assert await redis_client.xlen("events") == 1
+    finally:
+        await listener.aclose()
+        await app.aclose()
+
+
+async def test_lag_of_an_unknown_handler_is_a_clear_error(redis_url: str) -> None:
+    app = App(redis_url)
+
+    @app.stream("events", group="g")
+    async def notify(event: dict[str, str]) -> None: ...
+
+    with pytest.raises(ConfigurationError, match=r"no handler or key named 'nope'.*notify"):
+        await app.lag("nope")
+    await app.aclose()
+
+
+async def test_run_with_nothing_to_run_is_a_configuration_error(redis_url: str) -> None:
+    app = App(redis_url)
+    with pytest.raises(ConfigurationError, match="nothing to run: the app has no handlers"):
+        await app.run()
+    await app.aclose()
+
+
+async def test_a_refused_command_at_start_is_one_error_naming_the_handler(
+    redis_url: str, redis_client: redis.asyncio.Redis
+) -> None:
+    await redis_client.set("events", "not a stream")
+    app = App(redis_url)
+
+    @app.stream("events", group="g")
+    async def notify(event: dict[str, str]) -> None: ...
+
+    with pytest.raises(ConfigurationError) as raised:
+        await app.start()
+    text = str(raised.value)
+    assert text.startswith("handler 'notify' (stream 'events', group 'g') cannot start: ")
+    assert "WRONGTYPE" in text and "the key 'events' is not a stream" in text
+    assert isinstance(raised.value.__cause__, redis.exceptions.ResponseError)
+    await app.aclose()

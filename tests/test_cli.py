@@ -266,6 +266,8 @@ def test_only_runs_just_the_named_handler(
     assert [h["handler"] for h in handled(out)] == ["job"]
     assert r.xinfo_groups(STREAM) == []  # the stream handler never started: no group
     assert subscribers(r) == 0
+    [starting] = [line for line in worker.output().splitlines() if " starting " in line]
+    assert f"starting {redis_url} handlers: job (pid {worker.pid}, " in starting
 
 
 def test_only_with_an_unknown_name_is_a_usage_error(redis_url: str) -> None:
@@ -308,13 +310,21 @@ def test_log_level_and_one_structured_line_per_failure(
 
 
 # --workers -------------------------------------------------------------------------------------
-def test_workers_share_the_work_and_stop_on_one_sigterm(
-    redis_url: str, r: redis.Redis, out: Path, start_worker: Callable[..., Worker]
-) -> None:
+def two_workers(
+    start_worker: Callable[..., Worker], redis_url: str, r: redis.Redis
+) -> tuple[Worker, list[int]]:
+    """A supervisor of 2 workers, both subscribed; and the workers' pids."""
     supervisor = start_worker(APP, "--url", redis_url, "--workers", "2")
     eventually(lambda: subscribers(r) == 2, "2 workers to subscribe")
     workers = children_of(supervisor.pid)
     assert len(workers) == 2
+    return supervisor, workers
+
+
+def test_workers_share_the_work_and_stop_on_one_sigterm(
+    redis_url: str, r: redis.Redis, out: Path, start_worker: Callable[..., Worker]
+) -> None:
+    supervisor, workers = two_workers(start_worker, redis_url, r)
     r.lpush(QUEUE, *[f"slow:0.{i % 3}" for i in range(24)])
     r.xadd(STREAM, {"n": "1"})
     eventually(lambda: len(handled(out)) == 25, "25 handled messages")
@@ -359,6 +369,47 @@ def test_workers_stop_by_themselves_when_the_supervisor_is_killed(
     assert "supervisor" in supervisor.output() and "gone" in supervisor.output()
 
 
+def test_workers_restart_a_worker_that_died_after_a_growing_back_off(
+    redis_url: str, r: redis.Redis, out: Path, start_worker: Callable[..., Worker]
+) -> None:
+    supervisor, first = two_workers(start_worker, redis_url, r)
+    os.kill(first[0], signal.SIGKILL)
+    restarted = eventually(
+        lambda: [pid for pid in children_of(supervisor.pid) if pid not in first],
+        "a new worker in place of the killed one",
+    )
+    [replacement] = restarted
+    output = supervisor.output()
+    assert f"(pid {first[0]}) was killed by SIGKILL after " in output
+    assert "; restarting it in 1 s" in output and f"restarted (pid {replacement})" in output
+    r.lpush(QUEUE, *[f"job-{i}" for i in range(6)])
+    eventually(lambda: len(handled(out)) == 6, "6 handled messages after the restart")
+    eventually(lambda: subscribers(r) == 2, "2 subscribed workers again")
+
+    # Dead again soon after its start: the next restart waits twice as long.
+    os.kill(replacement, signal.SIGKILL)
+    eventually(lambda: "restarting it in 2 s" in supervisor.output(), "the doubled back-off")
+    # A stop during the back-off stops the others and starts nothing new.
+    assert supervisor.stop() == 0, supervisor.output()
+    assert not [pid for pid in [*first, replacement] if alive(pid)]
+    assert children_of(supervisor.pid) == []
+    assert supervisor.output().count("restarted (pid") == 1
+    assert in_flight(r) == 0 and subscribers(r) == 0
+
+
+def test_workers_that_exit_2_are_not_restarted_and_the_supervisor_exits_2(
+    redis_url: str, r: redis.Redis
+) -> None:
+    r.set(STREAM, "not a stream")  # every worker refuses to start: a configuration error
+    done = run_cli(APP, "--url", redis_url, "--workers", "2")
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("aioredq: error: ")]
+    assert errors and all(f"the key '{STREAM}' is not a stream" in line for line in errors)
+    assert "exited with status 2 (see its error above): restarting cannot fix that" in done.stderr
+    assert "restarting it in" not in done.stderr and "restarted (pid" not in done.stderr
+
+
 # mistakes: one line, the right exit status, no traceback -----------------------------------------
 BAD_APPS = [
     ("tests.apps.cli_app", "expected MODULE:ATTR"),
@@ -369,6 +420,8 @@ BAD_APPS = [
     ("tests.apps.cli_app:not_an_app", "not an aioredq.App"),
     ("tests.apps.cli_broken:app", "RuntimeError: this module is broken on purpose"),
     ("tests.apps.cli_bad_handler:app", "'not_async' must be an `async def` function"),
+    ("tests.apps.cli_bare:app", '@app.task needs the queue name in parentheses: write @app.task("'),
+    ("tests.apps.cli_empty:app", "tests.apps.cli_empty:app has no handlers: nothing to run"),
 ]
 
 
@@ -432,6 +485,104 @@ def test_unreachable_redis_is_one_line_without_the_password_and_exit_1(
     line = one_error_line(done)
     assert f"redis://user:***@127.0.0.1:{port}/0" in line
     assert "secret" not in done.stderr + done.stdout
+
+
+def failure_line(done: subprocess.CompletedProcess[str]) -> str:
+    """The one error line of a command that failed at start, after its log lines."""
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.splitlines()
+    errors = [line for line in lines if line.startswith("aioredq: error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], done.stderr
+    return errors[0]
+
+
+def test_start_up_refusals_are_one_line_naming_what_to_fix_and_exit_2(
+    redis_server_factory: Any,
+) -> None:
+    server = redis_server_factory()
+    host = f"127.0.0.1:{server.port}"
+    with redis.Redis.from_url(server.url) as admin:
+        admin.set(STREAM, "not a stream")  # db 0; the ACL users below work in db 1
+        every = ["~*", "&*", "+@all"]
+        for user, rules in {
+            "nogroup": [*every, "-xgroup"],
+            "nochan": ["~*", "resetchannels", "+@all"],
+            "nokeys": [f"~{QUEUE}", f"~{{{QUEUE}}}:*", "&*", "+@all"],
+            "noping": [*every, "-ping"],
+            "noscript": [*every, "-evalsha"],
+        }.items():
+            admin.execute_command("ACL", "SETUSER", user, "on", ">pw", *rules)
+        admin.config_set("requirepass", "sekret")
+    cases = {
+        f"redis://{host}/0": ["needs a password: add it to the URL"],
+        f"redis://:not-this-one@{host}/0": [
+            "refused the user name or password",
+            "fix the password in the URL",
+        ],
+        f"redis://:sekret@{host}/0": [
+            f"handler 'event' (stream '{STREAM}', group '{GROUP}') cannot start: ",
+            "WRONGTYPE",
+            f"the key '{STREAM}' is not a stream: delete or rename that key",
+        ],
+        f"redis://nogroup:pw@{host}/1": [
+            f"handler 'event' (stream '{STREAM}', group '{GROUP}') cannot start: ",
+            "ACL SETUSER nogroup +xgroup|create",
+        ],
+        f"redis://nochan:pw@{host}/1": [
+            f"handler 'notice' (channels '{CHANNEL}')",
+            f"ACL SETUSER nochan &{CHANNEL}",
+        ],
+        f"redis://nokeys:pw@{host}/1": [
+            "handler 'event'",
+            f"ACL SETUSER nokeys ~{STREAM} ~{{{STREAM}}}:*",
+        ],
+        f"redis://noping:pw@{host}/1": ["refused the first command", "ACL SETUSER noping +ping"],
+        f"redis://noscript:pw@{host}/1": [
+            f"handler 'job' (queue '{QUEUE}') cannot start: ",
+            "ACL SETUSER noscript +evalsha",
+        ],
+    }
+    commands = [[APP, "--url", url, "--connect-timeout", "1"] for url in cases]
+    debug = [APP, "--url", f"redis://:sekret@{host}/0", "--log-level", "DEBUG"]
+    *results, debugged = run_many([*commands, debug])
+    for (url, expected), done in zip(cases.items(), results, strict=True):
+        assert done.returncode == 2, (url, done.stderr)
+        line = failure_line(done)
+        for text in expected:
+            assert text in line, (url, line)
+        assert "not-this-one" not in done.stderr and "sekret" not in done.stderr
+    # --log-level DEBUG adds the traceback above the same line.
+    assert debugged.returncode == 2
+    assert "Traceback" in debugged.stderr
+    assert debugged.stderr.splitlines()[-1] == failure_line(results[2])
+
+
+def test_a_bad_url_value_is_one_line_and_exit_2() -> None:
+    cases = [
+        ([APP, "--url", "redis://127.0.0.1:abc/0"], "abc"),
+        ([APP, "--url", "nosuch://127.0.0.1:6390/0"], "nosuch://"),
+        (["inspect", APP, "--url", "redis://127.0.0.1:abc/0"], "abc"),
+    ]
+    for (args, text), done in zip(cases, run_many([args for args, _ in cases]), strict=True):
+        assert done.returncode == 2, (args, done.stderr)
+        assert text in one_error_line(done), args
+
+
+def test_a_syntax_error_in_the_app_module_names_its_file_and_line(tmp_path: Path) -> None:
+    module = tmp_path / "typo_app.py"
+    module.write_text("from aioredq import App\n\napp = App(]\n")
+    done = run_cli("typo_app:app", env=cli_env(PYTHONPATH=str(tmp_path)))
+    assert done.returncode == 2
+    line = one_error_line(done)
+    assert f"importing 'typo_app' failed at {module}:3: SyntaxError: " in line, line
+    assert "importlib" not in line
+
+
+def test_nothing_to_run_is_one_line_and_exit_2() -> None:
+    spec = "tests.apps.cli_empty:app"
+    for done in run_many([[spec], [spec, "--workers", "2"]]):
+        assert done.returncode == 2, done.stderr
+        assert f"{spec} has no handlers: nothing to run" in one_error_line(done)
 
 
 def test_help_exits_0() -> None:

@@ -365,3 +365,29 @@ async def test_publish_shortcut_needs_exactly_one_channel(app: App) -> None:
         with pytest.raises(ConfigurationError, match="exactly one channel"):
             await handler.publish("x")
     await app.aclose()
+
+
+# a decorator without its parentheses --------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("decorator", "what"), [("task", "queue"), ("stream", "stream"), ("subscribe", "channel")]
+)
+def test_a_bare_decorator_fails_at_import_with_one_clear_line(
+    app: App, decorator: str, what: str
+) -> None:
+    async def send_email(body: str) -> None: ...
+
+    with pytest.raises(ConfigurationError) as raised:
+        getattr(app, decorator)(send_email)  # what `@app.task` without parentheses does
+    message = str(raised.value)
+    assert "\n" not in message
+    assert f"@app.{decorator} needs the {what} name in parentheses" in message
+    assert f'@app.{decorator}("send_email")' in message
+    assert app.handlers == []
+
+
+def test_an_unknown_handler_name_is_a_clear_error(app: App) -> None:
+    @app.task("jobs")
+    async def job(body: str) -> None: ...
+
+    with pytest.raises(KeyError, match=r"no handler or key named 'nope' \(handlers: job\)"):
+        app.handler("nope")
