@@ -8,7 +8,8 @@ import redis.asyncio
 from redis.asyncio.connection import Connection as PlainConnection
 from redis.exceptions import DataError
 
-from aioredq._connection import Connection, parse_url
+from aioredq._connection import Connection
+from aioredq._url import parse_url
 
 
 @pytest.mark.parametrize(
