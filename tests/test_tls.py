@@ -1,0 +1,225 @@
+"""TLS against a real TLS-only redis-server whose CA the test makes: ``ssl_*`` URL parameters on
+every scheme, ``App(ssl=SSLContext)``, mutual TLS, and clear errors for bad TLS settings."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from _servers import TLSFiles, TLSRedisServer, call, free_port, make_tls_files
+from _waiting import until
+
+from aioredq import App, ConfigurationError, ConnectError
+
+pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+
+
+@pytest.fixture(scope="module")
+def tls_files() -> Iterator[TLSFiles]:
+    directory = Path(tempfile.mkdtemp(prefix="aioredq-tls-"))
+    try:
+        yield make_tls_files(directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tls_server(tls_files: TLSFiles) -> Iterator[TLSRedisServer]:
+    with TLSRedisServer(tls_files) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def mtls_server(tls_files: TLSFiles) -> Iterator[TLSRedisServer]:
+    """Requires a client certificate signed by the test CA."""
+    with TLSRedisServer(tls_files, client_certs=True) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _empty(request: pytest.FixtureRequest) -> None:
+    for name in ("tls_server", "mtls_server"):
+        if name in request.fixturenames:
+            server: TLSRedisServer = request.getfixturevalue(name)
+            server.tls_call("FLUSHALL")
+
+
+async def run_every_model(app: App) -> None:
+    """A task, a stream entry and a published message each reach their handler."""
+    seen: dict[str, object] = {}
+
+    @app.task("jobs", lease=1.0)
+    async def job(text: str) -> None:
+        seen["task"] = text
+
+    @app.stream("events", group="g", lease=1.0, start="earliest")
+    async def event(entry: dict[str, str]) -> None:
+        seen["stream"] = entry
+
+    @app.subscribe("notice")
+    async def notice(text: str) -> None:
+        seen["subscribe"] = text
+
+    async with app:
+        await app.enqueue("jobs", "hello")
+        await app.append("events", {"n": "1"})
+        assert await app.publish("notice", "hi") == 1  # subscribed once start() returned
+        await until(lambda: len(seen) == 3, "every model's message to be handled")
+    assert seen == {"task": "hello", "stream": {"n": "1"}, "subscribe": "hi"}
+
+
+async def test_every_model_over_tls_with_the_ca_in_the_url(tls_server: TLSRedisServer) -> None:
+    await run_every_model(App(tls_server.url, connect_timeout=5))
+
+
+async def test_every_model_over_mutual_tls_with_url_parameters(
+    mtls_server: TLSRedisServer, tls_files: TLSFiles
+) -> None:
+    url = (
+        f"rediss://127.0.0.1:{mtls_server.port}/0?ssl_ca_certs={quote(str(tls_files.ca))}"
+        f"&ssl_certfile={tls_files.client_cert}&ssl_keyfile={tls_files.client_key}"
+        "&ssl_cert_reqs=required"
+    )
+    await run_every_model(App(url, connect_timeout=5))
+
+
+async def test_every_model_over_mutual_tls_with_an_ssl_context(
+    mtls_server: TLSRedisServer, tls_files: TLSFiles
+) -> None:
+    app = App(f"rediss://127.0.0.1:{mtls_server.port}/0", ssl=tls_files.client_context())
+    await run_every_model(app)
+
+
+async def test_ssl_context_turns_tls_on_for_a_redis_url(
+    tls_server: TLSRedisServer, tls_files: TLSFiles
+) -> None:
+    app = App(f"redis://127.0.0.1:{tls_server.port}/0", ssl=tls_files.client_context())
+    await app.enqueue("jobs", "x")
+    assert tls_server.tls_call("LLEN", "jobs") == 1
+    await app.aclose()
+
+
+async def test_mutual_tls_without_a_client_certificate_is_refused(
+    mtls_server: TLSRedisServer, tls_files: TLSFiles
+) -> None:
+    app = App(
+        f"rediss://:s3cret-pw@127.0.0.1:{mtls_server.port}/0?ssl_ca_certs={tls_files.ca}",
+        connect_timeout=0,
+    )
+    with pytest.raises(ConnectError) as caught:
+        await app.connect()
+    await app.aclose()
+    assert f"127.0.0.1:{mtls_server.port}" in str(caught.value)
+    assert "s3cret-pw" not in str(caught.value)
+
+
+async def test_a_server_certificate_from_another_ca_is_refused(
+    tls_server: TLSRedisServer,
+) -> None:
+    app = App(f"rediss://127.0.0.1:{tls_server.port}/0", connect_timeout=0)
+    with pytest.raises(ConnectError, match="certificate verify failed"):
+        await app.connect()
+    await app.aclose()
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("ssl_cert_reqs=bogus", "ssl_cert_reqs"),
+        ("ssl_check_hostname=maybe", "ssl_check_hostname"),
+        ("ssl_ca_certs=/nonexistent/ca.crt", "ssl_ca_certs"),
+        ("ssl_keyfile=/nonexistent/client.key", "ssl_keyfile"),
+    ],
+)
+async def test_a_bad_tls_value_is_a_configuration_error_naming_it(query: str, named: str) -> None:
+    with pytest.raises(ConfigurationError, match=named):
+        app = App(f"rediss+sentinel://127.0.0.1:1/mymaster?{query}", connect_timeout=0)
+        await app.connect()  # missing files are found when the first client is made
+
+
+def test_tls_parameters_need_a_tls_scheme() -> None:
+    with pytest.raises(ConfigurationError, match="ssl_ca_certs needs a TLS URL"):
+        App("redis://127.0.0.1:1/0?ssl_ca_certs=/x")
+
+
+def test_cli_bad_tls_value_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "tlsapp.py").write_text("from aioredq import App\napp = App()\n")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "aioredq",
+            "tlsapp:app",
+            "--url",
+            "rediss://:pw-in-url@127.0.0.1:1/0?ssl_cert_reqs=bogus",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "ssl_cert_reqs" in done.stderr
+    assert "pw-in-url" not in done.stderr
+
+
+class TLSSentinel:
+    """A TLS-only sentinel watching a TLS-only master, talking TLS to it."""
+
+    def __init__(self, master: TLSRedisServer) -> None:
+        f = master.files
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="aioredq-tls-sentinel-"))
+        conf = self.dir / "sentinel.conf"
+        conf.write_text(
+            f"port 0\ntls-port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
+            f"tls-cert-file {f.server_cert}\ntls-key-file {f.server_key}\n"
+            f"tls-ca-cert-file {f.ca}\ntls-auth-clients no\ntls-replication yes\n"
+            f"sentinel monitor mymaster 127.0.0.1 {master.port} 1\n"
+        )
+        binary = shutil.which("redis-server")
+        assert binary
+        self.log = (self.dir / "log").open("wb")
+        self.proc = subprocess.Popen(
+            [binary, str(conf), "--sentinel"],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        self.context = f.client_context(with_cert=False)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                reply = call(self.port, "SENTINEL", "MASTER", "mymaster", tls=self.context)
+                flags = dict(zip(reply[::2], reply[1::2], strict=True))  # type: ignore[index]
+                if b"s_down" not in flags.get(b"flags", b"s_down"):
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the TLS sentinel did not see its master")
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+async def test_every_model_through_sentinels_over_tls(
+    tls_server: TLSRedisServer, tls_files: TLSFiles
+) -> None:
+    sentinel = TLSSentinel(tls_server)
+    try:
+        url = f"rediss+sentinel://127.0.0.1:{sentinel.port}/mymaster?ssl_ca_certs={tls_files.ca}"
+        await run_every_model(App(url, connect_timeout=10))
+    finally:
+        sentinel.close()
