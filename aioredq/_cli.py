@@ -27,6 +27,7 @@ from typing import Any, NoReturn
 
 from ._app import App
 from ._exceptions import AioredqError, ConfigurationError
+from ._logging import LineFormatter
 from ._loop import loop_name
 from ._loop import run as run_loop
 
@@ -252,9 +253,9 @@ def _main(args: list[str]) -> int:
             _check_ports(ns.metrics_host, range(ns.metrics_port, ns.metrics_port + ns.workers))
         asyncio.run(_check_reachable(app))  # one error line, not one per worker
         return _supervise(args, ns.workers)
-    logging.basicConfig(
-        level=ns.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    handler = logging.StreamHandler()  # one record, one line: foreign text escaped
+    handler.setFormatter(LineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=ns.log_level, handlers=[handler])
     # redis-py logs a line per connection at DEBUG: noise next to aioredq's own DEBUG lines.
     logging.getLogger("redis").setLevel(max(logging.getLogger().level, logging.INFO))
     run_loop(_serve(app, ns.only, supervisor, metrics))
