@@ -4,6 +4,7 @@ python -m aioredq MODULE:ATTR [--url URL] [--only NAME ...] [--workers N] [--log
                              [--metrics-port PORT]
 python -m aioredq inspect MODULE:ATTR [--url URL] [--json] [--watch]
 python -m aioredq dead MODULE:ATTR NAME [--show N | --requeue [--all | ID ...] | --purge]
+python -m aioredq acl MODULE:ATTR [--user NAME]
 
 Every error a user can cause (a bad MODULE:ATTR or option, an unreachable Redis at start) is one
 line on stderr and exit status 2 (usage) or 1 (Redis), never a traceback.
@@ -48,6 +49,7 @@ metrics:
 other commands:
   aioredq inspect MODULE:ATTR [--url URL] [--json] [--watch]
   aioredq dead MODULE:ATTR NAME [--show N | --requeue [--all | ID ...] | --purge]
+  aioredq acl MODULE:ATTR [--user NAME]
 """
 
 
@@ -212,7 +214,30 @@ def _fail(exc: Exception, code: int) -> int:
     return code
 
 
+def _acl(args: list[str]) -> int:
+    """``aioredq acl MODULE:ATTR [--user NAME]``: print the app's least-privilege ACL line."""
+    from ._acl import NEWER_SERVERS, acl_line
+
+    p = _Parser(
+        prog=f"{PROG} acl",
+        description="Print the ACL SETUSER line granting exactly what the app needs "
+        "(run, inspect, dead). Add a password (>secret) before running it.",
+    )
+    p.add_argument("app", metavar="MODULE:ATTR", help="the App, e.g. myproject.worker:app")
+    p.add_argument("--url", help="Redis URL (overrides the App's and $AIOREDQ_URL)")
+    p.add_argument("--user", default="aioredq", help="the ACL user name (default aioredq)")
+    ns = p.parse_args(args)
+    app = load_app(ns.app)
+    if ns.url:
+        app.set_url(ns.url)
+    print(acl_line(app, ns.user))
+    print(f"# on Redis 7.2 and newer, also grant {NEWER_SERVERS}", file=sys.stderr)
+    return 0
+
+
 def _main(args: list[str]) -> int:
+    if args and args[0] == "acl":
+        return _acl(args[1:])
     if args and args[0] == "inspect":
         from ._inspect import inspect_command
 

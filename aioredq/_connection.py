@@ -35,6 +35,12 @@ BLOCKING_SOCKET_TIMEOUT = BLOCK_SECONDS + 9.0
 
 T = TypeVar("T")
 Client = aioredis.Redis | RedisCluster
+# What the clients send besides the transports' commands (see _transports/queue.COMMANDS):
+# the handshake and health checks, SELECT for a db other than 0, and a cluster client's
+# discovery of its nodes and slots.
+COMMANDS = ("hello", "ping")
+DB_COMMANDS = ("select",)
+CLUSTER_COMMANDS = ("cluster|slots", "cluster|shards", "command", "asking")
 
 
 def translate(exc: BaseException, what: str) -> Exception:
