@@ -368,7 +368,8 @@ def make_tls_files(directory: Path) -> TLSFiles:
 
     run("req", "-x509", "-new", *key, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
         "-subj", "/CN=aioredq test CA")  # fmt: skip
-    for name, usage in (("server", "serverAuth"), ("client", "clientAuth")):
+    # A cluster node is also a client of the others' bus, which always checks certificates.
+    for name, usage in (("server", "serverAuth,clientAuth"), ("client", "clientAuth")):
         (directory / f"{name}.ext").write_text(
             "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n"
             f"extendedKeyUsage={usage}\n"

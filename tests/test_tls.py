@@ -10,10 +10,19 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
-from _servers import TLSFiles, TLSRedisServer, call, free_port, make_tls_files
+from _servers import (
+    LocalCluster,
+    RedisServer,
+    TLSFiles,
+    TLSRedisServer,
+    call,
+    free_port,
+    make_tls_files,
+)
 from _waiting import until
 
 from aioredq import App, ConfigurationError, ConnectError
@@ -223,3 +232,67 @@ async def test_every_model_through_sentinels_over_tls(
         await run_every_model(App(url, connect_timeout=10))
     finally:
         sentinel.close()
+
+
+class TLSClusterNode(RedisServer):
+    """A cluster node with a plain port (for the suite's health checks and ``redis-cli
+    --cluster create``) and a TLS port, its cluster bus over TLS; a TLS client is told the
+    TLS ports of the other nodes."""
+
+    def __init__(self, files: TLSFiles, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.files = files
+        self.tls_port = free_port()
+        self.bus_port = free_port()  # else derived from the TLS port, maybe past 65535
+
+    def _argv(self) -> list[str]:
+        f = self.files
+        return [
+            *super()._argv(),
+            *("--tls-port", str(self.tls_port), "--tls-cluster", "yes"),
+            *("--cluster-port", str(self.bus_port)),
+            *("--tls-cert-file", str(f.server_cert), "--tls-key-file", str(f.server_key)),
+            *("--tls-ca-cert-file", str(f.ca), "--tls-auth-clients", "no"),
+        ]
+
+
+def start_tls_cluster(files: TLSFiles) -> list[TLSClusterNode]:
+    """Three TLS masters joined by hand (``redis-cli --cluster create`` would meet them on
+    bus ports derived from the plain ones)."""
+    nodes = [TLSClusterNode(files, cluster_node_timeout=2000) for _ in range(3)]
+    cluster = LocalCluster(masters=3)
+    cluster.nodes = list(nodes)
+    try:
+        for node in nodes:
+            node.start()
+        bounds = [0, 5461, 10923, 16384]
+        for i, node in enumerate(nodes):
+            call(node.port, "CLUSTER", "ADDSLOTSRANGE", bounds[i], bounds[i + 1] - 1)
+        for node in nodes[1:]:
+            call(nodes[0].port, "CLUSTER", "MEET", "127.0.0.1", node.port, node.bus_port)
+        cluster.wait_stable(30)
+    except BaseException:
+        cluster.close()
+        raise
+    return nodes
+
+
+@pytest.mark.cluster
+async def test_every_model_on_a_cluster_over_tls(tls_files: TLSFiles) -> None:
+    nodes = start_tls_cluster(tls_files)
+    try:
+        seeds = ",".join(f"127.0.0.1:{n.tls_port}" for n in nodes[:2])
+        await run_every_model(App(f"rediss+cluster://{seeds}?ssl_ca_certs={tls_files.ca}"))
+        app = App(
+            f"rediss+cluster://127.0.0.1:{nodes[2].tls_port}",
+            ssl=tls_files.client_context(with_cert=False),
+        )
+        names = [f"q{i}" for i in range(12)]  # on every master
+        for name in names:
+            await app.enqueue(name, "x")
+        await app.aclose()
+        counts = [call(n.port, "DBSIZE") for n in nodes]
+        assert all(isinstance(c, int) and c > 0 for c in counts), counts
+    finally:
+        for node in nodes:
+            node.close()
