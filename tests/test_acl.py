@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import redis
-from _servers import RedisServer
+from _servers import LocalCluster, RedisServer
 
 from aioredq import App
 from aioredq._acl import acl_line, glob_escape
@@ -110,10 +110,51 @@ def test_acl_line_for_a_small_app() -> None:
 def test_worker_inspect_and_dead_run_under_exactly_the_printed_acl(
     fresh_redis: RedisServer, tmp_path: Path
 ) -> None:
+    admin = redis.Redis.from_url(fresh_redis.url, decode_responses=True)
+    try:
+        run_under_the_printed_acl(admin, f"127.0.0.1:{fresh_redis.port}/0", "redis", tmp_path)
+    finally:
+        admin.close()
+
+
+@pytest.mark.cluster
+def test_the_printed_acl_on_a_cluster(redis_cluster: LocalCluster, tmp_path: Path) -> None:
+    admin = redis.RedisCluster(host="127.0.0.1", port=redis_cluster.ports[0], decode_responses=True)
+    admin.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
+    try:
+        run_under_the_printed_acl(
+            admin, f"127.0.0.1:{redis_cluster.ports[0]}", "redis+cluster", tmp_path
+        )
+    finally:
+        nodes = redis.RedisCluster.ALL_NODES
+        admin.execute_command("ACL", "DELUSER", USER, target_nodes=nodes)
+        admin.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
+        admin.close()
+
+
+def on_every_node(admin: Any, *args: Any) -> list[Any]:
+    """A command's replies from every node (one node: a list of one)."""
+    if isinstance(admin, redis.RedisCluster):
+        replies = admin.execute_command(*args, target_nodes=redis.RedisCluster.ALL_NODES)
+        return list(replies.values()) if isinstance(replies, dict) else [replies]
+    return [admin.execute_command(*args)]
+
+
+def subscribers(admin: Any) -> int:
+    """PUBSUB NUMSUB notice, summed over the nodes."""
+    total = 0
+    for reply in on_every_node(admin, "PUBSUB", "NUMSUB", "notice"):
+        pair = reply[0] if isinstance(reply[0], list | tuple) else reply
+        total += int(pair[1])
+    return total
+
+
+def run_under_the_printed_acl(admin: Any, where: str, scheme: str, tmp_path: Path) -> None:
+    """Print the app's ACL line, create that user, and run a worker of every model,
+    ``inspect`` and ``dead`` as the user; Redis must log no denial."""
     (tmp_path / "aclapp.py").write_text(APP_MODULE)
     out = tmp_path / "out.jsonl"
-    admin = redis.Redis.from_url(fresh_redis.url, decode_responses=True)
-    user_url = f"redis://{USER}:{PASSWORD}@127.0.0.1:{fresh_redis.port}/0"
+    user_url = f"{scheme}://{USER}:{PASSWORD}@{where}"
     env = {**os.environ, "AIOREDQ_URL": user_url, "ACL_APP_OUT": str(out)}
 
     printed = cli("acl", "aclapp:app", "--user", USER, cwd=tmp_path, env=env)
@@ -121,8 +162,8 @@ def test_worker_inspect_and_dead_run_under_exactly_the_printed_acl(
     [line] = printed.stdout.splitlines()
     words = shlex.split(line)
     assert words[:3] == ["ACL", "SETUSER", USER]
-    admin.execute_command(*words, f">{PASSWORD}")
-    admin.execute_command("ACL", "LOG", "RESET")
+    on_every_node(admin, *words, f">{PASSWORD}")
+    on_every_node(admin, "ACL", "LOG", "RESET")
 
     # A consumer that died holding work, for each reliable model: the worker takes it over.
     admin.zadd("{jobs}:consumers", {"ghost": 1})
@@ -140,7 +181,7 @@ def test_worker_inspect_and_dead_run_under_exactly_the_printed_acl(
         text=True,
     )
     try:
-        wait_for(lambda: admin.pubsub_numsub("notice")[0][1] == 1, "the subscriber")
+        wait_for(lambda: subscribers(admin) == 1, "the subscriber")
         produce = (
             "import asyncio, aclapp\n"
             "async def main():\n"
@@ -195,6 +236,5 @@ def test_worker_inspect_and_dead_run_under_exactly_the_printed_acl(
         worker.send_signal(signal.SIGTERM)
         _, log = worker.communicate(timeout=60)
     assert worker.returncode == 0, log
-    denials = admin.execute_command("ACL", "LOG")
-    admin.close()
-    assert denials == [], denials
+    denials = on_every_node(admin, "ACL", "LOG")
+    assert all(d == [] for d in denials), denials
