@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialWithJitterBackoff
 
@@ -134,7 +134,6 @@ class Connection:
             max_connections=self._max_connections, **redis_kwargs(self.target), **common
         )
         client = aioredis.Redis.from_pool(pool)
-        pool = client.connection_pool
         # The URL picks the class (TCP, TLS, unix socket); use its hiredis-packing variant.
         pool.connection_class = _PACKING.get(pool.connection_class, pool.connection_class)
         return client
@@ -150,8 +149,6 @@ class Connection:
 
 
 def _cluster(target: Target, max_connections: int, common: dict[str, Any]) -> RedisCluster:
-    from redis.asyncio.cluster import ClusterNode
-
     tls = tls_kwargs(target.tls)
     cls = tls.pop("connection_class", None)
     context = tls.pop("ssl_context", None)

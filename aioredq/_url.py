@@ -11,7 +11,7 @@ import re
 import ssl
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit
+from urllib.parse import unquote, unquote_plus, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
@@ -40,6 +40,7 @@ OPTIONS = ("db", "username", "password", "client_name", *TLS_OPTIONS, *SENTINEL_
 SHOWN = frozenset({"db", "client_name", *TLS_OPTIONS})
 HIDDEN = "***"
 _QUERY_PAIR = re.compile(r"([?&;])([^=&;#?]*)=([^&;#]*)")
+_BARE_WORD = re.compile(r"([?&;])([^=&;#?]+)(?=$|[&;#])")
 
 
 def redact(url: str) -> str:
@@ -58,7 +59,7 @@ def redact(url: str) -> str:
         if not colon or any(c in user for c in "/?#&;="):
             user = ""  # no way to tell where a name would end: hide it all
         rest = f"{user}:{HIDDEN}@{host_part}"
-    rest = _QUERY_PAIR.sub(_hide_value, rest)
+    rest = _BARE_WORD.sub(rf"\1{HIDDEN}", _QUERY_PAIR.sub(_hide_value, rest))
     return f"{scheme}{sep}{rest}"
 
 
@@ -184,7 +185,10 @@ def parse_url(url: str, ssl_context: ssl.SSLContext | None = None) -> Target:
 
 def _query(text: str, safe: str) -> dict[str, str]:
     query: dict[str, str] = {}
-    for key, value in parse_qsl(text, keep_blank_values=True):
+    for piece in filter(None, text.split("&")):
+        if "=" not in piece:  # a bare word might be a password typed in the wrong place
+            raise ConfigurationError(f"{safe}: a URL parameter has no value (name=value)")
+        key, value = (unquote_plus(part) for part in piece.split("=", 1))
         option = key.lower()
         if option not in OPTIONS:
             raise ConfigurationError(

@@ -141,6 +141,7 @@ def test_no_password_in_connect_errors_and_their_chain(case: tuple[str, list[str
         "redis://u:pa#ss@host/0",
         "redis://host/0?client_name=a@b&password=s3",
         "redis://host:abc/0?password=s3",
+        "redis://host/0?db=1&s3",  # a bare word in the query: maybe a misplaced password
     ],
 )
 def test_unencoded_specials_are_over_redacted_rather_than_leaked(url: str) -> None:

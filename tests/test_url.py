@@ -61,6 +61,7 @@ def test_each_scheme_is_parsed_into_its_parts() -> None:
         ("http://h:1/0", "unsupported Redis URL"),
         ("redis://[::1/0", "unbalanced"),
         ("redis://u:p/w@h:1/0", "percent-encode the user name and password"),
+        ("redis://h:1/0?db=0&word", "a URL parameter has no value (name=value)"),
     ],
 )
 def test_a_bad_url_is_a_configuration_error_naming_the_problem(url: str, message: str) -> None:
