@@ -126,7 +126,7 @@ def test_no_password_in_reprs_safe_urls_or_parse_errors(case: tuple[str, list[st
 
 
 # Each connect attempt waits out redis-py's short retry back-off, so fewer examples here.
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(urls())
 def test_no_password_in_connect_errors_and_their_chain(case: tuple[str, list[str]]) -> None:
     url, secrets = case
