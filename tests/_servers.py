@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -29,6 +30,7 @@ __all__ = [
     "LocalCluster",
     "RedisReplyError",
     "RedisServer",
+    "SentinelServer",
     "ServerFactory",
     "TLSFiles",
     "TLSRedisServer",
@@ -386,6 +388,64 @@ def make_tls_files(directory: Path) -> TLSFiles:
         client_cert=directory / "client.crt",
         client_key=directory / "client.key",
     )
+
+
+class SentinelServer:
+    """One ``redis-server --sentinel`` child monitoring 127.0.0.1:``master_port`` as
+    ``mymaster`` (quorum 1, down after 1 s); TLS-only with ``tls`` (the certificates to serve
+    and to reach the master with)."""
+
+    def __init__(self, master_port: int, *, tls: TLSFiles | None = None) -> None:
+        self.port = free_port()
+        self.tls = tls
+        self.dir = Path(tempfile.mkdtemp(prefix="aioredq-sentinel-"))
+        listen = f"port {self.port}\n"
+        if tls is not None:
+            listen = (
+                f"port 0\ntls-port {self.port}\ntls-replication yes\ntls-auth-clients no\n"
+                f"tls-cert-file {tls.server_cert}\ntls-key-file {tls.server_key}\n"
+                f"tls-ca-cert-file {tls.ca}\n"
+            )
+        conf = self.dir / "sentinel.conf"
+        conf.write_text(
+            f"{listen}bind {HOST}\ndir {self.dir}\n"
+            f"sentinel monitor mymaster {HOST} {master_port} 1\n"
+            "sentinel down-after-milliseconds mymaster 1000\n"
+            "sentinel failover-timeout mymaster 5000\n"
+        )
+        self.log = (self.dir / "log").open("wb")
+        self.proc = subprocess.Popen(
+            [_find_binary("redis-server"), str(conf), "--sentinel"],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def call(self, *args: str | int) -> Reply:
+        context = None if self.tls is None else self.tls.client_context(with_cert=False)
+        return call(self.port, *args, tls=context)
+
+    def wait_until(self, ready: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(OSError, RedisReplyError):
+                if ready():
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"sentinel on port {self.port}: no {what} after {timeout} s")
+            time.sleep(0.1)
+
+    def master_port(self) -> int:
+        reply = self.call("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster")
+        assert isinstance(reply, list)
+        port = reply[1]
+        return int(port.decode() if isinstance(port, bytes) else str(port))
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class TLSRedisServer(RedisServer):

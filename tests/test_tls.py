@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 from _servers import (
     LocalCluster,
     RedisServer,
+    SentinelServer,
     TLSFiles,
     TLSRedisServer,
     call,
@@ -179,55 +179,20 @@ def test_cli_bad_tls_value_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert "pw-in-url" not in done.stderr
 
 
-class TLSSentinel:
-    """A TLS-only sentinel watching a TLS-only master, talking TLS to it."""
-
-    def __init__(self, master: TLSRedisServer) -> None:
-        f = master.files
-        self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="aioredq-tls-sentinel-"))
-        conf = self.dir / "sentinel.conf"
-        conf.write_text(
-            f"port 0\ntls-port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
-            f"tls-cert-file {f.server_cert}\ntls-key-file {f.server_key}\n"
-            f"tls-ca-cert-file {f.ca}\ntls-auth-clients no\ntls-replication yes\n"
-            f"sentinel monitor mymaster 127.0.0.1 {master.port} 1\n"
-        )
-        binary = shutil.which("redis-server")
-        assert binary
-        self.log = (self.dir / "log").open("wb")
-        self.proc = subprocess.Popen(
-            [binary, str(conf), "--sentinel"],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        self.context = f.client_context(with_cert=False)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                reply = call(self.port, "SENTINEL", "MASTER", "mymaster", tls=self.context)
-                flags = dict(zip(reply[::2], reply[1::2], strict=True))  # type: ignore[index]
-                if b"s_down" not in flags.get(b"flags", b"s_down"):
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the TLS sentinel did not see its master")
-            time.sleep(0.1)
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-        self.log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 async def test_every_model_through_sentinels_over_tls(
     tls_server: TLSRedisServer, tls_files: TLSFiles
 ) -> None:
-    sentinel = TLSSentinel(tls_server)
+    sentinel = SentinelServer(tls_server.port, tls=tls_files)
     try:
+
+        def sees_its_master() -> bool:
+            reply = sentinel.call("SENTINEL", "MASTER", "mymaster")
+            assert isinstance(reply, list)
+            fields = dict(zip(reply[::2], reply[1::2], strict=True))
+            flags = fields.get(b"flags", b"s_down")
+            return isinstance(flags, bytes) and b"s_down" not in flags
+
+        sentinel.wait_until(sees_its_master, "view of its TLS master")
         url = f"rediss+sentinel://127.0.0.1:{sentinel.port}/mymaster?ssl_ca_certs={tls_files.ca}"
         await run_every_model(App(url, connect_timeout=10))
     finally:
