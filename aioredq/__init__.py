@@ -15,10 +15,13 @@ from ._exceptions import (
     Retry,
 )
 from ._handlers import Handler, StreamHandler, SubscribeHandler, TaskHandler
+from ._logging import install as _install_log_escaping
 from ._message import Message
 from ._stats import HandlerStats, Latency, Stats
 
 __version__ = "0.1.0"
+
+_install_log_escaping()  # foreign text (message ids, keys, errors) cannot forge log lines
 
 __all__ = [
     "AioredqError",

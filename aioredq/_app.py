@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import datetime
+from ssl import SSLContext
 from typing import Any, Literal, Protocol, TypeVar
 
 import anyio
@@ -19,7 +20,7 @@ from anyio.abc import TaskStatus
 
 from ._backoff import Backoff
 from ._codec import check_size, encode_body, encode_envelope, encode_fields, new_ids
-from ._connection import Connection, is_connection_error, parse_url, resolve_url, translated
+from ._connection import Connection, is_connection_error, translated
 from ._exceptions import ConfigurationError, ConnectError
 from ._handlers import (
     Handler,
@@ -41,6 +42,7 @@ from ._task import TaskConsumer
 from ._transports import pubsub
 from ._transports.queue import QueueTransport
 from ._transports.stream import StreamTransport, group_lag
+from ._url import parse_url, resolve_url
 
 log = logging.getLogger("aioredq")
 TRANSPORT_CACHE = 256
@@ -73,7 +75,8 @@ class App:
 
     ``url``: ``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://``,
     ``redis+sentinel://host:port/master`` or ``memory://`` (in-process, for demos and tests);
-    default ``$AIOREDQ_URL``, else ``redis://localhost:6379/0``.
+    default ``$AIOREDQ_URL``, else ``redis://localhost:6379/0``. ``ssl``: an ``SSLContext``
+    for TLS (instead of the URL's ``ssl_*`` parameters). A password is never printed.
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class App:
         shutdown_timeout: float = 30.0,
         connect_timeout: float = 10.0,
         max_body_bytes: int = 512 * 1024,
+        ssl: SSLContext | None = None,
     ) -> None:
         if shutdown_timeout < 0 or connect_timeout < 0:
             raise ConfigurationError("shutdown_timeout and connect_timeout must be >= 0")
@@ -90,7 +94,8 @@ class App:
             raise ConfigurationError("max_body_bytes must be >= 1")
         self._explicit_url = url is not None
         self.url = resolve_url(url)
-        self.target = parse_url(self.url)
+        self.ssl = ssl
+        self.target = parse_url(self.url, ssl)
         self.shutdown_timeout = float(shutdown_timeout)
         self.connect_timeout = float(connect_timeout)
         self.max_body_bytes = max_body_bytes
@@ -111,7 +116,7 @@ class App:
         """Point the app at another Redis before it connects (the CLI's ``--url``)."""
         if self._conn is not None and self._conn.is_open:
             raise ConfigurationError("set_url() must be called before the app connects")
-        self.target = parse_url(url)
+        self.target = parse_url(url, self.ssl)
         self.url = url
         self._conn = None
 

@@ -4,6 +4,7 @@ python -m aioredq MODULE:ATTR [--url URL] [--only NAME ...] [--workers N] [--log
                              [--metrics-port PORT]
 python -m aioredq inspect MODULE:ATTR [--url URL] [--json] [--watch]
 python -m aioredq dead MODULE:ATTR NAME [--show N | --requeue [--all | ID ...] | --purge]
+python -m aioredq acl MODULE:ATTR [--user NAME]
 
 Every error a user can cause is one line on stderr, never a traceback (``--log-level DEBUG``
 adds it): exit status 2 for what the user must change (a bad MODULE:ATTR or option, a bad URL
@@ -28,6 +29,7 @@ from typing import Any, NoReturn
 
 from ._app import NOTHING_TO_RUN, App
 from ._exceptions import AioredqError, ConfigurationError
+from ._logging import LineFormatter
 from ._loop import loop_name
 from ._loop import run as run_loop
 from ._startup import first_error
@@ -46,6 +48,7 @@ metrics:
 other commands:
   aioredq inspect MODULE:ATTR [--url URL] [--json] [--watch]
   aioredq dead MODULE:ATTR NAME [--show N | --requeue [--all | ID ...] | --purge]
+  aioredq acl MODULE:ATTR [--user NAME]
 """
 
 
@@ -245,7 +248,30 @@ def _debugging(args: list[str]) -> bool:
     return False
 
 
+def _acl(args: list[str]) -> int:
+    """``aioredq acl MODULE:ATTR [--user NAME]``: print the app's least-privilege ACL line."""
+    from ._acl import NEWER_SERVERS, acl_line
+
+    p = _Parser(
+        prog=f"{PROG} acl",
+        description="Print the ACL SETUSER line granting exactly what the app needs "
+        "(run, inspect, dead). Add a password (>secret) before running it.",
+    )
+    p.add_argument("app", metavar="MODULE:ATTR", help="the App, e.g. myproject.worker:app")
+    p.add_argument("--url", help="Redis URL (overrides the App's and $AIOREDQ_URL)")
+    p.add_argument("--user", default="aioredq", help="the ACL user name (default aioredq)")
+    ns = p.parse_args(args)
+    app = load_app(ns.app)
+    if ns.url:
+        app.set_url(ns.url)
+    print(acl_line(app, ns.user))
+    print(f"# on Redis 7.2 and newer, also grant {NEWER_SERVERS}", file=sys.stderr)
+    return 0
+
+
 def _main(args: list[str]) -> int:
+    if args and args[0] == "acl":
+        return _acl(args[1:])
     if args and args[0] == "inspect":
         from ._inspect import inspect_command
 
@@ -286,9 +312,9 @@ def _main(args: list[str]) -> int:
         if ns.metrics_port is not None:
             _check_ports(ns.metrics_host, range(ns.metrics_port, ns.metrics_port + ns.workers))
         asyncio.run(_check_reachable(app))  # one error line, not one per worker
-    logging.basicConfig(
-        level=ns.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    handler = logging.StreamHandler()  # one record, one line: foreign text escaped
+    handler.setFormatter(LineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=ns.log_level, handlers=[handler])
     if ns.workers > 1 and supervisor is None:
         return supervise(without_workers(args), ns.workers)
     # redis-py logs a line per connection at DEBUG: noise next to aioredq's own DEBUG lines.

@@ -1,4 +1,4 @@
-"""URLs, Redis clients and the translation of Redis errors into aioredq's.
+"""Redis clients (built from a parsed URL, see _url.py) and Redis error translation.
 
 Two clients per app: ``command`` for producing, acks and bookkeeping, and ``blocking`` for
 consumers' blocking reads, so a consumer parked in a read never starves acks or producers of a
@@ -11,74 +11,36 @@ keepalive finds dead peers there.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
-from urllib.parse import unquote, urlsplit, urlunsplit
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialWithJitterBackoff
 
-from ._exceptions import ConfigurationError, ConnectError, RedisCommandError
+from ._exceptions import ConnectError, RedisCommandError
+from ._url import (
+    ContextSSLConnection,
+    Target,
+    auth_kwargs,
+    redis_kwargs,
+    sentinel_kwargs,
+    tls_kwargs,
+)
 
-DEFAULT_URL = "redis://localhost:6379/0"
 BLOCK_SECONDS = 1.0
 BLOCKING_SOCKET_TIMEOUT = BLOCK_SECONDS + 9.0
 
-Scheme = Literal["redis", "cluster", "sentinel", "memory"]
 T = TypeVar("T")
 Client = aioredis.Redis | RedisCluster
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    url: str
-    scheme: Scheme
-
-    @property
-    def safe_url(self) -> str:
-        return redact(self.url)
-
-
-def resolve_url(url: str | None) -> str:
-    """``App(url)`` > ``$AIOREDQ_URL`` > the default."""
-    return url or os.environ.get("AIOREDQ_URL") or DEFAULT_URL
-
-
-def parse_url(url: str) -> Target:
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme in ("redis", "rediss", "unix"):
-        return Target(url, "redis")
-    if scheme in ("redis+cluster", "rediss+cluster"):
-        return Target(url, "cluster")
-    if scheme in ("redis+sentinel", "rediss+sentinel"):
-        parts = urlsplit(url)
-        if not parts.path.strip("/"):
-            raise ConfigurationError(
-                f"{redact(url)}: a sentinel URL names its master: "
-                "redis+sentinel://host:port[,host:port]/master-name[/db]"
-            )
-        return Target(url, "sentinel")
-    if scheme == "memory":
-        return Target(url, "memory")
-    raise ConfigurationError(
-        f"unsupported Redis URL {redact(url)!r}: use redis://, rediss://, unix://, "
-        "redis+cluster://, redis+sentinel:// or memory://"
-    )
+# What the clients send besides the transports' commands (see _transports/queue.COMMANDS):
+# the handshake and health checks, SELECT for a db other than 0, and a cluster client's
+# discovery of its nodes and slots.
+COMMANDS = ("hello", "ping")
+DB_COMMANDS = ("select",)
+CLUSTER_COMMANDS = ("cluster|slots", "cluster|shards", "command", "asking")
 
 
 def translate(exc: BaseException, what: str) -> Exception:
@@ -156,7 +118,6 @@ class Connection:
             "retry": retry,
         }
         scheme = self.target.scheme
-        url = self.target.url
         if scheme == "memory":
             import fakeredis
 
@@ -164,14 +125,15 @@ class Connection:
                 self._fake_server = fakeredis.FakeServer(version=(7, 0))
             return fakeredis.FakeAsyncRedis(server=self._fake_server)
         if scheme == "cluster":
-            plain = url.replace("+cluster", "", 1)
-            return RedisCluster.from_url(plain, max_connections=self._max_connections, **common)
+            return _cluster(self.target, self._max_connections, common)
         if scheme == "sentinel":
-            sentinel = _sentinel(url, common)
+            sentinel = _sentinel(self.target, common)
             self._extra.extend(sentinel.sentinels)
-            return _master_for(sentinel, url, self._max_connections)
-        client = aioredis.Redis.from_url(url, max_connections=self._max_connections, **common)
-        pool = client.connection_pool
+            return _master_for(sentinel, self.target, self._max_connections)
+        pool = aioredis.ConnectionPool(
+            max_connections=self._max_connections, **redis_kwargs(self.target), **common
+        )
+        client = aioredis.Redis.from_pool(pool)
         # The URL picks the class (TCP, TLS, unix socket); use its hiredis-packing variant.
         pool.connection_class = _PACKING.get(pool.connection_class, pool.connection_class)
         return client
@@ -186,32 +148,50 @@ class Connection:
             await client.aclose()
 
 
-def _sentinel(url: str, common: dict[str, Any]) -> Any:
+def _cluster(target: Target, max_connections: int, common: dict[str, Any]) -> RedisCluster:
+    tls = tls_kwargs(target.tls)
+    cls = tls.pop("connection_class", None)
+    context = tls.pop("ssl_context", None)
+    seeds = [ClusterNode(host, port) for host, port in target.hosts]
+    auth = {k: v for k, v in auth_kwargs(target).items() if k != "db"}
+    client = RedisCluster(
+        startup_nodes=seeds,
+        max_connections=max_connections,
+        ssl=cls is not None,
+        **auth,
+        **tls,
+        **common,
+    )
+    if context is not None:  # redis-py's cluster takes no SSLContext: give its nodes ours
+        client.connection_kwargs.update(connection_class=ContextSSLConnection, ssl_context=context)
+        for node in client.nodes_manager.startup_nodes.values():
+            node.connection_class = ContextSSLConnection
+            node.connection_kwargs["ssl_context"] = context
+    return client
+
+
+def _sentinel(target: Target, common: dict[str, Any]) -> Any:
     from redis.asyncio.sentinel import Sentinel
 
-    hosts_part = urlsplit(url).netloc.rsplit("@", 1)[-1]
-    hosts = []
-    for item in hosts_part.split(","):
-        host, _, port = item.rpartition(":")
-        hosts.append((host or "localhost", int(port or 26379)))
-    return Sentinel(  # type: ignore[no-untyped-call]
-        hosts, sentinel_kwargs={"socket_connect_timeout": 5.0}, **common
+    sentinel = Sentinel([], **common)  # type: ignore[no-untyped-call]
+    # The sentinels speak TLS like the masters they watch, with the same options.
+    options = sentinel_kwargs(target)
+    sentinel.sentinels = [
+        aioredis.Redis.from_pool(
+            aioredis.ConnectionPool(host=host, port=port, socket_connect_timeout=5.0, **options)
+        )
+        for host, port in target.hosts
+    ]
+    return sentinel
+
+
+def _master_for(sentinel: Any, target: Target, max_connections: int) -> Any:
+    return sentinel.master_for(
+        target.master,
+        max_connections=max_connections,
+        **auth_kwargs(target),
+        **tls_kwargs(target.tls, sentinel_managed=True),
     )
-
-
-def _master_for(sentinel: Any, url: str, max_connections: int) -> Any:
-    parts = urlsplit(url)
-    path = [p for p in parts.path.split("/") if p]
-    master = unquote(path[0])
-    db = int(path[1]) if len(path) > 1 else 0
-    auth: dict[str, Any] = {}
-    if parts.username:
-        auth["username"] = unquote(parts.username)
-    if parts.password:
-        auth["password"] = unquote(parts.password)
-    if parts.scheme.startswith("rediss"):
-        auth["ssl"] = True
-    return sentinel.master_for(master, db=db, max_connections=max_connections, **auth)
 
 
 class _HiredisPacking:
@@ -252,6 +232,7 @@ else:
     for _plain in (
         aioredis.Connection,
         aioredis.SSLConnection,
+        ContextSSLConnection,
         aioredis.UnixDomainSocketConnection,
     ):
         _PACKING[_plain] = type(f"Packed{_plain.__name__}", (_HiredisPacking, _plain), {})

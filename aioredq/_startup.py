@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote
 
 import redis.exceptions as rexc
 
-from ._connection import Target
 from ._exceptions import AioredqError, ConfigurationError
 from ._handlers import Handler, StreamHandler, SubscribeHandler
 from ._transports.keys import aux
+from ._url import Target
 
 # Redis's answers when a password is missing or wrong (the wording differs with the version
 # and with whether HELLO or AUTH was sent first).
@@ -166,20 +166,13 @@ def _key_patterns(handler: Handler) -> list[str]:
 
 
 def _user(target: Target) -> str:
-    try:
-        name = urlsplit(target.url).username
-    except ValueError:
-        name = None
-    return unquote(name) if name else "default"
+    return target.username or "default"
 
 
 def _scrub(text: str, target: Target) -> str:
-    """``text`` without the URL's password, should an error message quote it."""
-    try:
-        password = urlsplit(target.url).password
-    except ValueError:
-        password = None
-    for secret in {password, unquote(password or "")} - {None, ""}:
+    """``text`` without the URL's passwords, should an error message quote one."""
+    secrets = {target.password, target.sentinel_password} - {None, ""}
+    for secret in secrets | {quote(s, safe="") for s in secrets if s}:
         assert secret is not None
         text = text.replace(secret, "***")
     return _one_line(text)

@@ -13,10 +13,12 @@ import contextlib
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -28,9 +30,13 @@ __all__ = [
     "LocalCluster",
     "RedisReplyError",
     "RedisServer",
+    "SentinelServer",
     "ServerFactory",
+    "TLSFiles",
+    "TLSRedisServer",
     "free_cluster_port",
     "free_port",
+    "make_tls_files",
 ]
 
 HOST = "127.0.0.1"
@@ -104,18 +110,20 @@ def _read_reply(stream: BinaryIO) -> Reply:
     raise ConnectionError(f"unexpected RESP reply: {line!r}")
 
 
-def call(port: int, *args: str | int, timeout: float = 2.0) -> Reply:
-    """Send one command to 127.0.0.1:port on a fresh connection and return the decoded reply."""
+def call(
+    port: int, *args: str | int, timeout: float = 2.0, tls: ssl.SSLContext | None = None
+) -> Reply:
+    """Send one command to 127.0.0.1:port on a fresh connection (over TLS with ``tls``) and
+    return the decoded reply."""
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:
         data = str(arg).encode()
         parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    with (
-        socket.create_connection((HOST, port), timeout=timeout) as sock,
-        sock.makefile("rb") as stream,
-    ):
-        sock.sendall(b"".join(parts))
-        return _read_reply(stream)
+    with socket.create_connection((HOST, port), timeout=timeout) as raw:
+        sock = raw if tls is None else tls.wrap_socket(raw, server_hostname=HOST)
+        with sock, sock.makefile("rb") as stream:
+            sock.sendall(b"".join(parts))
+            return _read_reply(stream)
 
 
 def _info(port: int, section: str) -> dict[str, str]:
@@ -332,6 +340,153 @@ class RedisServer:
 
 class _PortInUseError(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """A test CA and the server and client certificates it signed (PEM files)."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+    def client_context(self, *, with_cert: bool = True) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca))
+        if with_cert:
+            context.load_cert_chain(str(self.client_cert), str(self.client_key))
+        return context
+
+
+def make_tls_files(directory: Path) -> TLSFiles:
+    """Make a CA, a server certificate for 127.0.0.1/localhost and a client certificate,
+    with the openssl command line."""
+    openssl = _find_binary("openssl")
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=directory, check=True, capture_output=True)
+
+    run("req", "-x509", "-new", *key, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+        "-subj", "/CN=aioredq test CA")  # fmt: skip
+    # A cluster node is also a client of the others' bus, which always checks certificates.
+    for name, usage in (("server", "serverAuth,clientAuth"), ("client", "clientAuth")):
+        (directory / f"{name}.ext").write_text(
+            "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n"
+            f"extendedKeyUsage={usage}\n"
+        )
+        run("req", "-new", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", f"/CN=aioredq test {name}")  # fmt: skip
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", f"{name}.crt", "-days", "2",
+            "-extfile", f"{name}.ext")  # fmt: skip
+    return TLSFiles(
+        ca=directory / "ca.crt",
+        server_cert=directory / "server.crt",
+        server_key=directory / "server.key",
+        client_cert=directory / "client.crt",
+        client_key=directory / "client.key",
+    )
+
+
+class SentinelServer:
+    """One ``redis-server --sentinel`` child monitoring 127.0.0.1:``master_port`` as
+    ``mymaster`` (quorum 1, down after 1 s); TLS-only with ``tls`` (the certificates to serve
+    and to reach the master with)."""
+
+    def __init__(self, master_port: int, *, tls: TLSFiles | None = None) -> None:
+        self.port = free_port()
+        self.tls = tls
+        self.dir = Path(tempfile.mkdtemp(prefix="aioredq-sentinel-"))
+        listen = f"port {self.port}\n"
+        if tls is not None:
+            listen = (
+                f"port 0\ntls-port {self.port}\ntls-replication yes\ntls-auth-clients no\n"
+                f"tls-cert-file {tls.server_cert}\ntls-key-file {tls.server_key}\n"
+                f"tls-ca-cert-file {tls.ca}\n"
+            )
+        conf = self.dir / "sentinel.conf"
+        conf.write_text(
+            f"{listen}bind {HOST}\ndir {self.dir}\n"
+            f"sentinel monitor mymaster {HOST} {master_port} 1\n"
+            "sentinel down-after-milliseconds mymaster 1000\n"
+            "sentinel failover-timeout mymaster 5000\n"
+        )
+        self.log = (self.dir / "log").open("wb")
+        self.proc = subprocess.Popen(
+            [_find_binary("redis-server"), str(conf), "--sentinel"],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def call(self, *args: str | int) -> Reply:
+        context = None if self.tls is None else self.tls.client_context(with_cert=False)
+        return call(self.port, *args, tls=context)
+
+    def wait_until(self, ready: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(OSError, RedisReplyError):
+                if ready():
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"sentinel on port {self.port}: no {what} after {timeout} s")
+            time.sleep(0.1)
+
+    def master_port(self) -> int:
+        reply = self.call("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster")
+        assert isinstance(reply, list)
+        port = reply[1]
+        return int(port.decode() if isinstance(port, bytes) else str(port))
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class TLSRedisServer(RedisServer):
+    """A TLS-only ``redis-server`` (no plain port); ``client_certs`` makes it require a
+    client certificate signed by the test CA (mutual TLS)."""
+
+    def __init__(self, files: TLSFiles, *, client_certs: bool = False, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.files = files
+        self.client_certs = client_certs
+
+    @property
+    def url(self) -> str:
+        return f"rediss://{HOST}:{self.port}/0?ssl_ca_certs={self.files.ca}"
+
+    def _argv(self) -> list[str]:
+        f = self.files
+        return [
+            *super()._argv(),
+            *("--port", "0", "--tls-port", str(self.port)),
+            *("--tls-cert-file", str(f.server_cert), "--tls-key-file", str(f.server_key)),
+            *("--tls-ca-cert-file", str(f.ca)),
+            *("--tls-auth-clients", "yes" if self.client_certs else "no"),
+        ]
+
+    def tls_call(self, *args: str | int) -> Reply:
+        return call(self.port, *args, tls=self.files.client_context())
+
+    def ping(self) -> bool:
+        if self._port is None:
+            return False
+        try:
+            return call(self._port, "PING", timeout=0.5, tls=self.files.client_context()) == "PONG"
+        except (OSError, RedisReplyError):
+            return False
+
+    def info(self, section: str) -> dict[str, str]:
+        reply = self.tls_call("INFO", section)
+        assert isinstance(reply, bytes)
+        fields = (line.split(":", 1) for line in reply.decode().splitlines() if ":" in line)
+        return {key: value for key, value in fields}
 
 
 # Safety net for interrupted runs: no server outlives the test process that started it.

@@ -3,12 +3,15 @@ packing as the fallback, and what goes over the wire is the same either way."""
 
 from __future__ import annotations
 
+import ssl
+
 import pytest
 import redis.asyncio
 from redis.asyncio.connection import Connection as PlainConnection
 from redis.exceptions import DataError
 
-from aioredq._connection import Connection, parse_url
+from aioredq._connection import Connection
+from aioredq._url import parse_url
 
 
 @pytest.mark.parametrize(
@@ -50,3 +53,15 @@ def test_an_encoding_other_than_utf8_is_left_to_redis_py() -> None:
     packed_cls = conn.command.connection_pool.connection_class
     packed = packed_cls(**client.connection_pool.connection_kwargs)
     assert b"\xe9" in b"".join(packed.pack_command("SET", "k", "é"))
+
+
+def test_an_ssl_context_keeps_hiredis_packing() -> None:
+    context = ssl.create_default_context()
+    conn = Connection(parse_url("rediss://127.0.0.1:1/0", context))
+    cls = conn.command.connection_pool.connection_class
+    assert cls.__name__ == "PackedContextSSLConnection"
+    assert cls(host="127.0.0.1", port=1, ssl_context=context)._connection_arguments() == {
+        "host": "127.0.0.1",
+        "port": 1,
+        "ssl": context,
+    }

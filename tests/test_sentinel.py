@@ -5,70 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
-from _servers import RedisServer, call, free_port
+from _servers import RedisServer, SentinelServer, call
 
 from aioredq import App
-
-
-class Sentinel:
-    """One ``redis-server --sentinel`` child monitoring ``master`` as ``mymaster``."""
-
-    def __init__(self, master: RedisServer) -> None:
-        self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="aioredq-sentinel-"))
-        conf = self.dir / "sentinel.conf"
-        conf.write_text(
-            f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
-            f"sentinel monitor mymaster 127.0.0.1 {master.port} 1\n"
-            "sentinel down-after-milliseconds mymaster 1000\n"
-            "sentinel failover-timeout mymaster 5000\n"
-        )
-        binary = shutil.which("redis-server")
-        assert binary
-        self.log = (self.dir / "log").open("wb")
-        self.proc = subprocess.Popen(
-            [binary, str(conf), "--sentinel"],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                reply = call(self.port, "SENTINEL", "REPLICAS", "mymaster")
-                if reply:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("sentinel did not see the replica")
-            time.sleep(0.1)
-
-    def master_port(self) -> int:
-        reply = call(self.port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster")
-        assert isinstance(reply, list)
-        port = reply[1]
-        return int(port.decode() if isinstance(port, bytes) else str(port))
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-        self.log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture
 def sentinel_setup(
     redis_server_factory: object,
-) -> Iterator[tuple[RedisServer, RedisServer, Sentinel]]:
+) -> Iterator[tuple[RedisServer, RedisServer, SentinelServer]]:
     master: RedisServer = redis_server_factory()  # type: ignore[operator]
     replica: RedisServer = redis_server_factory(  # type: ignore[operator]
         extra_args=["--replicaof", "127.0.0.1", str(master.port)]
@@ -77,9 +26,14 @@ def sentinel_setup(
     while replica.info("replication").get("master_link_status") != "up":
         assert time.monotonic() < deadline, "replica did not sync"
         time.sleep(0.05)
-    sentinel = Sentinel(master)
-    yield master, replica, sentinel
-    sentinel.close()
+    sentinel = SentinelServer(master.port)
+    try:
+        sentinel.wait_until(
+            lambda: bool(sentinel.call("SENTINEL", "REPLICAS", "mymaster")), "replica in view"
+        )
+        yield master, replica, sentinel
+    finally:
+        sentinel.close()
 
 
 async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
@@ -91,7 +45,7 @@ async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 
 
 
 async def test_app_follows_a_sentinel_failover(
-    sentinel_setup: tuple[RedisServer, RedisServer, Sentinel],
+    sentinel_setup: tuple[RedisServer, RedisServer, SentinelServer],
 ) -> None:
     master, replica, sentinel = sentinel_setup
     app = App(f"redis+sentinel://127.0.0.1:{sentinel.port}/mymaster", shutdown_timeout=5.0)

@@ -11,6 +11,17 @@ from . import keys
 from .pubsub import subscriber_counts
 from .stream import LAG_COUNT_LIMIT, StreamTransport
 
+# The commands of ``inspect`` and ``dead`` per model, their scripts' included (see
+# queue.COMMANDS); pub/sub's counts are in pubsub.COMMANDS.
+TASK_COMMANDS = (
+    *("time", "zrange", "zcard", "llen", "lrange", "lpos", "lpush", "lrem", "type", "del"),
+    *("evalsha", "script|load"),
+)
+STREAM_COMMANDS = (
+    *("time", "exists", "zrangebyscore", "xlen", "xrange", "xrevrange", "xpending"),
+    *("xinfo|groups", "xinfo|consumers", "xadd", "xdel", "type", "del", "evalsha", "script|load"),
+)
+
 # Both requeue scripts check first, then write the copy, then remove the letter: a script is not
 # rolled back when a command fails half way, so a refused write (WRONGTYPE, OOM) must come
 # before the removal. A letter is thus either still dead or requeued, never lost or doubled.

@@ -22,6 +22,13 @@ from redis.asyncio.cluster import ClusterPubSub, RedisCluster
 
 PUBLISH = "PUBLISH"
 PUBLISH_SHARDED = "SPUBLISH"
+# The commands of each kind of subscription, producing and ``inspect``'s counts included
+# (see queue.COMMANDS).
+COMMANDS = {
+    "channels": ("subscribe", "unsubscribe", "publish", "pubsub|numsub"),
+    "pattern": ("psubscribe", "punsubscribe", "publish"),
+    "sharded": ("ssubscribe", "sunsubscribe", "spublish", "pubsub|shardnumsub"),
+}
 MESSAGE = b"message"
 PMESSAGE = b"pmessage"
 SMESSAGE = b"smessage"

@@ -17,6 +17,16 @@ from typing import Any
 
 from . import keys
 
+# Every command a task consumer or producer sends, its scripts' commands included (Redis checks
+# those against the user's ACL too). `aioredq acl` grants exactly these; tests/test_acl.py runs
+# every model under them and fails on any denial, so keep this in step with the code below.
+COMMANDS = (
+    *("evalsha", "script|load", "time"),
+    *("lpush", "rpush", "rpop", "blmove", "lrem", "llen", "lrange", "type"),
+    *("zadd", "zrem", "zrange", "zrangebyscore", "zscore"),
+    *("set", "get", "del"),
+)
+
 _NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

@@ -19,6 +19,15 @@ from redis.exceptions import ResponseError
 from . import keys
 from .queue import HEARTBEAT
 
+# Every command a stream consumer or producer sends, its scripts' included (see queue.COMMANDS).
+COMMANDS = (
+    *("evalsha", "script|load", "time"),
+    *("xadd", "xtrim", "xread", "xreadgroup", "xack", "xrange", "xrevrange"),
+    *("xpending", "xclaim", "xautoclaim", "xinfo|groups", "xinfo|consumers"),
+    *("xgroup|create", "xgroup|createconsumer", "xgroup|delconsumer"),
+    *("zadd", "zrem", "zscore", "zrangebyscore"),
+)
+
 # An IDLE for XCLAIM that makes an entry claimable by anyone at once. Redis computes the
 # delivery time as now - IDLE and resets it to now when that is negative, so the value must
 # stay far below the epoch in ms (one year is ~3e10 ms, the epoch ~1.7e12 ms).

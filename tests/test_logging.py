@@ -1,0 +1,96 @@
+"""Foreign text (message ids, error texts, names) cannot forge log lines: one record is one line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from aioredq._logging import escape
+
+FORGED = "\n2026-01-01 00:00:00,000 CRITICAL aioredq: forged line\r\x1b[2J\u2028"
+TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")
+APP_MODULE = """
+from aioredq import App
+app = App()
+
+@app.task("forge-jobs", max_attempts=1)
+async def job(text: str) -> None:
+    raise ValueError("bad body" + text)
+
+@app.task("forge-retry", max_attempts=2)
+async def retried(text: str) -> None:
+    raise ValueError("again" + text)
+"""
+
+
+def test_escape_leaves_one_line() -> None:
+    assert escape(FORGED) == (
+        "\\n2026-01-01 00:00:00,000 CRITICAL aioredq: forged line\\r\\x1b[2J\\u2028"
+    )
+    assert escape("tab\tand é€ stay") == "tab\tand é€ stay"
+
+
+def test_the_aioredq_logger_escapes_its_arguments(caplog: pytest.LogCaptureFixture) -> None:
+    import aioredq  # noqa: F401  (importing aioredq installs the escaping)
+
+    with caplog.at_level(logging.INFO, logger="aioredq"):
+        logging.getLogger("aioredq").warning("id=%s error=%r", f"x{FORGED}", ValueError("a\nb"))
+    [record] = caplog.records
+    assert "\n" not in record.getMessage() and "\r" not in record.getMessage()
+    assert record.getMessage().startswith("id=x\\n2026-01-01")
+
+
+def forged_envelope(queue_id: str) -> str:
+    envelope = {"aioredq": 1, "attempts": 0, "id": queue_id, "body": FORGED}
+    return json.dumps(envelope, separators=(",", ":"))
+
+
+def test_a_forged_message_id_is_one_log_line(redis_url: str, tmp_path: Path) -> None:
+    (tmp_path / "forgeapp.py").write_text(APP_MODULE)
+    client = redis.Redis.from_url(redis_url)
+    client.lpush("forge-jobs", forged_envelope(f"id-1{FORGED}"))
+    client.lpush("forge-retry", forged_envelope(f"id-2{FORGED}"))
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "aioredq",
+            "forgeapp:app",
+            "--url",
+            redis_url,
+            "--log-level",
+            "DEBUG",
+        ],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while client.llen("{forge-jobs}:dead") + client.llen("{forge-retry}:dead") < 2:
+            assert time.monotonic() < deadline, "the forged jobs were not dead-lettered"
+            time.sleep(0.05)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, log = worker.communicate(timeout=60)
+        client.close()
+    lines = log.splitlines()
+    # Every line is a record (it starts with a timestamp) or a traceback line under one.
+    for line in lines:
+        assert TIMESTAMP.match(line) or line.startswith("    "), line
+    assert not any(line.startswith("2026-01-01 00:00:00,000 CRITICAL") for line in lines)
+    mentions = [line for line in lines if "forged line" in line and "id=id-" in line]
+    dead = [line for line in mentions if "id=id-1" in line]
+    assert len(dead) == 1 and " ERROR aioredq: " in dead[0], log
+    retried = [line for line in mentions if "id=id-2" in line]
+    assert len(retried) == 2, log  # the failed attempt (traceback under it) and the dead letter
+    assert "\x1b" not in log and "\r" not in log and "\u2028" not in log
