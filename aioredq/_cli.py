@@ -3,7 +3,8 @@
 python -m aioredq MODULE:ATTR [--url URL] [--only NAME ...] [--workers N] [--log-level L]
                              [--metrics-port PORT]
 python -m aioredq inspect MODULE:ATTR [--url URL] [--json] [--watch]
-python -m aioredq dead MODULE:ATTR NAME [--show N | --requeue [--all | ID ...] | --purge]
+python -m aioredq dead MODULE:ATTR NAME [--show N [--full] | --requeue [--all | ID ...]
+                                        | --purge [--yes]]
 
 Every error a user can cause (a bad MODULE:ATTR or option, an unreachable Redis at start) is one
 line on stderr and exit status 2 (usage) or 1 (Redis), never a traceback.
@@ -46,7 +47,7 @@ metrics:
 
 other commands:
   aioredq inspect MODULE:ATTR [--url URL] [--json] [--watch]
-  aioredq dead MODULE:ATTR NAME [--show N | --requeue [--all | ID ...] | --purge]
+  aioredq dead MODULE:ATTR NAME [--show N [--full] | --requeue [--all | ID ...] | --purge [--yes]]
 """
 
 
@@ -153,6 +154,8 @@ def _dead_parser() -> _Parser:
     action.add_argument("--requeue", nargs="*", metavar="ID", default=None)
     action.add_argument("--purge", action="store_true")
     p.add_argument("--all", action="store_true", help="with --requeue: every dead letter")
+    p.add_argument("--full", action="store_true", help="with --show: bodies and errors uncut")
+    p.add_argument("--yes", action="store_true", help="with --purge: do not ask for confirmation")
     return p
 
 
@@ -228,10 +231,21 @@ def _main(args: list[str]) -> int:
             raise UsageError("--all goes with --requeue")
         if ns.requeue is not None and not ns.requeue and not ns.all:
             raise UsageError("--requeue needs --all or dead letter IDs")
+        if ns.full and ns.requeue is not None:
+            raise UsageError("--full goes with --show")
+        if ns.yes and not ns.purge:
+            raise UsageError("--yes goes with --purge")
         app = _prepare(ns)
         return asyncio.run(
             dead_command(
-                app, ns.name, show=ns.show, requeue=ns.requeue, requeue_all=ns.all, purge=ns.purge
+                app,
+                ns.name,
+                show=ns.show,
+                requeue=ns.requeue,
+                requeue_all=ns.all,
+                purge=ns.purge,
+                full=ns.full,
+                yes=ns.yes,
             )
         )
     ns = _run_parser().parse_args(args)
