@@ -35,11 +35,12 @@ COLUMNS = (
     "subscribers",
 )
 HEADERS = {"consumers": "consumers(alive/dead)", "oldest_pending_s": "oldest(s)"}
+SHORT_KINDS = {"subscribe": "pubsub"}
 SHORT_HEADERS = {
     "length": "len",
     "pending": "pend",
-    "consumers": "cons a/d",
-    "oldest_pending_s": "oldest(s)",
+    "consumers": "cons",
+    "oldest_pending_s": "oldest",
     "processing": "proc",
     "delayed": "delay",
     "subscribers": "subs",
@@ -175,32 +176,33 @@ class _RichScreen:
         from rich.text import Text
 
         over = set(lagging(rows, self.thresholds))
-        # Short headers, no borders and one space between columns: twelve columns fit 100
-        # terminal columns with names of 20-odd characters; a longer name or key wraps
-        # rather than being cut.
+        # Short headers, no borders, one space between columns and the key under the
+        # handler's name: the table fits 100 terminal columns with names of 30-odd
+        # characters; a longer name or key wraps rather than being cut.
         table = Table(
             title=f"{self.title}  {time.strftime('%H:%M:%S')}",
             title_justify="left",
             box=box.SIMPLE_HEAD,
-            padding=(0, 1),
+            padding=(0, 1, 0, 0),
             pad_edge=False,
-            collapse_padding=True,
+            caption="cons: consumers alive/dead; oldest: age in seconds of the oldest "
+            "unfinished message",
+            caption_justify="left",
         )
-        for c in COLUMNS:
-            text = c in COLUMNS[:3]
-            table.add_column(
-                SHORT_HEADERS.get(c, c),
-                justify="left" if text else "right",
-                overflow="fold" if text else "ellipsis",
-                no_wrap=not text,
-            )
+        figures = COLUMNS[3:]
+        table.add_column("handler / key", overflow="fold")
+        table.add_column("kind", no_wrap=True)
+        for c in figures:
+            table.add_column(SHORT_HEADERS.get(c, c), justify="right", no_wrap=True)
         for row in rows:
-            cells = [Text(_cell(row, c)) for c in COLUMNS]
+            cells = [Text(_cell(row, c)) for c in figures]
             if row["name"] in over:
-                cells[COLUMNS.index("lag")].stylize("bold red")
+                cells[figures.index("lag")].stylize("bold red")
             for c in row.get("errors", {}):
-                cells[COLUMNS.index(c)].stylize("bold red")
-            table.add_row(*cells)
+                cells[figures.index(c)].stylize("bold red")
+            name = Text(row["name"])
+            name.append(f"\n{row['key']}", style="dim")
+            table.add_row(name, Text(SHORT_KINDS.get(row["kind"], row["kind"])), *cells)
         notes = [Text(text, style="red") for text, _ in _notes(rows, self.thresholds)]
         if error:
             notes.append(Text(error, style="bold red"))

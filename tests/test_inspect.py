@@ -23,7 +23,7 @@ from test_cli import APP, MODULE, QUEUE, ROOT, STOP_WITHIN, cli_env, eventually
 
 from aioredq import App, Backoff, Message
 from aioredq._exceptions import AioredqError
-from aioredq._inspect import dead_command, figures
+from aioredq._inspect import dead_command, figures, render_table
 
 WATCH_APP = """
 from aioredq import App
@@ -395,3 +395,127 @@ def test_a_requeue_killed_half_way_loses_and_doubles_nothing(
     assert len(requeued) + len(still_dead) == total
     assert sorted(requeued + still_dead) == sorted(f"item-{i}" for i in range(total))
     assert requeued[-1] == "item-0"  # oldest first: the queue keeps the original order
+
+
+# inspect: unreadable figures and the oldest age ---------------------------------------------------
+async def test_a_wrong_typed_key_marks_its_figure_and_the_others_are_read(
+    redis_url: str, r: redis.Redis
+) -> None:
+    r.lpush("iq", "a", "b")
+    r.set("{iq}:delayed", "not a zset")
+    r.xadd("is", {"n": "1"})
+    r.xgroup_create("is", "g", "0")
+    r.lpush("{is}:dead", "not a stream")
+    app = inspected_app(redis_url)
+    try:
+        rows = {row["name"]: row for row in await figures(app)}
+    finally:
+        await app.aclose()
+    job, grouped = rows["job"], rows["grouped"]
+    assert job["length"] == 2 and job["dead"] == 0 and job["consumers"] == {"alive": 0, "dead": 0}
+    assert job["delayed"] is None and "WRONGTYPE" in job["errors"]["delayed"]
+    assert list(job["errors"]) == ["delayed"]
+    assert grouped["length"] == 1 and grouped["lag"] == 1
+    assert grouped["dead"] is None and "WRONGTYPE" in grouped["errors"]["dead"]
+    assert "errors" not in rows["plain"]
+    table = render_table(list(rows.values()))
+    assert "ERR" in table
+    assert "! job: delayed unreadable: WRONGTYPE" in table
+    assert "! grouped: dead unreadable: WRONGTYPE" in table
+
+
+async def test_oldest_is_the_age_of_the_oldest_unfinished_message(
+    redis_url: str, r: redis.Redis
+) -> None:
+    now = server_ms(r)
+    # Tasks: from the envelope's enqueued_at, waiting or held by a consumer.
+    envelope = '{"aioredq":1,"attempts":0,"id":"a","enqueued_at":%.3f,"body":"x"}'
+    r.lpush("iq", envelope % ((now - 50_000) / 1000))
+    r.zadd("{iq}:consumers", {"c": now + 60_000})
+    r.lpush("{iq}:processing:c", envelope.replace(":0,", ":1,") % ((now - 90_000) / 1000))
+    # Streams: from the entry id; an entry held 8 s and kept fresh (XCLAIM JUSTID, as a live
+    # consumer's upkeep does) is 8 s old, and so is one handed back at a graceful stop.
+    r.xadd("is", {"n": "1"}, id=f"{now - 8_000}-0")
+    r.xgroup_create("is", "g", "0")
+    r.xreadgroup("g", "c1", {"is": ">"}, count=1)
+    r.xclaim("is", "g", "c1", 0, [f"{now - 8_000}-0"], justid=True)
+    r.xadd("is", {"n": "2"}, id=f"{now - 4_000}-0")  # not delivered yet
+
+    async def oldest() -> dict[str, Any]:
+        app = inspected_app(redis_url)
+        try:
+            return {row["name"]: row["oldest_pending_s"] for row in await figures(app)}
+        finally:
+            await app.aclose()
+
+    ages = await oldest()
+    elapsed = (server_ms(r) - now) / 1000
+    assert 90 <= ages["job"] <= 90 + elapsed + 0.01
+    assert 8 <= ages["grouped"] <= 8 + elapsed + 0.01
+    assert ages["tail"] is None
+    # Handed back: made claimable at once by an idle time of a year; the age stays 8 s.
+    r.xclaim("is", "g", "c1", 0, [f"{now - 8_000}-0"], idle=365 * 24 * 3600 * 1000, justid=True)
+    r.lpop("{iq}:processing:c")
+    ages = await oldest()
+    elapsed = (server_ms(r) - now) / 1000
+    assert 8 <= ages["grouped"] <= 8 + elapsed + 0.01
+    assert 50 <= ages["job"] <= 50 + elapsed + 0.01
+
+
+def test_watch_with_rich_fits_100_columns(redis_url: str, tmp_path: Path) -> None:
+    pytest.importorskip("rich")
+    (tmp_path / "wideapp.py").write_text(WIDE_APP)
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
+    proc = subprocess.Popen(
+        [*MODULE, "inspect", "wideapp:app", "--url", redis_url, "--watch", "--interval", "0.1"],
+        cwd=ROOT,
+        env={**cli_env(PYTHONPATH=str(tmp_path)), "TERM": "xterm-256color"},
+        stdin=subprocess.DEVNULL,
+        stdout=terminal,
+        stderr=terminal,
+    )
+    os.close(terminal)
+    os.set_blocking(controller, False)
+    seen = bytearray()
+
+    def read() -> bytes:
+        try:
+            while chunk := os.read(controller, 65536):
+                seen.extend(chunk)
+        except (BlockingIOError, OSError):
+            pass
+        return bytes(seen)
+
+    try:
+        eventually(lambda: read().count(b"aioredq inspect") >= 2, "2 redraws")
+        assert stop(proc, signal.SIGINT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        read()
+        os.close(controller)
+    for name in (
+        b"settle_customer_invoices",
+        b"billing-invoices-eu-west",
+        b"shipment_tracking_events",
+    ):
+        assert name in seen, name  # whole, not cut with an ellipsis
+    assert "…".encode() not in seen
+
+
+WIDE_APP = """
+from aioredq import App
+
+app = App()
+
+@app.task("billing-invoices-eu-west")
+async def settle_customer_invoices(body: str) -> None: ...
+
+@app.stream("shipment_tracking_events", group="warehouse-dispatchers")
+async def dispatch_warehouse_orders(body: dict[str, str]) -> None: ...
+
+@app.subscribe("customer-notifications")
+async def push_customer_notices(body: str) -> None: ...
+"""
