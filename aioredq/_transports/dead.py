@@ -28,6 +28,8 @@ from . import keys
 
 TARGET_FIELD = "aioredq-group"
 PAGE_LETTERS = 1000
+# A stream letter costs Redis more to move (a lookup, an XADD, an XDEL): smaller pages.
+STREAM_PAGE_LETTERS = 250
 PAGE_BYTES = 1 << 20
 # Lua's unpack() takes a few thousand values; an entry with more fields cannot be re-added.
 MAX_FIELDS = 2000
@@ -152,11 +154,11 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def _page_count(count: int, page_bytes: int) -> int:
+def _page_count(count: int, page_bytes: int, limit: int = PAGE_LETTERS) -> int:
     """The next page's length: as many letters as fit in ``PAGE_BYTES`` at the last size."""
     if page_bytes <= 0:
-        return PAGE_LETTERS
-    return max(1, min(PAGE_LETTERS, count * PAGE_BYTES // page_bytes))
+        return limit
+    return max(1, min(limit, count * PAGE_BYTES // page_bytes))
 
 
 # queues ----------------------------------------------------------------------------------
@@ -313,7 +315,7 @@ async def stream_letter_pages(
         if len(rows) < count:
             return
         size = sum(len(k) + len(v) for _, f in rows for k, v in f.items())
-        count = _page_count(len(rows), size)
+        count = _page_count(len(rows), size, STREAM_PAGE_LETTERS)
 
 
 def original_fields(letter: Mapping[bytes, bytes]) -> list[bytes]:
