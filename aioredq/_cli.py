@@ -231,7 +231,7 @@ def _main(args: list[str]) -> int:
             raise UsageError("--all goes with --requeue")
         if ns.requeue is not None and not ns.requeue and not ns.all:
             raise UsageError("--requeue needs --all or dead letter IDs")
-        if ns.full and ns.requeue is not None:
+        if ns.full and (ns.requeue is not None or ns.purge):
             raise UsageError("--full goes with --show")
         if ns.yes and not ns.purge:
             raise UsageError("--yes goes with --purge")

@@ -198,16 +198,15 @@ def test_watch_without_a_terminal_redraws_and_stops_on_sigterm(
     assert "! jobs" not in last  # a task queue has no lag
 
 
-def test_watch_on_a_terminal_uses_rich_live_and_stops_on_sigint(
-    redis_url: str, watch_app: dict[str, str]
-) -> None:
-    pytest.importorskip("rich")
+def watch_on_terminal(argv: list[str], env: dict[str, str], columns: int, redraws: int) -> bytes:
+    """Run ``inspect --watch`` on a pseudo-terminal ``columns`` wide until it has drawn
+    ``redraws`` times, stop it with SIGINT (exit 0) and return everything it wrote."""
     controller, terminal = pty.openpty()
-    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
     proc = subprocess.Popen(
-        watch_argv(redis_url),
+        argv,
         cwd=ROOT,
-        env={**watch_app, "TERM": "xterm-256color"},
+        env={**env, "TERM": "xterm-256color"},
         stdin=subprocess.DEVNULL,
         stdout=terminal,
         stderr=terminal,
@@ -225,7 +224,7 @@ def test_watch_on_a_terminal_uses_rich_live_and_stops_on_sigint(
         return bytes(seen)
 
     try:
-        eventually(lambda: read().count(b"aioredq inspect") >= 3, "3 redraws")
+        eventually(lambda: read().count(b"aioredq inspect") >= redraws, f"{redraws} redraws")
         assert stop(proc, signal.SIGINT) == 0
     finally:
         if proc.poll() is None:
@@ -233,6 +232,14 @@ def test_watch_on_a_terminal_uses_rich_live_and_stops_on_sigint(
             proc.wait()
         read()
         os.close(controller)
+    return bytes(seen)
+
+
+def test_watch_on_a_terminal_uses_rich_live_and_stops_on_sigint(
+    redis_url: str, watch_app: dict[str, str]
+) -> None:
+    pytest.importorskip("rich")
+    seen = watch_on_terminal(watch_argv(redis_url), watch_app, 200, 3)
     assert b"Traceback" not in seen
     assert b"\x1b[1A" in seen  # the cursor goes back up: redrawn in place
     assert b"\x1b[1;31m5\x1b[0m" in seen  # lag 5 in bold red
@@ -465,37 +472,8 @@ async def test_oldest_is_the_age_of_the_oldest_unfinished_message(
 def test_watch_with_rich_fits_100_columns(redis_url: str, tmp_path: Path) -> None:
     pytest.importorskip("rich")
     (tmp_path / "wideapp.py").write_text(WIDE_APP)
-    controller, terminal = pty.openpty()
-    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
-    proc = subprocess.Popen(
-        [*MODULE, "inspect", "wideapp:app", "--url", redis_url, "--watch", "--interval", "0.1"],
-        cwd=ROOT,
-        env={**cli_env(PYTHONPATH=str(tmp_path)), "TERM": "xterm-256color"},
-        stdin=subprocess.DEVNULL,
-        stdout=terminal,
-        stderr=terminal,
-    )
-    os.close(terminal)
-    os.set_blocking(controller, False)
-    seen = bytearray()
-
-    def read() -> bytes:
-        try:
-            while chunk := os.read(controller, 65536):
-                seen.extend(chunk)
-        except (BlockingIOError, OSError):
-            pass
-        return bytes(seen)
-
-    try:
-        eventually(lambda: read().count(b"aioredq inspect") >= 2, "2 redraws")
-        assert stop(proc, signal.SIGINT) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        read()
-        os.close(controller)
+    argv = [*MODULE, "inspect", "wideapp:app", "--url", redis_url, "--watch", "--interval", "0.1"]
+    seen = watch_on_terminal(argv, cli_env(PYTHONPATH=str(tmp_path)), 100, 2)
     for name in (
         b"settle_customer_invoices",
         b"billing-invoices-eu-west",
