@@ -119,6 +119,15 @@ def fill_stream_letters(r: redis.Redis, total: int) -> None:
     pipe.execute()
 
 
+def fill(kind: str, r: redis.Redis, total: int, bad: int = 0) -> str:
+    """``total`` dead letters of the cli app's queue or stream; the handler's name."""
+    if kind == "queue":
+        fill_queue_letters(r, total, bad)
+        return "job"
+    fill_stream_letters(r, total)
+    return "event"
+
+
 def requeue_cli(redis_url: str, name: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [*MODULE, "dead", APP, name, "--url", redis_url, "--requeue", "--all"],
@@ -146,12 +155,8 @@ def test_a_requeue_killed_mid_run_loses_and_doubles_nothing(
     kind: str, redis_url: str, r: redis.Redis
 ) -> None:
     total = 20_000
-    if kind == "queue":
-        fill_queue_letters(r, total)
-    else:
-        fill_stream_letters(r, total)
     target = QUEUE if kind == "queue" else STREAM
-    proc = requeue_cli(redis_url, "job" if kind == "queue" else "event")
+    proc = requeue_cli(redis_url, fill(kind, r, total))
     try:
         deadline = time.monotonic() + WAIT
         # Pause writes as soon as the first page is moved, so the run is caught in the middle
@@ -187,11 +192,7 @@ def test_two_requeues_at_once_move_each_letter_once(
     kind: str, redis_url: str, r: redis.Redis
 ) -> None:
     total = 10_000
-    if kind == "queue":
-        fill_queue_letters(r, total, bad=5)
-    else:
-        fill_stream_letters(r, total)
-    name = "job" if kind == "queue" else "event"
+    name = fill(kind, r, total, bad=5)
     procs = [requeue_cli(redis_url, name) for _ in range(2)]
     errors = []
     for proc in procs:
