@@ -59,8 +59,9 @@ async def server_ms(client: Any) -> int:
     return int(seconds) * 1000 + int(micros) // 1000
 
 
-def _reason(exc: ResponseError) -> str:
-    return " ".join(str(exc).split())
+def _reason(exc: ResponseError, key: str | None) -> str:
+    text = " ".join(str(exc).split())
+    return text if key is None else f"{text} (key {key!r})"
 
 
 class _Row:
@@ -74,12 +75,15 @@ class _Row:
         for name in names:
             self.errors.setdefault(name, reason)
 
-    async def read(self, call: Callable[[], Awaitable[T]], *names: str) -> T | None:
-        """``await call()``; None when Redis refuses it, and ``names`` marked with the reason."""
+    async def read(
+        self, call: Callable[[], Awaitable[T]], key: str | None, *names: str
+    ) -> T | None:
+        """``await call()``; None when Redis refuses it, and ``names`` marked with the reason
+        (and the ``key`` read)."""
         try:
             return await call()
         except ResponseError as exc:
-            self.fail(_reason(exc), *names)
+            self.fail(_reason(exc, key), *names)
             return None
 
     def done(self) -> dict[str, Any]:
@@ -95,6 +99,7 @@ async def task_figures(client: Any, queue: str) -> dict[str, Any]:
     now = await server_ms(client)
     members = await row.read(
         lambda: client.zrange(keys.consumers(queue), 0, -1, withscores=True),
+        keys.consumers(queue),
         "consumers",
         "processing",
     )
@@ -109,19 +114,26 @@ async def task_figures(client: Any, queue: str) -> dict[str, Any]:
     for name in names:
         pipe.llen(keys.processing(queue, name))
     length, delayed, dead, *processing = await pipe.execute(raise_on_error=False)
-    for figure, value in (("length", length), ("delayed", delayed), ("dead", dead)):
+    for figure, key, value in (
+        ("length", queue, length),
+        ("delayed", keys.delayed(queue), delayed),
+        ("dead", keys.dead(queue), dead),
+    ):
         if isinstance(value, ResponseError):
-            row.fail(_reason(value), figure)
+            row.fail(_reason(value, key), figure)
         else:
             row.figures[figure] = int(value)
-    refused = [v for v in processing if isinstance(v, ResponseError)]
+    refused = [
+        (n, v) for n, v in zip(names, processing, strict=True) if isinstance(v, ResponseError)
+    ]
     if refused:
-        row.fail(_reason(refused[0]), "processing")
+        name, exc = refused[0]
+        row.fail(_reason(exc, keys.processing(queue, name)), "processing")
     elif members is not None:
         row.figures["processing"] = sum(int(n) for n in processing)
     lists = [queue, *(keys.processing(queue, name) for name in names)]
     script = client.register_script(OLDEST_ITEMS)
-    heads = await row.read(lambda: script(keys=lists), "oldest_pending_s")
+    heads = await row.read(lambda: script(keys=lists), queue, "oldest_pending_s")
     stamps = [float(m[1]) for h in heads or [] if h and (m := _ENQUEUED.match(h))]
     if stamps:
         row.figures["oldest_pending_s"] = _age_s(now, min(stamps) * 1000)
@@ -131,23 +143,25 @@ async def task_figures(client: Any, queue: str) -> dict[str, Any]:
 async def stream_figures(client: Any, stream: str, group: str | None) -> dict[str, Any]:
     row = _Row()
     group_figures = ("lag", "pending", "consumers", "oldest_pending_s") if group else ()
-    length = await row.read(lambda: client.xlen(stream), "length", *group_figures)
-    dead = await row.read(lambda: client.xlen(keys.dead(stream)), "dead")
+    length = await row.read(lambda: client.xlen(stream), stream, "length", *group_figures)
+    dead = await row.read(lambda: client.xlen(keys.dead(stream)), keys.dead(stream), "dead")
     row.figures["length"] = None if length is None else int(length)
     row.figures["dead"] = None if dead is None else int(dead)
     if group is None or length is None or (not length and not await client.exists(stream)):
         return row.done()
     transport = StreamTransport(client, stream, group)
-    info = await row.read(transport.group_info, *group_figures)
+    info = await row.read(transport.group_info, stream, *group_figures)
     if info is None:
         return row.done()
-    row.figures["lag"] = await row.read(lambda: transport.lag(info, LAG_COUNT_LIMIT), "lag")
+    row.figures["lag"] = await row.read(lambda: transport.lag(info, LAG_COUNT_LIMIT), stream, "lag")
     row.figures["pending"] = int(info.get("pending", 0))
     now = await server_ms(client)
     live = await row.read(
-        lambda: client.zrangebyscore(keys.consumers(stream, group), now, "+inf"), "consumers"
+        lambda: client.zrangebyscore(keys.consumers(stream, group), now, "+inf"),
+        keys.consumers(stream, group),
+        "consumers",
     )
-    members = await row.read(lambda: client.xinfo_consumers(stream, group), "consumers")
+    members = await row.read(lambda: client.xinfo_consumers(stream, group), stream, "consumers")
     if live is not None and members is not None:
         names = {_text(c.get("name", "")) for c in members}
         alive = len(names & {_text(n) for n in live})
@@ -157,11 +171,13 @@ async def stream_figures(client: Any, stream: str, group: str | None) -> dict[st
     # its last delivery, which upkeep and hand-back keep moving.
     oldest: list[str] = []
     if row.figures["pending"]:
-        summary = await row.read(lambda: client.xpending(stream, group), "oldest_pending_s")
+        summary = await row.read(lambda: client.xpending(stream, group), stream, "oldest_pending_s")
         if summary and summary.get("min"):
             oldest.append(_text(summary["min"]))
     nxt = await row.read(
-        lambda: client.xrange(stream, f"({position(info)}", "+", count=1), "oldest_pending_s"
+        lambda: client.xrange(stream, f"({position(info)}", "+", count=1),
+        stream,
+        "oldest_pending_s",
     )
     if nxt:
         oldest.append(_text(nxt[0][0]))
@@ -173,7 +189,9 @@ async def stream_figures(client: Any, stream: str, group: str | None) -> dict[st
 async def subscribe_figures(client: Any, channels: list[str], sharded: bool) -> dict[str, Any]:
     row = _Row()
     if channels:
-        counts = await row.read(lambda: subscriber_counts(client, channels, sharded), "subscribers")
+        counts = await row.read(
+            lambda: subscriber_counts(client, channels, sharded), None, "subscribers"
+        )
         if counts is not None:
             row.figures["subscribers"] = sum(counts.values())
     return row.done()
