@@ -146,13 +146,19 @@ def _inspect_parser() -> _Parser:
 
 
 def _dead_parser() -> _Parser:
-    p = _Parser(prog=f"{PROG} dead", description="List, requeue or purge dead letters.")
+    p = _Parser(
+        prog=f"{PROG} dead", description="List, requeue or purge one handler's dead letters."
+    )
     _add_common(p)
     p.add_argument("name", metavar="NAME", help="handler, queue or stream")
     action = p.add_mutually_exclusive_group()
-    action.add_argument("--show", type=_number(int, 1), metavar="N", default=None)
-    action.add_argument("--requeue", nargs="*", metavar="ID", default=None)
-    action.add_argument("--purge", action="store_true")
+    action.add_argument(
+        "--show", type=_number(int, 1), metavar="N", default=None, help="newest N (default 20)"
+    )
+    action.add_argument(
+        "--requeue", nargs="*", metavar="ID", default=None, help="these letters, or --all"
+    )
+    action.add_argument("--purge", action="store_true", help="delete the handler's letters")
     p.add_argument("--all", action="store_true", help="with --requeue: every dead letter")
     p.add_argument("--full", action="store_true", help="with --show: bodies and errors uncut")
     p.add_argument("--yes", action="store_true", help="with --purge: do not ask for confirmation")
