@@ -212,6 +212,26 @@ def test_two_requeues_at_once_move_each_letter_once(
         assert still == []
 
 
+async def test_requeue_all_goes_past_identical_unreadable_letters(
+    redis_url: str, r: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Unreadable letters stay dead, however many pages apart and even when identical; every
+    readable letter between them goes back."""
+    for i in range(300):
+        r.lpush(DEAD_QUEUE, "not json" if i in (0, 100, 150, 299) else json.dumps({"body": i}))
+    app = App(redis_url)
+
+    @app.task(QUEUE)
+    async def job(body: str) -> None: ...
+
+    assert await requeue(app, "job") == 1
+    assert sorted(map(int, r.lrange(QUEUE, 0, -1))) == [
+        i for i in range(300) if i not in (0, 100, 150, 299)
+    ]
+    assert r.lrange(DEAD_QUEUE, 0, -1) == ["not json"] * 4
+    assert capsys.readouterr().err.count("skipped") == 1  # named once
+
+
 def test_a_refused_write_keeps_every_letter(redis_server_factory: Any) -> None:
     server = redis_server_factory()
     r = redis.Redis.from_url(server.url, decode_responses=True)

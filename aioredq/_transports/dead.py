@@ -217,18 +217,16 @@ async def requeue_queue_all(client: Any, queue: str) -> Outcome:
     dead = keys.dead(queue)
     script = client.register_script(REQUEUE_TAIL)
     outcome = Outcome()
-    kept: set[bytes] = set()  # digests of the letters this run moved to the newest end
+    reported: set[bytes] = set()  # digests of the unreadable letters named already
+    # The letters there at the start: those moved to the newest end, and those dead-lettered
+    # meanwhile, come after them, so counting is how the walk knows it has been round once.
     remaining = int(await client.llen(dead))
     count = min(64, PAGE_LETTERS)
     while remaining > 0:
         page = await client.lrange(dead, -min(count, remaining), -1)
-        letters: list[bytes] = []
-        for letter in reversed(page):  # oldest first
-            if hashlib.sha1(letter).digest() in kept:
-                break  # everything older has been dealt with
-            letters.append(letter)
-        if not letters:
+        if not page:
             break
+        letters = page[::-1]  # oldest first
         flags, items, problems = [], [], []
         for letter in letters:
             try:
@@ -236,18 +234,17 @@ async def requeue_queue_all(client: Any, queue: str) -> Outcome:
                 flags.append("r")
             except BadLetter as exc:
                 flags.append("k")
-                problems.append(f"dead letter {letter_id(letter) or letter[:60]!r}: {exc}")
+                problem = f"dead letter {letter_id(letter) or letter[:60]!r}: {exc}"
+                problems.append((hashlib.sha1(letter).digest(), problem))
         k = len(letters)
-        tail = letters[::-1]  # list order, as LRANGE returns it
-        flag_text = "".join(reversed(flags))
-        moved = int(await script(keys=[dead, queue], args=[k, flag_text, *tail, *items]))
+        flag_text = "".join(reversed(flags))  # in list order, as LRANGE returned the page
+        moved = int(await script(keys=[dead, queue], args=[k, flag_text, *page, *items]))
         if moved < 0:  # another run changed the tail: read it again
             continue
-        for letter, flag in zip(letters, flags, strict=True):
-            if flag == "k":
-                kept.add(hashlib.sha1(letter).digest())
-        for problem in problems:
-            outcome.skip(problem)
+        for digest, problem in problems:
+            if digest not in reported:
+                reported.add(digest)
+                outcome.skip(problem)
         outcome.moved += moved
         remaining -= k
         count = _page_count(k, sum(map(len, letters)))
