@@ -3,7 +3,8 @@
 python -m aioredq MODULE:ATTR [--url URL] [--only NAME ...] [--workers N] [--log-level L]
                              [--metrics-port PORT]
 python -m aioredq inspect MODULE:ATTR [--url URL] [--json] [--watch]
-python -m aioredq dead MODULE:ATTR NAME [--show N | --requeue [--all | ID ...] | --purge]
+python -m aioredq dead MODULE:ATTR NAME [--show N [--full] | --requeue [--all | ID ...]
+                                        | --purge [--yes]]
 python -m aioredq acl MODULE:ATTR [--user NAME]
 
 Every error a user can cause is one line on stderr, never a traceback (``--log-level DEBUG``
@@ -47,7 +48,7 @@ metrics:
 
 other commands:
   aioredq inspect MODULE:ATTR [--url URL] [--json] [--watch]
-  aioredq dead MODULE:ATTR NAME [--show N | --requeue [--all | ID ...] | --purge]
+  aioredq dead MODULE:ATTR NAME [--show N [--full] | --requeue [--all | ID ...] | --purge [--yes]]
   aioredq acl MODULE:ATTR [--user NAME]
 """
 
@@ -152,14 +153,22 @@ def _inspect_parser() -> _Parser:
 
 
 def _dead_parser() -> _Parser:
-    p = _Parser(prog=f"{PROG} dead", description="List, requeue or purge dead letters.")
+    p = _Parser(
+        prog=f"{PROG} dead", description="List, requeue or purge one handler's dead letters."
+    )
     _add_common(p)
     p.add_argument("name", metavar="NAME", help="handler, queue or stream")
     action = p.add_mutually_exclusive_group()
-    action.add_argument("--show", type=_number(int, 1), metavar="N", default=None)
-    action.add_argument("--requeue", nargs="*", metavar="ID", default=None)
-    action.add_argument("--purge", action="store_true")
+    action.add_argument(
+        "--show", type=_number(int, 1), metavar="N", default=None, help="newest N (default 20)"
+    )
+    action.add_argument(
+        "--requeue", nargs="*", metavar="ID", default=None, help="these letters, or --all"
+    )
+    action.add_argument("--purge", action="store_true", help="delete the handler's letters")
     p.add_argument("--all", action="store_true", help="with --requeue: every dead letter")
+    p.add_argument("--full", action="store_true", help="with --show: bodies and errors uncut")
+    p.add_argument("--yes", action="store_true", help="with --purge: do not ask for confirmation")
     return p
 
 
@@ -288,10 +297,21 @@ def _main(args: list[str]) -> int:
             raise UsageError("--all goes with --requeue")
         if ns.requeue is not None and not ns.requeue and not ns.all:
             raise UsageError("--requeue needs --all or dead letter IDs")
+        if ns.full and (ns.requeue is not None or ns.purge):
+            raise UsageError("--full goes with --show")
+        if ns.yes and not ns.purge:
+            raise UsageError("--yes goes with --purge")
         app = _prepare(ns)
         return asyncio.run(
             dead_command(
-                app, ns.name, show=ns.show, requeue=ns.requeue, requeue_all=ns.all, purge=ns.purge
+                app,
+                ns.name,
+                show=ns.show,
+                requeue=ns.requeue,
+                requeue_all=ns.all,
+                purge=ns.purge,
+                full=ns.full,
+                yes=ns.yes,
             )
         )
     ns = _run_parser().parse_args(args)

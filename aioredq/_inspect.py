@@ -1,4 +1,4 @@
-"""``inspect`` and ``dead``: what an operator sees of an app's keys, and dead-letter tooling."""
+"""``inspect``: what an operator sees of an app's keys (``dead`` lives in ``_dead``)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ import anyio
 
 from ._app import App
 from ._connection import translated
+from ._dead import dead_command
 from ._exceptions import AioredqError
-from ._handlers import Handler, StreamHandler, SubscribeHandler, TaskHandler
+from ._handlers import StreamHandler, SubscribeHandler, TaskHandler
 from ._transports import admin
 
 COLUMNS = (
@@ -34,6 +35,16 @@ COLUMNS = (
     "subscribers",
 )
 HEADERS = {"consumers": "consumers(alive/dead)", "oldest_pending_s": "oldest(s)"}
+SHORT_KINDS = {"subscribe": "pubsub"}
+SHORT_HEADERS = {
+    "length": "len",
+    "pending": "pend",
+    "consumers": "cons",
+    "oldest_pending_s": "oldest",
+    "processing": "proc",
+    "delayed": "delay",
+    "subscribers": "subs",
+}
 RED = "\x1b[1;31m"
 RESET = "\x1b[0m"
 CLEAR = "\x1b[H\x1b[2J"
@@ -75,7 +86,10 @@ def lagging(rows: list[dict[str, Any]], thresholds: dict[str, int]) -> list[str]
     ]
 
 
-def _cell(value: Any) -> str:
+def _cell(row: dict[str, Any], column: str) -> str:
+    if column in row.get("errors", {}):
+        return "ERR"  # unreadable: the reason is under the table
+    value = row[column]
     if value is None:
         return "-"
     if isinstance(value, dict):
@@ -83,15 +97,34 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _notes(rows: list[dict[str, Any]], thresholds: dict[str, int]) -> list[tuple[str, str]]:
+    """(text, kind) lines under the table: a lag over its threshold ("lag"), a figure that
+    could not be read and why ("error")."""
+    notes = []
+    over = set(lagging(rows, thresholds))
+    for row in rows:
+        if row["name"] in over:
+            notes.append(
+                (
+                    f"! {row['name']}: lag {row['lag']} is over lag_warning "
+                    f"{thresholds[row['name']]}",
+                    "lag",
+                )
+            )
+        for figure, reason in row.get("errors", {}).items():
+            notes.append((f"! {row['name']}: {figure} unreadable: {reason}", "error"))
+    return notes
+
+
 def render_table(
     rows: list[dict[str, Any]], thresholds: dict[str, int] | None = None, *, color: bool = False
 ) -> str:
     """The rows as an aligned text table, and a line per handler whose lag is over its
-    threshold (its lag in red when ``color``)."""
+    threshold (its lag in red when ``color``) and per figure that could not be read."""
     thresholds = thresholds or {}
     over = set(lagging(rows, thresholds))
     table = [[HEADERS.get(c, c) for c in COLUMNS]] + [
-        [_cell(row[c]) for c in COLUMNS] for row in rows
+        [_cell(row, c) for c in COLUMNS] for row in rows
     ]
     widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
     lines = []
@@ -101,11 +134,7 @@ def render_table(
             at = COLUMNS.index("lag")
             padded[at] = f"{RED}{padded[at]}{RESET}"
         lines.append("  ".join(padded).rstrip())
-    for row in rows:
-        if row["name"] in over:
-            lines.append(
-                f"! {row['name']}: lag {row['lag']} is over lag_warning {thresholds[row['name']]}"
-            )
+    lines += [text for text, _ in _notes(rows, thresholds)]
     return "\n".join(lines)
 
 
@@ -141,26 +170,40 @@ class _RichScreen:
         self.live, self.title, self.thresholds = live, title, thresholds
 
     def show(self, rows: list[dict[str, Any]], error: str | None) -> None:
+        from rich import box
         from rich.console import Group
         from rich.table import Table
         from rich.text import Text
 
         over = set(lagging(rows, self.thresholds))
-        table = Table(title=f"{self.title}  {time.strftime('%H:%M:%S')}", title_justify="left")
-        for c in COLUMNS:
-            table.add_column(HEADERS.get(c, c), justify="left" if c in COLUMNS[:3] else "right")
+        # Short headers, no borders, one space between columns and the key under the
+        # handler's name: the table fits 100 terminal columns with names of 30-odd
+        # characters; a longer name or key wraps rather than being cut.
+        table = Table(
+            title=f"{self.title}  {time.strftime('%H:%M:%S')}",
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            padding=(0, 1, 0, 0),
+            pad_edge=False,
+            caption="cons: consumers alive/dead; oldest: age in seconds of the oldest "
+            "unfinished message",
+            caption_justify="left",
+        )
+        figures = COLUMNS[3:]
+        table.add_column("handler / key", overflow="fold")
+        table.add_column("kind", no_wrap=True)
+        for c in figures:
+            table.add_column(SHORT_HEADERS.get(c, c), justify="right", no_wrap=True)
         for row in rows:
-            cells = [Text(_cell(row[c])) for c in COLUMNS]
+            cells = [Text(_cell(row, c)) for c in figures]
             if row["name"] in over:
-                cells[COLUMNS.index("lag")].stylize("bold red")
-            table.add_row(*cells)
-        notes = [
-            Text(f"! {r['name']}: lag {r['lag']} is over lag_warning {self.thresholds[r['name']]}")
-            for r in rows
-            if r["name"] in over
-        ]
-        for note in notes:
-            note.stylize("red")
+                cells[figures.index("lag")].stylize("bold red")
+            for c in row.get("errors", {}):
+                cells[figures.index(c)].stylize("bold red")
+            name = Text(row["name"])
+            name.append(f"\n{row['key']}", style="dim")
+            table.add_row(name, Text(SHORT_KINDS.get(row["kind"], row["kind"])), *cells)
+        notes = [Text(text, style="red") for text, _ in _notes(rows, self.thresholds)]
         if error:
             notes.append(Text(error, style="bold red"))
         self.live.update(Group(table, *notes), refresh=True)
@@ -230,121 +273,4 @@ async def _watch(app: App, *, as_json: bool, interval: float) -> None:
                 break
 
 
-# dead letters --------------------------------------------------------------------------------
-def _find(app: App, name: str) -> Handler:
-    from ._cli import UsageError
-
-    try:
-        handler = app.handler(name)
-    except KeyError:
-        raise UsageError(f"no handler, queue or stream named {name!r}") from None
-    if isinstance(handler, SubscribeHandler):
-        raise UsageError(f"{name!r} is a pub/sub handler; pub/sub has no dead letters")
-    return handler
-
-
-async def dead_command(
-    app: App,
-    name: str,
-    *,
-    show: int | None,
-    requeue: list[str] | None,
-    requeue_all: bool,
-    purge: bool,
-) -> int:
-    handler = _find(app, name)
-    client = app.connection.command
-    try:
-        await app.connect()
-        if purge:
-            n = await translated("dead --purge", lambda: admin.purge(client, handler.key))
-            print(f"purged {n} dead letter(s) of {handler.key!r}")
-            return 0
-        if isinstance(handler, TaskHandler):
-            work = _queue_dead(client, handler.key, show, requeue, requeue_all)
-        else:
-            work = _stream_dead(client, handler.key, show, requeue, requeue_all)
-        return await translated("dead", lambda: work)
-    finally:
-        await app.aclose()
-
-
-def _report(key: str, moved: int, bad: list[str], missing: set[str]) -> int:
-    print(f"requeued {moved} dead letter(s) onto {key!r}")
-    for problem in bad:
-        print(f"aioredq: skipped {problem}", file=sys.stderr)
-    if missing:
-        print(f"aioredq: no dead letter with id {', '.join(sorted(missing))}", file=sys.stderr)
-    return 1 if bad or missing else 0
-
-
-def _letter_id(raw: bytes) -> str | None:
-    try:
-        letter = json.loads(raw)
-    except ValueError:
-        return None
-    return str(letter.get("id")) if isinstance(letter, dict) else None
-
-
-async def _queue_dead(
-    client: Any, queue: str, show: int | None, requeue: list[str] | None, requeue_all: bool
-) -> int:
-    letters = await admin.queue_dead_letters(
-        client, queue, None if requeue is not None else (show or 20)
-    )
-    if requeue is None:
-        for raw in letters:
-            try:
-                letter = json.loads(raw)
-                assert isinstance(letter, dict)
-            except (ValueError, AssertionError):
-                print(f"(not JSON)  {raw!r}")
-                continue
-            print(
-                f"{letter.get('id')}  attempts={letter.get('attempts')}  "
-                f"failed_at={letter.get('failed_at')}  error={letter.get('error')}\n"
-                f"    body={letter.get('body', letter.get('body_b64'))!r}"
-            )
-        print(f"({len(letters)} shown)")
-        return 0
-    missing = set(requeue)
-    moved, bad = 0, []
-    for raw in reversed(letters):  # oldest first, so the queue keeps their order
-        letter_id = _letter_id(raw)
-        if not requeue_all and letter_id not in missing:
-            continue
-        missing.discard(letter_id or "")
-        try:
-            moved += await admin.requeue_queue_letter(client, queue, raw)
-        except admin.BadLetter as exc:
-            bad.append(f"dead letter {letter_id or raw[:60]!r}: {exc}")
-    return _report(queue, moved, bad, missing)
-
-
-async def _stream_dead(
-    client: Any, stream: str, show: int | None, requeue: list[str] | None, requeue_all: bool
-) -> int:
-    letters = await admin.stream_dead_letters(
-        client, stream, None if requeue is not None else (show or 20)
-    )
-    if requeue is None:
-        for dead_id, f in letters:
-            print(
-                f"{dead_id}  original_id={f.get('original_id')}  group={f.get('group')}  "
-                f"deliveries={f.get('deliveries')}  failed_at={f.get('failed_at')}  "
-                f"error={f.get('error')}\n    fields={f.get('fields')}"
-            )
-        print(f"({len(letters)} shown)")
-        return 0
-    missing = set(requeue)
-    moved, bad = 0, []
-    for dead_id, f in reversed(letters):  # oldest first
-        original_id = f.get("original_id", "")
-        if not (requeue_all or dead_id in missing or original_id in missing):
-            continue
-        missing -= {dead_id, original_id}
-        try:
-            moved += await admin.requeue_stream_letter(client, stream, dead_id, f) is not None
-        except admin.BadLetter as exc:
-            bad.append(f"dead entry {dead_id}: {exc}")
-    return _report(stream, moved, bad, missing)
+__all__ = ["dead_command", "figures", "inspect_command", "render_table"]

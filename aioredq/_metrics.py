@@ -121,8 +121,15 @@ class _Collector:
         )
         oldest = GaugeMetricFamily(
             "aioredq_oldest_pending_seconds",
-            "Time since the oldest pending stream entry was last delivered",
+            "Age of the oldest message not finished yet (waiting or in progress): from its "
+            "stream entry id, or its task envelope's enqueued_at",
             labels=LABELS,
+        )
+        unreadable = GaugeMetricFamily(
+            "aioredq_figure_unreadable",
+            "1 for each figure Redis refused to give at this scrape (a key of the wrong type, "
+            "a command the ACL denies); the figure's own gauge is absent",
+            labels=[*LABELS, "figure"],
         )
         for row in rows:
             labels = [row["name"], row["kind"], row["key"]]
@@ -131,8 +138,12 @@ class _Collector:
                     consumers.add_metric([*labels, state], row["consumers"][state])
             if row["oldest_pending_s"] is not None:
                 oldest.add_metric(labels, row["oldest_pending_s"])
+            for figure, reason in row.get("errors", {}).items():
+                unreadable.add_metric([*labels, figure], 1)
+                log.debug("metrics: %s of %r unreadable: %s", figure, row["name"], reason)
         yield consumers
         yield oldest
+        yield unreadable
 
 
 @contextlib.asynccontextmanager

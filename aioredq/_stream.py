@@ -16,6 +16,7 @@ from ._handlers import StreamHandler
 from ._message import Message
 from ._outage import Outage
 from ._stats import Counters
+from ._transports.dead import TARGET_FIELD, dead_fields
 from ._transports.stream import (
     DeadLetter,
     Entry,
@@ -30,6 +31,17 @@ MEMORY_POLL = 0.05
 LAG_CHECK_SECONDS = 10.0
 LAG_WARN_EVERY = 60.0
 PRUNE_MIN_SECONDS = 2.0
+
+
+_TARGET = TARGET_FIELD.encode()
+
+
+def _addressed(entry: Entry, group: str | None) -> bool:
+    """False for an entry requeued from the dead letters of another group (its
+    ``TARGET_FIELD`` names that group): acknowledged without running. The field is taken out
+    of the entry, so the target group's handler never sees it."""
+    target = entry.fields.pop(_TARGET, None)
+    return target is None or target == (group or "").encode()
 
 
 def _entry_time(entry_id: str) -> datetime | None:
@@ -275,6 +287,11 @@ class GroupConsumer(_StreamBase):
 
     async def process(self, entry: Entry) -> None:
         entry_id = entry.id
+        if not _addressed(entry, self.spec.group):
+            self._in_flight.pop(entry_id, None)
+            self._acks.append(entry_id)
+            self.settle_soon()
+            return
         attempt = max(entry.deliveries, 1)
         # Left in place when the run is cancelled at shutdown: handback then counts it.
         self._started.add(entry_id)
@@ -291,13 +308,15 @@ class GroupConsumer(_StreamBase):
             heapq.heappush(self._retry_heap, (time.monotonic() + decision.delay, entry_id))
         elif isinstance(decision, Dead):
             self._in_flight.pop(entry_id, None)
+            fields_json, fields_b64 = dead_fields(entry.fields)
             self._dead.append(
                 DeadLetter(
                     entry_id,
                     decision.error,
                     attempt,
                     datetime.now(UTC).isoformat(),
-                    json.dumps(decode_fields_raw(entry.fields)),
+                    fields_json,
+                    fields_b64,
                 )
             )
             self.settle_soon()
@@ -410,7 +429,8 @@ class TailConsumer(_StreamBase):
         return entries
 
     async def process(self, entry: Entry) -> None:
-        await self.execute(entry, entry.id, 1, 1, self.spec.backoff)
+        if _addressed(entry, None):
+            await self.execute(entry, entry.id, 1, 1, self.spec.backoff)
 
     def _dead_letter(self, msg_id: str, attempt: int, error: str) -> Dead:
         # No group, no dead letters: the entry stays in the stream, nothing else is written.

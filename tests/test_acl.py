@@ -230,7 +230,7 @@ def run_under_the_printed_acl(admin: Any, where: str, scheme: str, tmp_path: Pat
             "the requeued letters to be dead again",
         )
         for name in ("job", "event"):
-            done = cli("dead", "aclapp:app", name, "--purge", cwd=tmp_path, env=env)
+            done = cli("dead", "aclapp:app", name, "--purge", "--yes", cwd=tmp_path, env=env)
             assert done.returncode == 0, done.stderr
     finally:
         worker.send_signal(signal.SIGTERM)

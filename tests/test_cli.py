@@ -809,7 +809,12 @@ def test_dead_lists_requeues_and_purges_a_queue(
     assert r.llen(dead_key) == 0 and r.llen(QUEUE) == 3
 
     r.lpush(dead_key, json.dumps({"id": "foreign", "body": "x", "error": "e"}))
-    done = run_cli("dead", APP, "job", "--url", redis_url, "--purge")
+    # Without a terminal to confirm on, --purge needs --yes: refused, nothing deleted.
+    refused = run_cli("dead", APP, "job", "--url", redis_url, "--purge")
+    assert refused.returncode == 2
+    assert "--yes" in one_error_line(refused)
+    assert r.llen(dead_key) == 1
+    done = run_cli("dead", APP, "job", "--url", redis_url, "--purge", "--yes")
     assert done.returncode == 0, done.stderr
     assert r.exists(dead_key) == 0 and r.llen(QUEUE) == 3
 
@@ -832,14 +837,17 @@ def test_dead_lists_requeues_and_purges_a_stream(
     done = run_cli("dead", APP, "event", "--url", redis_url, "--requeue", first_id)
     assert done.returncode == 0, done.stderr
     assert r.xlen(dead_key) == 2 and r.xlen(STREAM) == length + 1
-    assert r.xrevrange(STREAM, count=1)[0][1] == json.loads(first["fields"])
+    assert r.xrevrange(STREAM, count=1)[0][1] == {
+        **json.loads(first["fields"]),
+        "aioredq-group": GROUP,  # addressed to the group whose letter it was
+    }
 
     done = run_cli("dead", APP, STREAM, "--url", redis_url, "--requeue", "--all")
     assert done.returncode == 0, done.stderr
     assert r.xlen(dead_key) == 0 and r.xlen(STREAM) == length + 3
 
     r.xadd(dead_key, {"original_id": "1-1", "error": "foreign"})
-    done = run_cli("dead", APP, "event", "--url", redis_url, "--purge")
+    done = run_cli("dead", APP, "event", "--url", redis_url, "--purge", "--yes")
     assert done.returncode == 0, done.stderr
     assert r.exists(dead_key) == 0
 

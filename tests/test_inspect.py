@@ -23,7 +23,7 @@ from test_cli import APP, MODULE, QUEUE, ROOT, STOP_WITHIN, cli_env, eventually
 
 from aioredq import App, Backoff, Message
 from aioredq._exceptions import AioredqError
-from aioredq._inspect import dead_command, figures
+from aioredq._inspect import dead_command, figures, render_table
 
 WATCH_APP = """
 from aioredq import App
@@ -99,10 +99,12 @@ async def test_figures_equal_what_raw_commands_report_with_no_worker_running(
         eventually(lambda: r.pubsub_shardnumsub("sh")[0][1] == 1, "the shard subscriber")
         before = snapshot(r)
         app = inspected_app(redis_url)
+        read_from = server_ms(r)
         try:
             rows = {row["name"]: row for row in await figures(app)}
         finally:
             await app.aclose()
+        read_until = server_ms(r)
         assert snapshot(r) == before
 
         job = rows["job"]
@@ -122,8 +124,9 @@ async def test_figures_equal_what_raw_commands_report_with_no_worker_running(
         assert grouped["lag"] == group["lag"] == 3
         assert grouped["dead"] == tail["dead"] == r.xlen("{is}:dead") == 1
         assert grouped["consumers"] == {"alive": 1, "dead": 1}
-        [oldest] = r.xpending_range("is", "g", "-", "+", 1)
-        assert 0 <= grouped["oldest_pending_s"] <= oldest["time_since_delivered"] / 1000
+        # The age of the oldest unfinished entry, from its id (when it was added).
+        added = int(ids[0].split("-")[0])
+        assert read_from - added - 1 <= grouped["oldest_pending_s"] * 1000 <= read_until - added + 1
         assert (tail["lag"], tail["pending"], tail["consumers"]) == (None, None, None)
 
         numsub = dict(r.pubsub_numsub("ch1", "ch2"))
@@ -195,16 +198,15 @@ def test_watch_without_a_terminal_redraws_and_stops_on_sigterm(
     assert "! jobs" not in last  # a task queue has no lag
 
 
-def test_watch_on_a_terminal_uses_rich_live_and_stops_on_sigint(
-    redis_url: str, watch_app: dict[str, str]
-) -> None:
-    pytest.importorskip("rich")
+def watch_on_terminal(argv: list[str], env: dict[str, str], columns: int, redraws: int) -> bytes:
+    """Run ``inspect --watch`` on a pseudo-terminal ``columns`` wide until it has drawn
+    ``redraws`` times, stop it with SIGINT (exit 0) and return everything it wrote."""
     controller, terminal = pty.openpty()
-    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
     proc = subprocess.Popen(
-        watch_argv(redis_url),
+        argv,
         cwd=ROOT,
-        env={**watch_app, "TERM": "xterm-256color"},
+        env={**env, "TERM": "xterm-256color"},
         stdin=subprocess.DEVNULL,
         stdout=terminal,
         stderr=terminal,
@@ -222,7 +224,7 @@ def test_watch_on_a_terminal_uses_rich_live_and_stops_on_sigint(
         return bytes(seen)
 
     try:
-        eventually(lambda: read().count(b"aioredq inspect") >= 3, "3 redraws")
+        eventually(lambda: read().count(b"aioredq inspect") >= redraws, f"{redraws} redraws")
         assert stop(proc, signal.SIGINT) == 0
     finally:
         if proc.poll() is None:
@@ -230,6 +232,14 @@ def test_watch_on_a_terminal_uses_rich_live_and_stops_on_sigint(
             proc.wait()
         read()
         os.close(controller)
+    return bytes(seen)
+
+
+def test_watch_on_a_terminal_uses_rich_live_and_stops_on_sigint(
+    redis_url: str, watch_app: dict[str, str]
+) -> None:
+    pytest.importorskip("rich")
+    seen = watch_on_terminal(watch_argv(redis_url), watch_app, 200, 3)
     assert b"Traceback" not in seen
     assert b"\x1b[1A" in seen  # the cursor goes back up: redrawn in place
     assert b"\x1b[1;31m5\x1b[0m" in seen  # lag 5 in bold red
@@ -308,7 +318,12 @@ async def test_requeue_puts_letters_back_with_their_deliveries_counted_afresh(
     assert sorted(i for i in items if not i.startswith(b"{")) == sorted(foreign)  # exact bytes
     [envelope] = [json.loads(i) for i in items if i.startswith(b"{")]
     assert envelope["attempts"] == 0 and envelope["body_b64"]
-    assert [f for _, f in await rc.xrange("ds")][-1] == {b"type": b"email", b"user": b"42"}
+    # The original fields, and the reserved field that addresses the entry to its group only.
+    assert [f for _, f in await rc.xrange("ds")][-1] == {
+        b"type": b"email",
+        b"user": b"42",
+        b"aioredq-group": b"g",
+    }
 
     seen.clear()
     failing[0] = False
@@ -387,3 +402,98 @@ def test_a_requeue_killed_half_way_loses_and_doubles_nothing(
     assert len(requeued) + len(still_dead) == total
     assert sorted(requeued + still_dead) == sorted(f"item-{i}" for i in range(total))
     assert requeued[-1] == "item-0"  # oldest first: the queue keeps the original order
+
+
+# inspect: unreadable figures and the oldest age ---------------------------------------------------
+async def test_a_wrong_typed_key_marks_its_figure_and_the_others_are_read(
+    redis_url: str, r: redis.Redis
+) -> None:
+    r.lpush("iq", "a", "b")
+    r.set("{iq}:delayed", "not a zset")
+    r.xadd("is", {"n": "1"})
+    r.xgroup_create("is", "g", "0")
+    r.lpush("{is}:dead", "not a stream")
+    app = inspected_app(redis_url)
+    try:
+        rows = {row["name"]: row for row in await figures(app)}
+    finally:
+        await app.aclose()
+    job, grouped = rows["job"], rows["grouped"]
+    assert job["length"] == 2 and job["dead"] == 0 and job["consumers"] == {"alive": 0, "dead": 0}
+    assert job["delayed"] is None and "WRONGTYPE" in job["errors"]["delayed"]
+    assert list(job["errors"]) == ["delayed"]
+    assert grouped["length"] == 1 and grouped["lag"] == 1
+    assert grouped["dead"] is None and "WRONGTYPE" in grouped["errors"]["dead"]
+    assert "errors" not in rows["plain"]
+    table = render_table(list(rows.values()))
+    assert "ERR" in table
+    assert "! job: delayed unreadable: WRONGTYPE" in table
+    assert "! grouped: dead unreadable: WRONGTYPE" in table
+
+
+async def test_oldest_is_the_age_of_the_oldest_unfinished_message(
+    redis_url: str, r: redis.Redis
+) -> None:
+    now = server_ms(r)
+    # Tasks: from the envelope's enqueued_at, waiting or held by a consumer.
+    envelope = '{"aioredq":1,"attempts":0,"id":"a","enqueued_at":%.3f,"body":"x"}'
+    r.lpush("iq", envelope % ((now - 50_000) / 1000))
+    r.zadd("{iq}:consumers", {"c": now + 60_000})
+    r.lpush("{iq}:processing:c", envelope.replace(":0,", ":1,") % ((now - 90_000) / 1000))
+    # Streams: from the entry id; an entry held 8 s and kept fresh (XCLAIM JUSTID, as a live
+    # consumer's upkeep does) is 8 s old, and so is one handed back at a graceful stop.
+    r.xadd("is", {"n": "1"}, id=f"{now - 8_000}-0")
+    r.xgroup_create("is", "g", "0")
+    r.xreadgroup("g", "c1", {"is": ">"}, count=1)
+    r.xclaim("is", "g", "c1", 0, [f"{now - 8_000}-0"], justid=True)
+    r.xadd("is", {"n": "2"}, id=f"{now - 4_000}-0")  # not delivered yet
+
+    async def oldest() -> dict[str, Any]:
+        app = inspected_app(redis_url)
+        try:
+            return {row["name"]: row["oldest_pending_s"] for row in await figures(app)}
+        finally:
+            await app.aclose()
+
+    ages = await oldest()
+    elapsed = (server_ms(r) - now) / 1000
+    assert 90 <= ages["job"] <= 90 + elapsed + 0.01
+    assert 8 <= ages["grouped"] <= 8 + elapsed + 0.01
+    assert ages["tail"] is None
+    # Handed back: made claimable at once by an idle time of a year; the age stays 8 s.
+    r.xclaim("is", "g", "c1", 0, [f"{now - 8_000}-0"], idle=365 * 24 * 3600 * 1000, justid=True)
+    r.lpop("{iq}:processing:c")
+    ages = await oldest()
+    elapsed = (server_ms(r) - now) / 1000
+    assert 8 <= ages["grouped"] <= 8 + elapsed + 0.01
+    assert 50 <= ages["job"] <= 50 + elapsed + 0.01
+
+
+def test_watch_with_rich_fits_100_columns(redis_url: str, tmp_path: Path) -> None:
+    pytest.importorskip("rich")
+    (tmp_path / "wideapp.py").write_text(WIDE_APP)
+    argv = [*MODULE, "inspect", "wideapp:app", "--url", redis_url, "--watch", "--interval", "0.1"]
+    seen = watch_on_terminal(argv, cli_env(PYTHONPATH=str(tmp_path)), 100, 2)
+    for name in (
+        b"settle_customer_invoices",
+        b"billing-invoices-eu-west",
+        b"shipment_tracking_events",
+    ):
+        assert name in seen, name  # whole, not cut with an ellipsis
+    assert "…".encode() not in seen
+
+
+WIDE_APP = """
+from aioredq import App
+
+app = App()
+
+@app.task("billing-invoices-eu-west")
+async def settle_customer_invoices(body: str) -> None: ...
+
+@app.stream("shipment_tracking_events", group="warehouse-dispatchers")
+async def dispatch_warehouse_orders(body: dict[str, str]) -> None: ...
+
+@app.subscribe("customer-notifications")
+async def push_customer_notices(body: str) -> None: ...
+"""

@@ -163,6 +163,20 @@ def test_metrics_serve_the_workers_counters_and_the_redis_figures(
     r.zadd(f"{{{QUEUE}}}:delayed", {"later-2": 1e15})
     assert value(eventually(lambda: scrape(port), "a scrape"), "aioredq_delayed", "job") == 2
 
+    # A key of the wrong type hides its own figure only, and says which one.
+    r.delete(f"{{{QUEUE}}}:dead")
+    r.set(f"{{{QUEUE}}}:dead", "not a list")
+    samples = eventually(lambda: scrape(port), "a scrape")
+    assert value(samples, "aioredq_redis_up") == 1
+    assert value(samples, "aioredq_figure_unreadable", "job", figure="dead") == 1
+    assert not [k for k in samples if k[0] == "aioredq_dead" and ("handler", "job") in k[1]]
+    assert value(samples, "aioredq_delayed", "job") == 2
+    assert value(samples, "aioredq_dead", "event") == 1
+    assert value(samples, "aioredq_consumers", "job", state="alive") == 1
+    r.delete(f"{{{QUEUE}}}:dead")
+    samples = eventually(lambda: scrape(port), "a scrape")
+    assert not [k for k in samples if k[0] == "aioredq_figure_unreadable"]
+
     assert worker.stop(signal.SIGTERM) == 0, worker.output()
     assert scrape(port) is None  # the server is gone with the worker
     assert "Traceback" not in worker.output()

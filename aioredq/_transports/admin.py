@@ -1,65 +1,65 @@
-"""Read-only figures for ``inspect``, and the dead-letter operations of ``dead``."""
+"""Read-only figures for ``inspect`` and the metrics, and the dead-letter listing of
+``aioredq.testing``.
+
+Each figure is read on its own: a key of the wrong type or a command the ACL refuses makes
+that figure None and names it in the row's ``errors`` (figure -> reason); the other figures are
+still read. A Redis that cannot be reached still fails the whole read.
+"""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-from typing import Any
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from redis.exceptions import ResponseError
 
 from . import keys
 from .pubsub import subscriber_counts
-from .stream import LAG_COUNT_LIMIT, StreamTransport
+from .stream import LAG_COUNT_LIMIT, StreamTransport, id_key, position
 
 # The commands of ``inspect`` and ``dead`` per model, their scripts' included (see
-# queue.COMMANDS); pub/sub's counts are in pubsub.COMMANDS.
+# queue.COMMANDS and dead.py); pub/sub's counts are in pubsub.COMMANDS.
 TASK_COMMANDS = (
-    *("time", "zrange", "zcard", "llen", "lrange", "lpos", "lpush", "lrem", "type", "del"),
-    *("evalsha", "script|load"),
+    *("time", "zrange", "zcard", "llen", "lrange", "lindex", "lpos", "lpush", "lrem", "ltrim"),
+    *("type", "del", "unlink", "evalsha", "script|load"),
 )
 STREAM_COMMANDS = (
     *("time", "exists", "zrangebyscore", "xlen", "xrange", "xrevrange", "xpending"),
-    *("xinfo|groups", "xinfo|consumers", "xadd", "xdel", "type", "del", "evalsha", "script|load"),
+    *("xinfo|groups", "xinfo|consumers", "xadd", "xdel", "type", "del", "unlink"),
+    *("evalsha", "script|load"),
 )
 
-# Both requeue scripts check first, then write the copy, then remove the letter: a script is not
-# rolled back when a command fails half way, so a refused write (WRONGTYPE, OOM) must come
-# before the removal. A letter is thus either still dead or requeued, never lost or doubled.
+T = TypeVar("T")
+FIGURES = (
+    "length",
+    "lag",
+    "pending",
+    "processing",
+    "delayed",
+    "dead",
+    "consumers",
+    "oldest_pending_s",
+    "subscribers",
+)
 
-# KEYS: dead list, queue; ARGV: letter, item. The item's delivery count restarts at 0.
-REQUEUE_ITEM = """
-if not redis.call('LPOS', KEYS[1], ARGV[1]) then return 0 end
-local item = ARGV[2]
-local prefix = '{"aioredq":1,"attempts":'
-local n = string.match(item, '^{"aioredq":1,"attempts":(%d+),')
-if n then item = prefix .. '0' .. string.sub(item, #prefix + #n + 1) end
-redis.call('LPUSH', KEYS[2], item)
-redis.call('LREM', KEYS[1], 1, ARGV[1])
-return 1
+# KEYS: lists. The first bytes of the item at the tail of each (the next to be taken from a
+# queue; the longest held in a processing list), or false: enough to read an envelope's
+# enqueued_at without copying a large item over the network.
+OLDEST_ITEMS = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[i] = false
+  if redis.call('TYPE', key).ok == 'list' then
+    local item = redis.call('LINDEX', key, -1)
+    if item then out[i] = string.sub(item, 1, 256) end
+  end
+end
+return out
 """
-
-# KEYS: stream, dead stream; ARGV: dead entry id, field, value, ... Returns the new entry id.
-REQUEUE_ENTRY = """
-if #redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[1]) == 0 then return false end
-local new_id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
-redis.call('XDEL', KEYS[2], ARGV[1])
-return new_id
-"""
-
-# KEYS: dead list or stream. Returns how many letters were deleted.
-PURGE = """
-local kind = redis.call('TYPE', KEYS[1])['ok']
-local n = 0
-if kind == 'list' then n = redis.call('LLEN', KEYS[1])
-elseif kind == 'stream' then n = redis.call('XLEN', KEYS[1])
-else return 0 end
-redis.call('DEL', KEYS[1])
-return n
-"""
-
-
-class BadLetter(ValueError):
-    """A dead letter that cannot be requeued (written by another program in another shape)."""
+_ENQUEUED = re.compile(
+    rb'\{"aioredq":1,"attempts":\d+,"id":"(?:[^"\\]|\\.)*","enqueued_at":(\d+(?:\.\d+)?)[,}]'
+)
 
 
 def _text(value: Any) -> str:
@@ -71,79 +71,142 @@ async def server_ms(client: Any) -> int:
     return int(seconds) * 1000 + int(micros) // 1000
 
 
+def _reason(exc: ResponseError, key: str | None) -> str:
+    text = " ".join(str(exc).split())
+    return text if key is None else f"{text} (key {key!r})"
+
+
+class _Row:
+    """The figures of one handler, each None until read, and why the unreadable ones are."""
+
+    def __init__(self) -> None:
+        self.figures: dict[str, Any] = dict.fromkeys(FIGURES)
+        self.errors: dict[str, str] = {}
+
+    def fail(self, reason: str, *names: str) -> None:
+        for name in names:
+            self.errors.setdefault(name, reason)
+
+    async def read(
+        self, call: Callable[[], Awaitable[T]], key: str | None, *names: str
+    ) -> T | None:
+        """``await call()``; None when Redis refuses it, and ``names`` marked with the reason
+        (and the ``key`` read)."""
+        try:
+            return await call()
+        except ResponseError as exc:
+            self.fail(_reason(exc, key), *names)
+            return None
+
+    def done(self) -> dict[str, Any]:
+        return {**self.figures, "errors": self.errors} if self.errors else self.figures
+
+
+def _age_s(now_ms: int, then_ms: float) -> float:
+    return round(max(now_ms - then_ms, 0) / 1000, 3)
+
+
 async def task_figures(client: Any, queue: str) -> dict[str, Any]:
+    row = _Row()
     now = await server_ms(client)
-    members = await client.zrange(keys.consumers(queue), 0, -1, withscores=True)
-    alive = sum(1 for _, score in members if score >= now)
+    members = await row.read(
+        lambda: client.zrange(keys.consumers(queue), 0, -1, withscores=True),
+        keys.consumers(queue),
+        "consumers",
+        "processing",
+    )
+    names = [_text(name) for name, _ in members or []]
+    if members is not None:
+        alive = sum(1 for _, score in members if score >= now)
+        row.figures["consumers"] = {"alive": alive, "dead": len(members) - alive}
     pipe = client.pipeline(transaction=False)
     pipe.llen(queue)
     pipe.zcard(keys.delayed(queue))
     pipe.llen(keys.dead(queue))
-    for name, _ in members:
-        pipe.llen(keys.processing(queue, _text(name)))
-    length, delayed, dead, *processing = await pipe.execute()
-    return {
-        "length": int(length),
-        "lag": None,
-        "pending": None,
-        "processing": sum(int(n) for n in processing),
-        "delayed": int(delayed),
-        "dead": int(dead),
-        "consumers": {"alive": alive, "dead": len(members) - alive},
-        "oldest_pending_s": None,
-        "subscribers": None,
-    }
+    for name in names:
+        pipe.llen(keys.processing(queue, name))
+    length, delayed, dead, *processing = await pipe.execute(raise_on_error=False)
+    for figure, key, value in (
+        ("length", queue, length),
+        ("delayed", keys.delayed(queue), delayed),
+        ("dead", keys.dead(queue), dead),
+    ):
+        if isinstance(value, ResponseError):
+            row.fail(_reason(value, key), figure)
+        else:
+            row.figures[figure] = int(value)
+    refused = [
+        (n, v) for n, v in zip(names, processing, strict=True) if isinstance(v, ResponseError)
+    ]
+    if refused:
+        name, exc = refused[0]
+        row.fail(_reason(exc, keys.processing(queue, name)), "processing")
+    elif members is not None:
+        row.figures["processing"] = sum(int(n) for n in processing)
+    lists = [queue, *(keys.processing(queue, name) for name in names)]
+    script = client.register_script(OLDEST_ITEMS)
+    heads = await row.read(lambda: script(keys=lists), queue, "oldest_pending_s")
+    stamps = [float(m[1]) for h in heads or [] if h and (m := _ENQUEUED.match(h))]
+    if stamps:
+        row.figures["oldest_pending_s"] = _age_s(now, min(stamps) * 1000)
+    return row.done()
 
 
 async def stream_figures(client: Any, stream: str, group: str | None) -> dict[str, Any]:
-    length = int(await client.xlen(stream))
-    dead = int(await client.xlen(keys.dead(stream)))
-    figures: dict[str, Any] = {
-        "length": length,
-        "lag": None,
-        "pending": None,
-        "processing": None,
-        "delayed": None,
-        "dead": dead,
-        "consumers": None,
-        "oldest_pending_s": None,
-        "subscribers": None,
-    }
-    if group is None or (not length and not await client.exists(stream)):
-        return figures
+    row = _Row()
+    group_figures = ("lag", "pending", "consumers", "oldest_pending_s") if group else ()
+    length = await row.read(lambda: client.xlen(stream), stream, "length", *group_figures)
+    dead = await row.read(lambda: client.xlen(keys.dead(stream)), keys.dead(stream), "dead")
+    row.figures["length"] = None if length is None else int(length)
+    row.figures["dead"] = None if dead is None else int(dead)
+    if group is None or length is None or (not length and not await client.exists(stream)):
+        return row.done()
     transport = StreamTransport(client, stream, group)
-    info = await transport.group_info()
+    info = await row.read(transport.group_info, stream, *group_figures)
     if info is None:
-        return figures
-    figures["lag"] = await transport.lag(info, LAG_COUNT_LIMIT)
-    figures["pending"] = int(info.get("pending", 0))
+        return row.done()
+    row.figures["lag"] = await row.read(lambda: transport.lag(info, LAG_COUNT_LIMIT), stream, "lag")
+    row.figures["pending"] = int(info.get("pending", 0))
     now = await server_ms(client)
-    live = {
-        _text(n) for n in await client.zrangebyscore(keys.consumers(stream, group), now, "+inf")
-    }
-    names = {_text(c.get("name", "")) for c in await client.xinfo_consumers(stream, group)}
-    alive = len(names & live)
-    figures["consumers"] = {"alive": alive, "dead": len(names) - alive}
-    if figures["pending"]:
-        oldest = await client.xpending_range(stream, group, "-", "+", 1)
-        if oldest:
-            figures["oldest_pending_s"] = round(int(oldest[0]["time_since_delivered"]) / 1000, 3)
-    return figures
+    live = await row.read(
+        lambda: client.zrangebyscore(keys.consumers(stream, group), now, "+inf"),
+        keys.consumers(stream, group),
+        "consumers",
+    )
+    members = await row.read(lambda: client.xinfo_consumers(stream, group), stream, "consumers")
+    if live is not None and members is not None:
+        names = {_text(c.get("name", "")) for c in members}
+        alive = len(names & {_text(n) for n in live})
+        row.figures["consumers"] = {"alive": alive, "dead": len(names) - alive}
+    # The oldest unfinished entry: the oldest still pending (delivered, not acknowledged) or
+    # the first not delivered yet. Its age comes from its id (when it was added), not from
+    # its last delivery, which upkeep and hand-back keep moving.
+    oldest: list[str] = []
+    if row.figures["pending"]:
+        summary = await row.read(lambda: client.xpending(stream, group), stream, "oldest_pending_s")
+        if summary and summary.get("min"):
+            oldest.append(_text(summary["min"]))
+    nxt = await row.read(
+        lambda: client.xrange(stream, f"({position(info)}", "+", count=1),
+        stream,
+        "oldest_pending_s",
+    )
+    if nxt:
+        oldest.append(_text(nxt[0][0]))
+    if oldest:
+        row.figures["oldest_pending_s"] = _age_s(now, min(id_key(i) for i in oldest)[0])
+    return row.done()
 
 
 async def subscribe_figures(client: Any, channels: list[str], sharded: bool) -> dict[str, Any]:
-    counts = await subscriber_counts(client, channels, sharded)
-    return {
-        "length": None,
-        "lag": None,
-        "pending": None,
-        "processing": None,
-        "delayed": None,
-        "dead": None,
-        "consumers": None,
-        "oldest_pending_s": None,
-        "subscribers": sum(counts.values()) if channels else None,
-    }
+    row = _Row()
+    if channels:
+        counts = await row.read(
+            lambda: subscriber_counts(client, channels, sharded), None, "subscribers"
+        )
+        if counts is not None:
+            row.figures["subscribers"] = sum(counts.values())
+    return row.done()
 
 
 # dead letters --------------------------------------------------------------------------------
@@ -151,53 +214,8 @@ async def queue_dead_letters(client: Any, queue: str, count: int | None) -> list
     return list(await client.lrange(keys.dead(queue), 0, -1 if count is None else count - 1))
 
 
-def letter_item(letter: bytes) -> bytes:
-    """The original item a queue's dead letter carries (``body``, or ``body_b64``)."""
-    try:
-        data = json.loads(letter)
-        if "body_b64" in data:
-            return base64.b64decode(data["body_b64"], validate=True)
-        body = data["body"]
-    except (ValueError, TypeError, KeyError, binascii.Error):
-        raise BadLetter("not a JSON object with a 'body' or 'body_b64'") from None
-    if not isinstance(body, str):  # another program's letter: keep its JSON body as JSON
-        return json.dumps(body).encode()
-    return body.encode("utf-8", "surrogateescape")
-
-
-async def requeue_queue_letter(client: Any, queue: str, letter: bytes) -> bool:
-    """Move one dead letter back onto ``queue`` (its delivery count reset), atomically."""
-    script = client.register_script(REQUEUE_ITEM)
-    return bool(await script(keys=[keys.dead(queue), queue], args=[letter, letter_item(letter)]))
-
-
 async def stream_dead_letters(
     client: Any, stream: str, count: int | None
 ) -> list[tuple[str, dict[str, str]]]:
     rows = await client.xrevrange(keys.dead(stream), count=count)
     return [(_text(i), {_text(k): _text(v) for k, v in f.items()}) for i, f in rows]
-
-
-async def requeue_stream_letter(
-    client: Any, stream: str, dead_id: str, fields: dict[str, str]
-) -> str | None:
-    """Append a dead entry's original fields to ``stream`` as a new entry (so its delivery
-    count starts again) and delete the dead entry, atomically. None if it was already gone."""
-    try:
-        original = json.loads(fields["fields"])
-    except (KeyError, ValueError):
-        raise BadLetter("no 'fields' JSON object") from None
-    if not isinstance(original, dict) or not original:
-        raise BadLetter("its 'fields' is not a non-empty JSON object")
-    args: list[Any] = [dead_id]
-    for k, v in original.items():
-        args += [k, v if isinstance(v, str) else json.dumps(v)]
-    script = client.register_script(REQUEUE_ENTRY)
-    new_id = await script(keys=[stream, keys.dead(stream)], args=args)
-    return None if new_id is None else _text(new_id)
-
-
-async def purge(client: Any, name: str) -> int:
-    """Delete every dead letter of queue or stream ``name``; returns how many there were."""
-    script = client.register_script(PURGE)
-    return int(await script(keys=[keys.dead(name)]))

@@ -160,14 +160,20 @@ return removed
 """
 )
 
-# KEYS: stream, dead stream; ARGV: group, consumer, id, error, deliveries, failed_at, fields.
+# KEYS: stream, dead stream; ARGV: group, consumer, id, error, deliveries, failed_at, fields,
+# fields_b64 (written only when not empty).
 # Only an entry still ours is dead-lettered: one taken over by another consumer is theirs now.
 DEAD = (
     _OWNED
     + """
 if not owned(ARGV[3]) then return 0 end
-redis.call('XADD', KEYS[2], '*', 'original_id', ARGV[3], 'group', ARGV[1], 'error', ARGV[4],
-           'deliveries', ARGV[5], 'failed_at', ARGV[6], 'fields', ARGV[7])
+local letter = {'original_id', ARGV[3], 'group', ARGV[1], 'error', ARGV[4],
+                'deliveries', ARGV[5], 'failed_at', ARGV[6], 'fields', ARGV[7]}
+if ARGV[8] and ARGV[8] ~= '' then
+  letter[#letter + 1] = 'fields_b64'
+  letter[#letter + 1] = ARGV[8]
+end
+redis.call('XADD', KEYS[2], '*', unpack(letter))
 return redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 """
 )
@@ -191,6 +197,7 @@ class DeadLetter:
     deliveries: int
     failed_at: str
     fields_json: str
+    fields_b64: str = ""  # the exact names and values when they are not all UTF-8
 
 
 def _text(value: Any) -> str:
@@ -336,6 +343,7 @@ class StreamTransport:
                         letter.deliveries,
                         letter.failed_at,
                         letter.fields_json,
+                        letter.fields_b64,
                     ],
                 )
         except ResponseError as exc:
