@@ -206,7 +206,12 @@ def watch_on_terminal(argv: list[str], env: dict[str, str], columns: int, redraw
     proc = subprocess.Popen(
         argv,
         cwd=ROOT,
-        env={**env, "TERM": "xterm-256color"},
+        # The terminal's own size, not one inherited from the environment (pytest-xdist's
+        # workers, CI) in COLUMNS/LINES.
+        env={
+            **{k: v for k, v in env.items() if k not in ("COLUMNS", "LINES")},
+            "TERM": "xterm-256color",
+        },
         stdin=subprocess.DEVNULL,
         stdout=terminal,
         stderr=terminal,
