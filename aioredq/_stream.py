@@ -64,7 +64,7 @@ class _StreamBase(Consumer[Entry]):
         )
         self.spec = spec
         self.conn = conn
-        self.transport = StreamTransport(conn.command, handler.key, spec.group, consumer)
+        self.transport = StreamTransport(conn.bookkeeping, handler.key, spec.group, consumer)
         self._wakeup = wakeup
         self._codec = handler.codec
         self._max_size = handler.app.max_body_bytes
@@ -216,7 +216,7 @@ class GroupConsumer(_StreamBase):
             if self._retry_heap:
                 wake = min(wake, self._retry_heap[0][0])
             block = max(1, min(block, int((wake - time.monotonic()) * 1000)))
-        client = self.conn.blocking if self.conn.can_block else self.conn.command
+        client = self.conn.blocking if self.conn.can_block else self.conn.bookkeeping
         entries = await self.transport.read_group(client, count, block)
         if not entries and not self.conn.can_block:
             await self._idle_wait()
@@ -397,7 +397,7 @@ class TailConsumer(_StreamBase):
 
     async def fetch(self, room: int) -> list[Entry]:
         block = int(BLOCK_SECONDS * 1000) if self.conn.can_block else None
-        client = self.conn.blocking if self.conn.can_block else self.conn.command
+        client = self.conn.blocking if self.conn.can_block else self.conn.bookkeeping
         entries = await self.transport.read_tail(
             client, self._after, min(room, self.spec.batch), block
         )

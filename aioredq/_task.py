@@ -78,7 +78,7 @@ class TaskConsumer(Consumer[Job]):
         )
         self.spec = spec
         self.conn = conn
-        self.transport = QueueTransport(conn.command, handler.key, consumer)
+        self.transport = QueueTransport(conn.bookkeeping, handler.key, consumer)
         self.lease_ms = int(spec.lease * 1000)
         self.upkeep_interval = min(spec.lease / 3, 1.0)
         self._wakeup = wakeup
