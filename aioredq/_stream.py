@@ -121,6 +121,7 @@ class GroupConsumer(_StreamBase):
         super().__init__(
             handler, conn, consumer=consumer, counters=counters, wakeup=wakeup, outage=outage
         )
+        self.lease = self.spec.lease
         self.lease_ms = int(self.spec.lease * 1000)
         self.upkeep_interval = min(self.spec.lease / 3, 1.0)
         # Entries this consumer holds (id -> delivery count): queued, running or waiting for
@@ -322,6 +323,8 @@ class GroupConsumer(_StreamBase):
             if lost:
                 for entry_id in lost:
                     del self._in_flight[entry_id]
+                gone = set(lost)  # another consumer's now: those not started never start here
+                self.pool.drop(lambda entry: entry.id in gone)
                 log.warning(
                     "stream %r group %r: %d entr(y/ies) held here are no longer pending for "
                     "this consumer (lease lapsed or group recreated); they may run twice",
@@ -329,6 +332,7 @@ class GroupConsumer(_StreamBase):
                     self.spec.group,
                     len(lost),
                 )
+            self.renewed()
             now = time.monotonic()
             if now >= self._next_lag_check:
                 self._next_lag_check = now + LAG_CHECK_SECONDS
