@@ -340,7 +340,10 @@ class Consumer(abc.ABC, Generic[J]):
             try:
                 await self._bounded(self.upkeep, self.call_deadline)
             except Exception as exc:
-                await self._failed(exc, self._upkeep_trouble)
+                # Try again within the usual interval however long the trouble lasts: the
+                # lease is at stake, and renewing it is what resumes a paused consumer.
+                with anyio.move_on_after(self.upkeep_interval):
+                    await self._failed(exc, self._upkeep_trouble)
                 continue
             self._worked(self._upkeep_trouble)
             await anyio.sleep(self.upkeep_interval)
