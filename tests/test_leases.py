@@ -132,6 +132,60 @@ async def test_a_consumer_that_cannot_renew_starts_no_new_work_until_it_can(
     assert order.index(paused[0]) < first_takeover
 
 
+async def test_a_group_consumer_that_cannot_renew_starts_no_new_work_until_it_can(
+    redis_url: str, redis_client: redis.asyncio.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same for a stream group: the entry queued behind a running one is claimed and run
+    by the other consumer once the silent one's lease lapses, and never started by it."""
+    caplog.set_level(logging.WARNING, logger="aioredq")
+    release = asyncio.Event()
+    started: list[str] = []
+    elsewhere: list[str] = []
+    async with BlackHoleProxy(int(redis_url.split(":")[-1].split("/")[0])) as proxy:
+        app = App(proxy.url, shutdown_timeout=1.0)
+        other = App(redis_url)
+
+        @app.stream("events", group="g", concurrency=1, lease=1.0)
+        async def event(body: dict[str, str]) -> None:
+            started.append(body["n"])
+            if body["n"] == "slow":
+                await release.wait()
+
+        @other.stream("events", group="g", concurrency=1, lease=1.0)
+        async def event_elsewhere(body: dict[str, str]) -> None:
+            elsewhere.append(body["n"])
+
+        await app.start()
+        try:
+            await redis_client.xadd("events", {"n": "slow"})
+            await until(lambda: started == ["slow"], "the slow entry to start")
+            await redis_client.xadd("events", {"n": "next"})
+            await until_redis(
+                lambda: _pending(redis_client, "events", "g"), 2, "both entries delivered"
+            )
+            await other.start()
+            proxy.freeze()
+            await until(lambda: bool(_warnings(caplog, "lease not renewed")), "the pause")
+            release.set()
+            await until(lambda: "next" in elsewhere, "the queued entry to run elsewhere")
+            proxy.thaw()
+            await until(lambda: bool(_warnings(caplog, "lease renewed after")), "the resume")
+            # Its read in flight is lost in the black hole until the blocking client's socket
+            # timeout (10 s): stop here rather than wait for new work. A queued entry would
+            # have started at the resume, before this stop hands back what is unstarted.
+        finally:
+            release.set()
+            await app.aclose()
+            await other.aclose()
+    assert started == ["slow"], "the app started work it no longer held"
+    assert elsewhere.count("next") == 1
+    assert len(_warnings(caplog, "lease not renewed")) == 1
+
+
+async def _pending(client: redis.asyncio.Redis, stream: str, group: str) -> int:
+    return int((await client.xpending(stream, group))["pending"])
+
+
 async def test_stop_with_redis_down_gives_up_at_the_shutdown_timeout(
     fresh_redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
