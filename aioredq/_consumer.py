@@ -36,6 +36,11 @@ PAUSE_AFTER = 0.5
 # After ``shutdown_timeout``: the time left for the last acks, handback and deregistration
 # (cancelled handlers get half of it to end).
 FINAL_WRITES = 0.5
+FIRST_TRY = 0.1
+
+
+class NoReply(ConnectError):
+    """A call to Redis got no reply by its deadline (a silent connection, or time ran out)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +240,7 @@ class Consumer(abc.ABC, Generic[J]):
             async with asyncio.timeout(deadline):
                 await call()
         except TimeoutError as exc:
-            raise ConnectError(f"no reply from Redis within {deadline:.2g}s") from exc
+            raise NoReply(f"no reply from Redis within {deadline:.2g}s") from exc
 
     async def _retrying(
         self,
@@ -246,31 +251,37 @@ class Consumer(abc.ABC, Generic[J]):
         what: str = "",
     ) -> None:
         """Call until it succeeds; with ``until`` (a ``time.monotonic()`` instant), give up
-        then, whether Redis refuses, fails or does not answer, and say so."""
+        then, whether Redis refuses, fails or does not answer, and say so. The first attempt
+        gets ``FIRST_TRY`` seconds at least, so a stop with no time left still tries once."""
+        last: Exception | None = None  # the last error other than running out of time
+        tries = 0
         while True:
+            left = None if until is None else until - time.monotonic()
+            if left is not None and left <= 0 and tries:
+                log.warning(
+                    "%s: stopping: gave up %s at the shutdown timeout (%s); the lease "
+                    "returns that work to the others",
+                    self.what,
+                    what,
+                    error_text(last) if last is not None else "no time left",
+                )
+                return
+            tries += 1
             try:
-                if until is None:
+                if left is None:
                     await call()
                 else:
-                    await self._bounded(call, max(0.0, until - time.monotonic()))
+                    await self._bounded(call, max(left, 0.0 if tries > 1 else FIRST_TRY))
             except Exception as exc:
                 if refused_is_fatal and not is_connection_error(exc):
                     raise
+                if not isinstance(exc, NoReply) or last is None:
+                    last = exc
                 if until is None:
                     await self._failed(exc, self._settle_trouble)
-                    continue
-                left = until - time.monotonic()
-                if left <= 0:
-                    log.warning(
-                        "%s: stopping: gave up %s at the shutdown timeout (%s); the lease "
-                        "returns that work to the others",
-                        self.what,
-                        what,
-                        error_text(exc),
-                    )
-                    return
-                with anyio.move_on_after(left):
-                    await self._failed(exc, self._settle_trouble)
+                else:
+                    with anyio.move_on_after(max(0.0, until - time.monotonic())):
+                        await self._failed(exc, self._settle_trouble)
             else:
                 self._worked(self._settle_trouble)
                 return
