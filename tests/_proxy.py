@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from types import TracebackType
+from urllib.parse import urlsplit
 
 HOST = "127.0.0.1"
 
@@ -23,7 +24,11 @@ class _Link:
 
 
 class BlackHoleProxy:
-    def __init__(self, port: int) -> None:
+    """In front of the Redis at ``url`` (``redis://host:port/...``); ``.url`` is the proxy's."""
+
+    def __init__(self, url: str) -> None:
+        port = urlsplit(url).port
+        assert port is not None, url
         self._port = port
         self._server: asyncio.Server | None = None
         self._links: list[_Link] = []

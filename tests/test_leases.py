@@ -87,7 +87,7 @@ async def test_a_consumer_that_cannot_renew_starts_no_new_work_until_it_can(
     release = asyncio.Event()
     started: list[str] = []
     elsewhere: list[str] = []
-    async with BlackHoleProxy(int(redis_url.split(":")[-1].split("/")[0])) as proxy:
+    async with BlackHoleProxy(redis_url) as proxy:
         app = App(proxy.url, shutdown_timeout=1.0)
         other = App(redis_url)
 
@@ -141,7 +141,7 @@ async def test_a_group_consumer_that_cannot_renew_starts_no_new_work_until_it_ca
     release = asyncio.Event()
     started: list[str] = []
     elsewhere: list[str] = []
-    async with BlackHoleProxy(int(redis_url.split(":")[-1].split("/")[0])) as proxy:
+    async with BlackHoleProxy(redis_url) as proxy:
         app = App(proxy.url, shutdown_timeout=1.0)
         other = App(redis_url)
 
