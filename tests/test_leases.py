@@ -70,6 +70,7 @@ async def test_a_producer_burst_longer_than_the_lease_costs_no_lease(
         end = time.monotonic() + 4 * lease
         await asyncio.gather(*(produce(i, end) for i in range(100)))
         await until(lambda: sum(runs.values()) >= produced, "every produced job to run")
+    print(f"\nburst: {produced} jobs enqueued by 100 producers on 2 connections over {4 * lease}s")
     assert produced > 100
     assert sorted(runs) == sorted(set(runs)) and set(runs.values()) == {1}, "a job ran twice"
     assert set(deliveries) == {1}
