@@ -20,7 +20,12 @@ from anyio.abc import TaskStatus
 
 from ._backoff import Backoff
 from ._codec import check_size, encode_body, encode_envelope, encode_fields, new_ids
-from ._connection import Connection, is_connection_error, translated
+from ._connection import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_POOL_TIMEOUT,
+    Connection,
+    is_connection_error,
+)
 from ._exceptions import ConfigurationError, ConnectError
 from ._handlers import (
     Handler,
@@ -77,6 +82,11 @@ class App:
     ``redis+sentinel://host:port/master`` or ``memory://`` (in-process, for demos and tests);
     default ``$AIOREDQ_URL``, else ``redis://localhost:6379/0``. ``ssl``: an ``SSLContext``
     for TLS (instead of the URL's ``ssl_*`` parameters). A password is never printed.
+
+    ``max_connections``: producing calls (``enqueue``, ``append``, ``publish``, ...) in flight
+    at once, one connection each; more wait their turn, at most ``pool_timeout`` seconds,
+    then raise ConnectError. Consumers have connections of their own.
+    ``shutdown_timeout``: the bound on a whole stop, Redis up or down.
     """
 
     def __init__(
@@ -87,9 +97,15 @@ class App:
         connect_timeout: float = 10.0,
         max_body_bytes: int = 512 * 1024,
         ssl: SSLContext | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        pool_timeout: float = DEFAULT_POOL_TIMEOUT,
     ) -> None:
-        if shutdown_timeout < 0 or connect_timeout < 0:
-            raise ConfigurationError("shutdown_timeout and connect_timeout must be >= 0")
+        if shutdown_timeout < 0 or connect_timeout < 0 or pool_timeout < 0:
+            raise ConfigurationError(
+                "shutdown_timeout, connect_timeout and pool_timeout must be >= 0"
+            )
+        if max_connections < 1:
+            raise ConfigurationError("max_connections must be >= 1")
         if max_body_bytes < 1:
             raise ConfigurationError("max_body_bytes must be >= 1")
         self._explicit_url = url is not None
@@ -99,6 +115,8 @@ class App:
         self.shutdown_timeout = float(shutdown_timeout)
         self.connect_timeout = float(connect_timeout)
         self.max_body_bytes = max_body_bytes
+        self.max_connections = max_connections
+        self.pool_timeout = float(pool_timeout)
         self.handlers: list[Handler] = []
         self._conn: Connection | None = None
         self._counters: dict[str, Counters] = {}
@@ -270,7 +288,10 @@ class App:
     def connection(self) -> Connection:
         if self._conn is None:
             self._conn = Connection(
-                self.target, max_connections=max(50, len(self.handlers) * 2 + 20)
+                self.target,
+                max_connections=self.max_connections,
+                pool_timeout=self.pool_timeout,
+                consumers=len(self.handlers),
             )
         return self._conn
 
@@ -290,9 +311,10 @@ class App:
         payloads = [self._encode(channel, body) for body in bodies]
         if not payloads:
             return 0
-        client = self.connection.command
-        return await translated(
-            f"publish to {channel!r}", lambda: pubsub.publish(client, channel, payloads, sharded)
+        conn = self.connection
+        return await conn.produce(
+            f"publish to {channel!r}",
+            lambda: pubsub.publish(conn.command, channel, payloads, sharded),
         )
 
     async def enqueue(
@@ -334,17 +356,17 @@ class App:
             check_size(item, self.max_body_bytes, queue)
         if not items:
             return []
-        transport = self._queue(queue)
+        produce = self.connection.produce
         if at is not None:
             at_ms = int(at.timestamp() * 1000)
-            await translated(f"enqueue on {queue!r}", lambda: transport.push_at(items, at_ms))
+            await produce(f"enqueue on {queue!r}", lambda: self._queue(queue).push_at(items, at_ms))
         elif delay > 0:
             delay_ms = int(delay * 1000)
-            await translated(
-                f"enqueue on {queue!r}", lambda: transport.push_delayed(items, delay_ms)
+            await produce(
+                f"enqueue on {queue!r}", lambda: self._queue(queue).push_delayed(items, delay_ms)
             )
         else:
-            await translated(f"enqueue on {queue!r}", lambda: transport.push(items))
+            await produce(f"enqueue on {queue!r}", lambda: self._queue(queue).push(items))
         self._wake(queue)
         return ids
 
@@ -364,9 +386,8 @@ class App:
         limit = maxlen if maxlen is not None else self._maxlen(stream)
         max_age = self._max_age(stream)
         min_ms = None if max_age is None else max(0, int((time.time() - max_age) * 1000))
-        transport = self._stream(stream)
-        ids = await translated(
-            f"append to {stream!r}", lambda: transport.append(entries, limit, min_ms)
+        ids = await self.connection.produce(
+            f"append to {stream!r}", lambda: self._stream(stream).append(entries, limit, min_ms)
         )
         self._wake(stream)
         return ids
@@ -408,8 +429,11 @@ class App:
             raise ConfigurationError(exc.args[0]) from None
         if not isinstance(handler, StreamHandler) or handler.spec.group is None:
             raise ConfigurationError(f"{name!r} is not a stream handler with a group")
-        transport = StreamTransport(self.connection.command, handler.key, handler.spec.group)
-        return await translated(f"lag of {name!r}", lambda: group_lag(transport))
+        conn = self.connection
+        return await conn.produce(
+            f"lag of {name!r}",
+            lambda: group_lag(StreamTransport(conn.command, handler.key, handler.spec.group)),
+        )
 
     def stats(self) -> Stats:
         """A snapshot of every handler's counters and latency in this process."""

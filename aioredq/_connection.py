@@ -1,16 +1,29 @@
 """Redis clients (built from a parsed URL, see _url.py) and Redis error translation.
 
-Two clients per app: ``command`` for producing, acks and bookkeeping, and ``blocking`` for
-consumers' blocking reads, so a consumer parked in a read never starves acks or producers of a
-connection. Blocking reads are short server-side blocks (``BLOCK_SECONDS``), and the blocking
-client's socket timeout is larger than the block: redis-py 8 re-sends a command that outlives
-its socket timeout, and a finite timeout still finds a dead peer within seconds. The command
-client has no socket timeout (a finite one costs about 40 % of throughput in redis-py 8); TCP
-keepalive finds dead peers there.
+Three clients per app, each with its own connections:
+
+- ``command``, for producing (and tools such as ``inspect``). At most ``max_connections``
+  producing calls run at once; more wait, in order, for up to ``pool_timeout`` seconds and then
+  fail with a ConnectError that says so. The bound is a semaphore in front of the client rather
+  than redis-py's ``BlockingConnectionPool``, because it must hold on every scheme: Sentinel
+  and Cluster build their own pools, and a cluster node's pool raises ``MaxConnectionsError``
+  at once when full instead of waiting.
+- ``bookkeeping``, for consumers: fetch scripts, heartbeats, acks, recovery. A burst of
+  producers therefore never delays a heartbeat or an ack. The consumer puts an asyncio-level
+  deadline on these calls: a finite socket timeout would tax every call, the hot ones included.
+- ``blocking``, for consumers' blocking reads, so a consumer parked in a read never holds a
+  connection that acks or producers need. Blocking reads are short server-side blocks
+  (``BLOCK_SECONDS``), and this client's socket timeout is larger than the block: redis-py 8
+  re-sends a command that outlives its socket timeout, and a finite timeout still finds a dead
+  peer within seconds.
+
+``command`` and ``bookkeeping`` have no socket timeout (a finite one costs about 40 % of
+throughput in redis-py 8); TCP keepalive finds dead peers there.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -30,6 +43,10 @@ from ._url import (
     tls_kwargs,
 )
 
+DEFAULT_MAX_CONNECTIONS = 50
+DEFAULT_POOL_TIMEOUT = 10.0
+# Connections of the command client beyond the producing bound: the subscriber's, inspect's.
+SPARE_CONNECTIONS = 16
 BLOCK_SECONDS = 1.0
 BLOCKING_SOCKET_TIMEOUT = BLOCK_SECONDS + 9.0
 
@@ -67,20 +84,35 @@ def is_connection_error(exc: BaseException) -> bool:
 class Connection:
     """The clients of one app, created lazily on first use (and again after ``aclose``).
 
+    ``max_connections`` bounds the producing calls in flight at once (each holds one
+    connection); ``pool_timeout`` is how long a producing call waits for its turn.
+    ``consumers`` sizes the consumers' pools (each consumer holds a few connections at most).
     For memory:// the fake server lives as long as this object, so data survives ``aclose``.
     """
 
-    def __init__(self, target: Target, *, max_connections: int = 200) -> None:
+    def __init__(
+        self,
+        target: Target,
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        pool_timeout: float = DEFAULT_POOL_TIMEOUT,
+        consumers: int = 0,
+    ) -> None:
         self.target = target
-        self._max_connections = max_connections
+        self.max_connections = max_connections
+        self.pool_timeout = pool_timeout
+        self._consumer_connections = max(DEFAULT_MAX_CONNECTIONS, consumers * 4 + 20)
         self._command: Any = None
+        self._bookkeeping: Any = None
         self._blocking: Any = None
         self._fake_server: Any = None
         self._extra: list[Any] = []  # clients to close with the others (sentinels)
+        self._slots: asyncio.Semaphore | None = None
+        self._slots_loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def is_open(self) -> bool:
-        return self._command is not None or self._blocking is not None
+        return any(c is not None for c in (self._command, self._bookkeeping, self._blocking))
 
     @property
     def can_block(self) -> bool:
@@ -94,19 +126,65 @@ class Connection:
     @property
     def command(self) -> Any:
         if self._command is None:
-            self._command = self._make(socket_timeout=None, retries=3)
+            self._command = self._make(
+                socket_timeout=None,
+                retries=3,
+                max_connections=self.max_connections + SPARE_CONNECTIONS,
+            )
         return self._command
+
+    @property
+    def bookkeeping(self) -> Any:
+        """Consumers' own client: fetch scripts, heartbeats, acks, recovery."""
+        if self._bookkeeping is None:
+            self._bookkeeping = self._make(
+                socket_timeout=None, retries=3, max_connections=self._consumer_connections
+            )
+        return self._bookkeeping
 
     @property
     def blocking(self) -> Any:
         if self._blocking is None:
             if self.target.scheme == "memory":
-                self._blocking = self.command
+                self._blocking = self.bookkeeping
             else:
-                self._blocking = self._make(socket_timeout=BLOCKING_SOCKET_TIMEOUT, retries=1)
+                self._blocking = self._make(
+                    socket_timeout=BLOCKING_SOCKET_TIMEOUT,
+                    retries=1,
+                    max_connections=self._consumer_connections,
+                )
         return self._blocking
 
-    def _make(self, *, socket_timeout: float | None, retries: int) -> Any:
+    async def produce(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Run a producing call on ``command`` once one of the ``max_connections`` slots is
+        free (waiting at most ``pool_timeout`` seconds), redis-py errors translated."""
+        loop = asyncio.get_running_loop()
+        slots = self._slots
+        if slots is None or self._slots_loop is not loop:
+            # A semaphore belongs to one event loop; an app may produce from another later.
+            slots = self._slots = asyncio.Semaphore(self.max_connections)
+            self._slots_loop = loop
+        if slots.locked():
+            try:
+                async with asyncio.timeout(self.pool_timeout):
+                    await slots.acquire()
+            except TimeoutError:
+                raise ConnectError(
+                    f"{what}: waited {self.pool_timeout:g} s for a connection: all "
+                    f"{self.max_connections} producing connections stayed busy (Redis slow "
+                    "or unreachable?); raise App(max_connections=...) or App(pool_timeout=...)"
+                    ", or produce in batches (enqueue_many, append_many, publish_many)"
+                ) from None
+        else:
+            await slots.acquire()  # free: returns at once
+        try:
+            return await call()
+        except rexc.RedisError as exc:
+            raise translate(exc, what) from exc
+        finally:
+            slots.release()
+
+    def _make(self, *, socket_timeout: float | None, retries: int, max_connections: int) -> Any:
         retry = RedisRetry(
             ExponentialWithJitterBackoff(base=0.05, cap=1.0),
             retries,
@@ -123,15 +201,17 @@ class Connection:
 
             if self._fake_server is None:
                 self._fake_server = fakeredis.FakeServer(version=(7, 0))
-            return fakeredis.FakeAsyncRedis(server=self._fake_server)
+            return fakeredis.FakeAsyncRedis(
+                server=self._fake_server, max_connections=max_connections
+            )
         if scheme == "cluster":
-            return _cluster(self.target, self._max_connections, common)
+            return _cluster(self.target, max_connections, common)
         if scheme == "sentinel":
             sentinel = _sentinel(self.target, common)
             self._extra.extend(sentinel.sentinels)
-            return _master_for(sentinel, self.target, self._max_connections)
+            return _master_for(sentinel, self.target, max_connections)
         pool = aioredis.ConnectionPool(
-            max_connections=self._max_connections, **redis_kwargs(self.target), **common
+            max_connections=max_connections, **redis_kwargs(self.target), **common
         )
         client = aioredis.Redis.from_pool(pool)
         # The URL picks the class (TCP, TLS, unix socket); use its hiredis-packing variant.
@@ -142,8 +222,9 @@ class Connection:
         await self.command.ping()
 
     async def aclose(self) -> None:
-        clients = (self._command, self._blocking, *self._extra)
-        self._command, self._blocking, self._extra = None, None, []
+        clients = (self._command, self._bookkeeping, self._blocking, *self._extra)
+        self._command, self._bookkeeping, self._blocking, self._extra = None, None, None, []
+        self._slots = self._slots_loop = None
         for client in {id(c): c for c in clients if c is not None}.values():
             await client.aclose()
 

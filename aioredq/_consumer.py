@@ -8,7 +8,7 @@ import abc
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -18,8 +18,8 @@ from anyio.abc import TaskStatus
 
 from ._backoff import Backoff
 from ._codec import DecodeError
-from ._connection import is_connection_error
-from ._exceptions import Reject, Retry
+from ._connection import BLOCKING_SOCKET_TIMEOUT, is_connection_error
+from ._exceptions import ConnectError, Reject, Retry
 from ._handlers import Handler
 from ._message import Message
 from ._outage import Outage
@@ -28,6 +28,19 @@ from ._stats import Counters
 
 J = TypeVar("J")
 log = logging.getLogger("aioredq")
+# The longest a heartbeat or a settle may wait for its reply (shorter for short leases): then
+# its connection is dropped and the call tried again on another, long before the lease lapses.
+MAX_CALL_DEADLINE = 5.0
+# A consumer whose lease went unrenewed for this part of it starts no new work.
+PAUSE_AFTER = 0.5
+# After ``shutdown_timeout``: the time left for the last acks, handback and deregistration
+# (cancelled handlers get half of it to end).
+FINAL_WRITES = 0.5
+FIRST_TRY = 0.1
+
+
+class NoReply(ConnectError):
+    """A call to Redis got no reply by its deadline (a silent connection, or time ran out)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +70,9 @@ class Consumer(abc.ABC, Generic[J]):
     """One handler's consumer. Subclasses speak to their transport; this class runs the loops."""
 
     upkeep_interval: float = 1.0
+    # Set by consumers whose messages are leased: their upkeep renews the lease and says so
+    # with ``renewed()``.
+    lease: float | None = None
 
     def __init__(
         self,
@@ -82,10 +98,17 @@ class Consumer(abc.ABC, Generic[J]):
         what = f"{handler.kind} handler {handler.name!r} ({handler.key})"
         # Redis unreachable: one warning for the whole app (the outage is shared). Commands
         # refused (WRONGTYPE, OOM, a bug): one error for this consumer, and a pause.
+        self.what = what
         self.outage = outage or Outage(log, what, url)
         self._fetch_trouble = Outage(log, what, url)
         self._settle_trouble = Outage(log, f"{what} acks", url)
         self._upkeep_trouble = Outage(log, f"{what} upkeep", url)
+        self._renewal = asyncio.Event()
+        self._renewed_at = time.monotonic()
+        self._upkeep_began = self._renewed_at
+        self._stop_at: float | None = None
+        self._shutdown_timeout = 0.0
+        self._fetching: asyncio.Timeout | None = None
 
     # to implement ------------------------------------------------------------------------
     @abc.abstractmethod
@@ -122,8 +145,25 @@ class Consumer(abc.ABC, Generic[J]):
 
     # shared machinery --------------------------------------------------------------------
     def request_stop(self) -> None:
+        if self._stop_at is None:
+            self._stop_at = time.monotonic()
+            if self._fetching is not None:  # a fetch in flight ends by the deadline at the latest
+                when = asyncio.get_running_loop().time() + self._shutdown_timeout
+                self._fetching.reschedule(min(when, self._fetching.when() or when))
         self.stop.set()
         self.pool.stop_waiting()  # a fetch loop waiting for room sees the stop at once
+
+    @property
+    def call_deadline(self) -> float:
+        """How long a heartbeat or a settle waits for Redis before it is tried again."""
+        if self.lease is None:
+            return MAX_CALL_DEADLINE
+        return min(max(self.lease / 3, 0.1), MAX_CALL_DEADLINE)
+
+    def renewed(self) -> None:
+        """Called by ``upkeep`` once the lease is renewed: it runs from the upkeep's start."""
+        self._renewed_at = self._upkeep_began
+        self._renewal.set()
 
     @property
     def idle(self) -> bool:
@@ -133,24 +173,50 @@ class Consumer(abc.ABC, Generic[J]):
     async def run(
         self, shutdown_timeout: float, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
     ) -> None:
+        """Consume until ``request_stop``; then the whole stop takes at most
+        ``shutdown_timeout`` (+ ``FINAL_WRITES``) seconds, Redis up or down."""
+        self._shutdown_timeout = shutdown_timeout
         await self._retrying(self.start, refused_is_fatal=True)
         self.pool.start()
+        self._renewed_at = time.monotonic()
         task_status.started()
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._settle_loop)
                 tg.start_soon(self._upkeep_loop)
+                if self.lease is not None:
+                    tg.start_soon(self._lease_loop, self.lease)
                 await self._fetch_loop()
+                deadline = (self._stop_at or time.monotonic()) + shutdown_timeout
                 unstarted = self.pool.take_unstarted()
-                await self._retrying(lambda: self.handback(unstarted), deadline=shutdown_timeout)
-                interrupted = await self.pool.close(shutdown_timeout)
+                await self._retrying(
+                    lambda: self.handback(unstarted),
+                    until=deadline,
+                    what=f"handing back {len(unstarted)} unstarted message(s)",
+                )
+                interrupted = await self.pool.close(
+                    max(0.0, deadline - time.monotonic()), grace=FINAL_WRITES / 2
+                )
                 tg.cancel_scope.cancel()
         except BaseException:
             self.pool.cancel()  # cancelled from outside: no worker is left behind
             raise
-        await self._retrying(self._settle_all, deadline=5.0)
-        await self._retrying(lambda: self.handback(interrupted), deadline=5.0)
-        await self._retrying(self.leave, deadline=2.0)
+        if self.pool.stragglers:
+            log.warning(
+                "%s: %d handler call(s) did not end when cancelled at shutdown",
+                self.what,
+                self.pool.stragglers,
+            )
+        end = deadline + FINAL_WRITES
+        await self._retrying(
+            self._settle_all, until=end, what="writing outcomes (acks, retries, dead letters)"
+        )
+        await self._retrying(
+            lambda: self.handback(interrupted),
+            until=end,
+            what=f"handing back {len(interrupted)} interrupted message(s)",
+        )
+        await self._retrying(self.leave, until=end, what="deregistering")
 
     async def _failed(
         self, exc: Exception, trouble: Outage, wake: asyncio.Event | None = None
@@ -167,41 +233,71 @@ class Consumer(abc.ABC, Generic[J]):
         if trouble.active:
             trouble.ok()
 
+    async def _bounded(self, call: Callable[[], Awaitable[Any]], deadline: float) -> None:
+        """``call`` with a deadline: past it, the call's connection is dropped (redis-py
+        disconnects a cancelled call) and the caller tries again on another one."""
+        try:
+            async with asyncio.timeout(deadline):
+                await call()
+        except TimeoutError as exc:
+            raise NoReply(f"no reply from Redis within {deadline:.2g}s") from exc
+
     async def _retrying(
         self,
         call: Callable[[], Any],
-        deadline: float | None = None,
+        until: float | None = None,
         *,
         refused_is_fatal: bool = False,
+        what: str = "",
     ) -> None:
-        give_up = None if deadline is None else time.monotonic() + deadline
+        """Call until it succeeds; with ``until`` (a ``time.monotonic()`` instant), give up
+        then, whether Redis refuses, fails or does not answer, and say so. The first attempt
+        gets ``FIRST_TRY`` seconds at least, so a stop with no time left still tries once."""
+        last: Exception | None = None  # the last error other than running out of time
+        tries = 0
         while True:
+            left = None if until is None else until - time.monotonic()
+            if left is not None and left <= 0 and tries:
+                log.warning(
+                    "%s: stopping: gave up %s at the shutdown timeout (%s); the lease "
+                    "returns that work to the others",
+                    self.what,
+                    what,
+                    error_text(last) if last is not None else "no time left",
+                )
+                return
+            tries += 1
             try:
-                await call()
+                if left is None:
+                    await call()
+                else:
+                    await self._bounded(call, max(left, 0.0 if tries > 1 else FIRST_TRY))
             except Exception as exc:
                 if refused_is_fatal and not is_connection_error(exc):
                     raise
-                if give_up is not None and time.monotonic() > give_up:
-                    log.warning(
-                        "%s: gave up (%s); the lease will recover the work",
-                        self.handler.name,
-                        error_text(exc),
-                    )
-                    return
-                await self._failed(exc, self._settle_trouble)
+                if not isinstance(exc, NoReply) or last is None:
+                    last = exc
+                if until is None:
+                    await self._failed(exc, self._settle_trouble)
+                else:
+                    with anyio.move_on_after(max(0.0, until - time.monotonic())):
+                        await self._failed(exc, self._settle_trouble)
             else:
                 self._worked(self._settle_trouble)
                 return
 
     async def _fetch_loop(self) -> None:
         while not self.stop.is_set():
+            if self.pool.paused:
+                await self._resumed_or_stopped()
+                continue
             if self.pool.room < self.min_room:
                 # Awaited directly (not through a task of its own): the pool lets this loop
                 # run the moment there is room, so the next read overlaps the queued jobs.
                 await self.pool.wait_room(self.min_room)
                 continue
             try:
-                jobs = await self.fetch(self.pool.room)
+                jobs = await self._fetch_bounded()
             except Exception as exc:
                 await self._failed(exc, self._fetch_trouble, wake=self.stop)
                 continue
@@ -209,9 +305,33 @@ class Consumer(abc.ABC, Generic[J]):
             if jobs:
                 self.pool.put_many(jobs)
 
+    async def _fetch_bounded(self) -> list[J]:
+        # A fetch on a connection that went silent ends after the blocking client's socket
+        # timeout, or at the shutdown deadline once a stop is requested.
+        loop = asyncio.get_running_loop()
+        when = loop.time() + BLOCKING_SOCKET_TIMEOUT
+        if self._stop_at is not None:
+            when = min(when, loop.time() + self._shutdown_timeout)
+        async with asyncio.timeout_at(when) as self._fetching:
+            try:
+                return await self.fetch(self.pool.room)
+            finally:
+                self._fetching = None
+
+    async def _resumed_or_stopped(self) -> None:
+        waits = {
+            asyncio.ensure_future(self.pool.wait_resumed()),
+            asyncio.ensure_future(self.stop.wait()),
+        }
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+
     async def _settle_all(self) -> None:
         while self.has_unsettled():
-            await self.settle()
+            await self._bounded(self.settle, self.call_deadline)
 
     async def _settle_loop(self) -> None:
         while True:
@@ -227,13 +347,43 @@ class Consumer(abc.ABC, Generic[J]):
 
     async def _upkeep_loop(self) -> None:
         while True:
+            self._upkeep_began = time.monotonic()
             try:
-                await self.upkeep()
+                await self._bounded(self.upkeep, self.call_deadline)
             except Exception as exc:
-                await self._failed(exc, self._upkeep_trouble)
+                # Try again within the usual interval however long the trouble lasts: the
+                # lease is at stake, and renewing it is what resumes a paused consumer.
+                with anyio.move_on_after(self.upkeep_interval):
+                    await self._failed(exc, self._upkeep_trouble)
                 continue
             self._worked(self._upkeep_trouble)
             await anyio.sleep(self.upkeep_interval)
+
+    async def _lease_loop(self, lease: float) -> None:
+        """Start no new work while the lease goes unrenewed: past the lease the others take
+        over this consumer's work, and must not find it started here as well."""
+        limit = lease * PAUSE_AFTER
+        while True:
+            late = self._renewed_at + limit - time.monotonic()
+            if late > 0:
+                await anyio.sleep(late)
+                continue
+            self._renewal.clear()
+            self.pool.pause()
+            since = self._renewed_at
+            log.warning(
+                "%s: lease not renewed for %.1fs (lease %gs): starting no new work until it is",
+                self.what,
+                time.monotonic() - since,
+                lease,
+            )
+            await self._renewal.wait()
+            self.pool.resume()
+            log.warning(
+                "%s: lease renewed after %.1fs: starting work again",
+                self.what,
+                time.monotonic() - since,
+            )
 
     async def _process_failed(self, job: J) -> None:
         """``process`` raised: not the handler (its errors are outcomes), aioredq itself

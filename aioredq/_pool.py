@@ -45,6 +45,9 @@ class Pool(Generic[J]):
         self._busy = 0
         self._wanted = 0  # room the feeder waits for (0: nobody waits)
         self._stop_waiting = False
+        self._resumed = asyncio.Event()  # cleared: workers start no new job
+        self._resumed.set()
+        self.stragglers = 0  # workers that outlived their cancellation at ``close``
 
     # feeding -----------------------------------------------------------------------------
     @property
@@ -68,6 +71,30 @@ class Pool(Generic[J]):
     def stop_waiting(self) -> None:
         self._stop_waiting = True
         self._room.set()
+
+    # pausing ------------------------------------------------------------------------------
+    @property
+    def paused(self) -> bool:
+        return not self._resumed.is_set()
+
+    def pause(self) -> None:
+        """Start no new job (running ones go on) until ``resume``."""
+        self._resumed.clear()
+
+    def resume(self) -> None:
+        self._resumed.set()
+
+    async def wait_resumed(self) -> None:
+        await self._resumed.wait()
+
+    def drop(self, unwanted: Callable[[J], bool]) -> list[J]:
+        """Remove and return the queued (unstarted) jobs for which ``unwanted`` is true."""
+        dropped = [job for job in self._queued if unwanted(job)]
+        if dropped:
+            self._queued = deque(job for job in self._queued if not unwanted(job))
+            if not self._busy and not self._queued:
+                self._idle.set()
+        return dropped
 
     def put_many(self, jobs: list[J]) -> None:
         self._queued.extend(jobs)
@@ -126,6 +153,9 @@ class Pool(Generic[J]):
                         self._wake_one()  # pass on the wake-up this worker will not use
                     raise
                 self._waking -= 1
+            if not self._resumed.is_set():
+                await self._resumed.wait()
+                continue
             job = self._queued.popleft()
             if self._queued and self._sleepers and not self._waking:
                 self._wake_one()  # it runs if this job suspends (one on its way is enough)
@@ -157,12 +187,14 @@ class Pool(Generic[J]):
             task.cancel()
         self._workers = []
 
-    async def close(self, timeout: float) -> list[J]:
-        """Let running jobs finish within ``timeout``; cancel the rest and return their jobs.
+    async def close(self, timeout: float, grace: float | None = None) -> list[J]:
+        """Let running jobs finish within ``timeout``; cancel the rest and return their jobs,
+        waiting at most ``grace`` seconds (None: as long as it takes) for them to end.
 
         Call ``take_unstarted`` first: workers still take queued jobs until the buffer is empty.
         """
         self._closing = True
+        self._resumed.set()
         while self._sleepers:
             self._wake_one()
         if not self._workers:
@@ -172,7 +204,8 @@ class Pool(Generic[J]):
         for task in pending:
             task.cancel()
         if pending:
-            await asyncio.wait(pending)
+            _, stuck = await asyncio.wait(pending, timeout=grace)
+            self.stragglers = len(stuck)
         for task in done:
             if not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]

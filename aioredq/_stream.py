@@ -76,7 +76,7 @@ class _StreamBase(Consumer[Entry]):
         )
         self.spec = spec
         self.conn = conn
-        self.transport = StreamTransport(conn.command, handler.key, spec.group, consumer)
+        self.transport = StreamTransport(conn.bookkeeping, handler.key, spec.group, consumer)
         self._wakeup = wakeup
         self._codec = handler.codec
         self._max_size = handler.app.max_body_bytes
@@ -133,6 +133,7 @@ class GroupConsumer(_StreamBase):
         super().__init__(
             handler, conn, consumer=consumer, counters=counters, wakeup=wakeup, outage=outage
         )
+        self.lease = self.spec.lease
         self.lease_ms = int(self.spec.lease * 1000)
         self.upkeep_interval = min(self.spec.lease / 3, 1.0)
         # Entries this consumer holds (id -> delivery count): queued, running or waiting for
@@ -230,7 +231,7 @@ class GroupConsumer(_StreamBase):
             if self._retry_heap:
                 wake = min(wake, self._retry_heap[0][0])
             block = max(1, min(block, int((wake - time.monotonic()) * 1000)))
-        client = self.conn.blocking if self.conn.can_block else self.conn.command
+        client = self.conn.blocking if self.conn.can_block else self.conn.bookkeeping
         entries = await self.transport.read_group(client, count, block)
         if not entries and not self.conn.can_block:
             await self._idle_wait()
@@ -343,6 +344,8 @@ class GroupConsumer(_StreamBase):
             if lost:
                 for entry_id in lost:
                     del self._in_flight[entry_id]
+                gone = set(lost)  # another consumer's now: those not started never start here
+                self.pool.drop(lambda entry: entry.id in gone)
                 log.warning(
                     "stream %r group %r: %d entr(y/ies) held here are no longer pending for "
                     "this consumer (lease lapsed or group recreated); they may run twice",
@@ -350,6 +353,7 @@ class GroupConsumer(_StreamBase):
                     self.spec.group,
                     len(lost),
                 )
+            self.renewed()
             now = time.monotonic()
             if now >= self._next_lag_check:
                 self._next_lag_check = now + LAG_CHECK_SECONDS
@@ -418,7 +422,7 @@ class TailConsumer(_StreamBase):
 
     async def fetch(self, room: int) -> list[Entry]:
         block = int(BLOCK_SECONDS * 1000) if self.conn.can_block else None
-        client = self.conn.blocking if self.conn.can_block else self.conn.command
+        client = self.conn.blocking if self.conn.can_block else self.conn.bookkeeping
         entries = await self.transport.read_tail(
             client, self._after, min(room, self.spec.batch), block
         )

@@ -40,6 +40,9 @@ from ._transports.pubsub import (
 
 log = logging.getLogger("aioredq")
 DROP_LOG_EVERY = 5.0
+# At a stop, how long handler calls cancelled at ``shutdown_timeout`` get to end, so that a
+# handler that ignores its cancellation does not hold the stop up.
+CANCEL_GRACE = 0.25
 # Reads that find data already buffered do not suspend, so under a steady stream the reader
 # keeps the event loop to itself, which is what keeps the socket drained. It hands the loop
 # back (1) when a handler's buffer is full while one of its workers is idle, i.e. the handler
@@ -238,7 +241,9 @@ class Subscriber:
                 self._log_drops(sink)
         deadline = time.monotonic() + shutdown_timeout
         for sink in self._sinks:
-            interrupted = await sink.pool.close(max(0.0, deadline - time.monotonic()))
+            interrupted = await sink.pool.close(
+                max(0.0, deadline - time.monotonic()), grace=CANCEL_GRACE
+            )
             if interrupted:
                 log.warning(
                     "handler=%s: %d call(s) still running after shutdown_timeout=%.1fs were "

@@ -78,7 +78,8 @@ class TaskConsumer(Consumer[Job]):
         )
         self.spec = spec
         self.conn = conn
-        self.transport = QueueTransport(conn.command, handler.key, consumer)
+        self.transport = QueueTransport(conn.bookkeeping, handler.key, consumer)
+        self.lease = spec.lease
         self.lease_ms = int(spec.lease * 1000)
         self.upkeep_interval = min(spec.lease / 3, 1.0)
         self._wakeup = wakeup
@@ -93,14 +94,15 @@ class TaskConsumer(Consumer[Job]):
         self._reconcile_at = 0.0
         self._nudge = asyncio.Event()  # a retry was written: re-size the blocking wait
         self._waiter: asyncio.Task[None] | None = None
-        self._registered = False
+        self._registered_at: float | None = None  # when a reply first showed us registered
         self._recover_after: float | None = 0.0  # None: in an outage
 
     async def start(self) -> None:
         # Register before the first fetch: a script Redis refuses (an ACL user without
         # EVALSHA or without the queue's keys) stops the start with one error, instead of
         # a worker that runs and logs refusals.
-        self._check_registration(await self.transport.heartbeat(self.lease_ms))
+        sent = time.monotonic()
+        self._check_registration(await self.transport.heartbeat(self.lease_ms), sent)
 
     # fetching ----------------------------------------------------------------------------
     async def fetch(self, room: int) -> list[Job]:
@@ -115,10 +117,11 @@ class TaskConsumer(Consumer[Job]):
         if self._wakeup is not None:
             self._wakeup.clear()
         count = min(room, self.spec.batch)
+        sent = time.monotonic()
         fetched = await self.transport.fetch(
             count, self.lease_ms, f"{self.transport.consumer}:{self._fetches}:", count
         )
-        self._check_registration(fetched.registered)
+        self._check_registration(fetched.registered, sent)
         if fetched.items:
             return self._adopt(fetched.items)
         await self._block(self._block_time(fetched))
@@ -190,8 +193,12 @@ class TaskConsumer(Consumer[Job]):
             )
         return strays
 
-    def _check_registration(self, registered_now: bool) -> None:
-        if registered_now and self._registered:
+    def _check_registration(self, registered_now: bool, sent: float) -> None:
+        """``registered_now``: the call sent at ``sent`` found this consumer unregistered.
+        Only a call sent after registration was seen can have found it lost: heartbeat and
+        fetch run on two connections, so their replies may arrive in either order."""
+        seen = self._registered_at
+        if registered_now and seen is not None and sent > seen:
             log.warning(
                 "queue %r: this consumer was no longer registered: its lease (%.1fs) expired "
                 "and other consumers took its in-flight work, which may run twice (was the "
@@ -199,7 +206,11 @@ class TaskConsumer(Consumer[Job]):
                 self.handler.key,
                 self.spec.lease,
             )
-        self._registered = True
+            # What waits here unstarted may be another consumer's now: drop it. Whatever is
+            # still in this consumer's processing list, ``_reconcile`` adopts again.
+            self._release([job.item.raw for job in self.pool.drop(lambda job: True)])
+        if seen is None:
+            self._registered_at = time.monotonic()
 
     # running -----------------------------------------------------------------------------
     async def process(self, job: Job) -> None:
@@ -279,13 +290,16 @@ class TaskConsumer(Consumer[Job]):
 
     # upkeep ------------------------------------------------------------------------------
     async def upkeep(self) -> None:
+        sent = time.monotonic()
         try:
             registered_now = await self.transport.heartbeat(self.lease_ms)
-        except Exception as exc:
-            if is_connection_error(exc):
+        except BaseException as exc:
+            # Unreachable, or no reply by the deadline (the call is cancelled): an outage.
+            if isinstance(exc, asyncio.CancelledError) or is_connection_error(exc):
                 self._recover_after = None
             raise
-        self._check_registration(registered_now)
+        self._check_registration(registered_now, sent)
+        self.renewed()
         if self._recover_after is None:
             self._recover_after = time.monotonic() + OUTAGE_GRACE
         if time.monotonic() < self._recover_after:

@@ -511,3 +511,28 @@ async def test_a_crashed_master_is_replaced_and_every_model_follows(
             return len(jobs) == 200
 
         await wait_until(all_handled, "the jobs enqueued after the failover")
+
+
+async def test_ten_thousand_concurrent_producers_on_a_cluster(
+    redis_cluster: LocalCluster, cluster_client: RedisCluster
+) -> None:
+    """A cluster node's pool refuses at once when full; the app's producing bound makes
+    every call wait its turn instead, on keys spread over every master."""
+    app = App(redis_cluster.url, max_connections=10)
+    queues = [f"burst-{i}" for i in range(8)]
+    assert len(masters(redis_cluster, queues)) == 3
+
+    async def produce(i: int) -> object:
+        if i % 3 == 0:
+            return await app.enqueue(queues[i % 8], i)
+        if i % 3 == 1:
+            return await app.append(f"{{{queues[i % 8]}}}:events", {"n": i})
+        return await app.publish("news", str(i))
+
+    try:
+        results = await asyncio.gather(*(produce(i) for i in range(10_000)))
+    finally:
+        await app.aclose()
+    assert len(results) == 10_000
+    lengths = [await cluster_client.llen(q) for q in queues]
+    assert sum(lengths) == len(range(0, 10_000, 3))

@@ -107,3 +107,17 @@ async def test_app_follows_a_sentinel_failover(
 
         # The subscriber reconnected to the new master (a publish there reaches it).
         await wait_until(published, "a notice published on the new master")
+
+
+async def test_ten_thousand_concurrent_producers_through_sentinel(
+    sentinel_setup: tuple[RedisServer, RedisServer, SentinelServer],
+) -> None:
+    """Sentinel builds its own pool; the app's producing bound still makes calls wait."""
+    _, _, sentinel = sentinel_setup
+    app = App(f"redis+sentinel://127.0.0.1:{sentinel.port}/mymaster", max_connections=10)
+    try:
+        ids = await asyncio.gather(*(app.enqueue("jobs", i) for i in range(10_000)))
+        assert len(set(ids)) == 10_000
+        assert await app.connection.command.llen("jobs") == 10_000
+    finally:
+        await app.aclose()
