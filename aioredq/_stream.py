@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import json
+import random
 import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any
 
 from ._codec import DecodeError, decode_fields_raw
-from ._connection import BLOCK_SECONDS, Connection
+from ._connection import BLOCK_SECONDS, Connection, is_connection_error
 from ._consumer import ACK, Again, Consumer, Dead, error_text, log
 from ._handlers import StreamHandler
 from ._message import Message
@@ -30,6 +33,21 @@ MEMORY_POLL = 0.05
 LAG_CHECK_SECONDS = 10.0
 LAG_WARN_EVERY = 60.0
 PRUNE_MIN_SECONDS = 2.0
+# Pending entries one claiming call looks at (it claims at most a batch of them).
+CLAIM_SCAN = 100
+# Dead letters Redis refuses are tried again after this backoff (seconds).
+DEAD_RETRY_BASE = 0.25
+DEAD_RETRY_MAX = 30.0
+
+
+def entry_size(fields: dict[bytes, bytes]) -> int:
+    """Bytes of an entry as stored: its field names and values (what ``check_size`` counts
+    when the app produces one)."""
+    return sum(map(len, fields)) + sum(map(len, fields.values()))
+
+
+def _too_large(size: int, limit: int) -> str:
+    return f"MessageTooLarge: entry is {size} bytes, over max_body_bytes={limit}"
 
 
 def _entry_time(entry_id: str) -> datetime | None:
@@ -81,13 +99,10 @@ class _StreamBase(Consumer[Entry]):
     def decode(self, entry: Entry) -> Any:
         """The handler's body; an entry over ``max_body_bytes`` (written by another program:
         the app refuses to produce one) is refused like an invalid one."""
-        fields = entry.fields
-        size = sum(map(len, fields)) + sum(map(len, fields.values()))
+        size = entry_size(entry.fields)
         if size > self._max_size:
-            raise DecodeError(
-                f"MessageTooLarge: entry is {size} bytes, over max_body_bytes={self._max_size}"
-            )
-        return self._codec.decode_fields(decode_fields_raw(fields))
+            raise DecodeError(_too_large(size, self._max_size))
+        return self._codec.decode_fields(decode_fields_raw(entry.fields))
 
     def message(self, entry: Entry) -> Message:
         fields = decode_fields_raw(entry.fields)
@@ -123,13 +138,25 @@ class GroupConsumer(_StreamBase):
         )
         self.lease_ms = int(self.spec.lease * 1000)
         self.upkeep_interval = min(self.spec.lease / 3, 1.0)
-        # Entries this consumer holds (id -> delivery count): queued, running or waiting for
-        # a retry. Upkeep keeps every one of them fresh so no other consumer takes them.
+        # Entries this consumer holds (id -> delivery count): queued, running, waiting for a
+        # retry, or finished with their ack or dead letter not yet written. Upkeep keeps every
+        # one of them fresh so no other consumer takes them, whatever the writes' trouble.
         self._in_flight: dict[str, int] = {}
         self._retry_heap: list[tuple[float, str]] = []
         self._started: set[str] = set()
         self._acks: list[str] = []
         self._dead: list[DeadLetter] = []
+        # Outcomes in a write that has not returned yet (they left _acks/_dead), and a count
+        # of writes begun or ended, so upkeep can tell an entry settled under its feet.
+        self._done: set[str] = set()  # finished here, in _acks, _dead or a write
+        self._settling = 0
+        self._settle_gen = 0
+        self._settled = asyncio.Event()
+        # Dead letters Redis refused (wrong-typed dead stream, ACL, maxmemory) wait here,
+        # still pending and ours, and are tried again with backoff; acks go on meanwhile.
+        self._dead_retry_at = 0.0
+        self._dead_failures = 0
+        self._dead_refused_since: float | None = None
         self._cursor = "0-0"
         self._next_claim = 0.0
         # The newest entry known to be delivered to the group: where a deleted group or
@@ -184,7 +211,18 @@ class GroupConsumer(_StreamBase):
             await self._recreate(exc)
             return []
 
+    def _unsettled(self) -> int:
+        return len(self._acks) + len(self._dead) + self._settling
+
     async def _fetch(self, room: int) -> list[Entry]:
+        # Finished entries whose ack or dead letter is not written yet take room like queued
+        # ones: while writes are refused, memory stays bounded by the pool's capacity.
+        room -= self._unsettled()
+        if room < self.min_room:
+            self._settled.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), BLOCK_SECONDS)
+            return []
         due = self._due_retries(room)
         if due:
             try:
@@ -226,8 +264,8 @@ class GroupConsumer(_StreamBase):
         """XAUTOCLAIM entries idle for longer than the lease, walking the cursor to the end
         (across calls when there is not room for all of them at once)."""
         while True:
-            cursor, entries, deleted = await self.transport.autoclaim(
-                self.lease_ms, self._cursor, count
+            cursor, entries, deleted, own = await self.transport.autoclaim(
+                self.lease_ms, self._cursor, count, max(count, CLAIM_SCAN)
             )
             self._cursor = cursor
             if cursor == "0-0":
@@ -241,11 +279,14 @@ class GroupConsumer(_StreamBase):
                     len(deleted),
                     ", ".join(deleted[:10]),
                 )
-            # An entry of ours is only that idle if upkeep could not renew it: it is queued
-            # or running here already, so it must not be queued twice.
+            # Our own entries are never claimed from the group: one that idle is held here
+            # (upkeep could not renew it, say during an outage) and is queued, running or
+            # finished. Only one this consumer does not know of (a read whose reply was lost)
+            # is taken back, as a new delivery.
+            strays = [i for i in own if i not in self._in_flight]
+            if strays:
+                entries += await self.transport.claim_own(strays)
             fresh = [e for e in entries if e.id not in self._in_flight]
-            for entry in entries:
-                self._in_flight[entry.id] = entry.deliveries
             if fresh:
                 log.warning(
                     "stream %r group %r: claimed %d entr(y/ies) of silent consumers",
@@ -281,43 +322,105 @@ class GroupConsumer(_StreamBase):
         )
         self._started.discard(entry_id)
         if decision is ACK:
-            self._in_flight.pop(entry_id, None)
+            self._done.add(entry_id)
             self._acks.append(entry_id)
             self.settle_soon()
         elif isinstance(decision, Again):
             # Stays pending and ours (kept fresh by upkeep) until it is due again.
             heapq.heappush(self._retry_heap, (time.monotonic() + decision.delay, entry_id))
         elif isinstance(decision, Dead):
-            self._in_flight.pop(entry_id, None)
+            size = entry_size(entry.fields)
+            # An oversized entry is not copied (a 50 MB entry would cost the worker and Redis
+            # several copies more): the dead letter keeps its id, size and reason, and the
+            # entry itself stays readable in the stream until it is trimmed.
+            fields = "{}" if size > self._max_size else json.dumps(decode_fields_raw(entry.fields))
+            self._done.add(entry_id)
             self._dead.append(
                 DeadLetter(
-                    entry_id,
-                    decision.error,
-                    attempt,
-                    datetime.now(UTC).isoformat(),
-                    json.dumps(decode_fields_raw(entry.fields)),
+                    entry_id, decision.error, attempt, datetime.now(UTC).isoformat(), fields, size
                 )
             )
             self.settle_soon()
 
     def has_unsettled(self) -> bool:
-        return bool(self._acks or self._dead)
+        return bool(self._acks) or (bool(self._dead) and time.monotonic() >= self._dead_retry_at)
 
     async def settle(self) -> None:
-        acks, dead = self._acks, self._dead
-        self._acks, self._dead = [], []
+        acks, self._acks = self._acks, []
+        if acks:
+            try:
+                await self._write(acks, self.transport.ack(acks))
+            except BaseException:
+                self._acks[:0] = acks
+                raise
+        if self._dead and time.monotonic() >= self._dead_retry_at:
+            await self._settle_dead()
+
+    async def _write(self, ids: list[str], call: Awaitable[None]) -> None:
+        """Run one write that settles ``ids``; they are forgotten once it succeeded."""
+        self._settling += len(ids)
+        self._settle_gen += 1
         try:
-            await self.transport.settle(acks, dead)
-        except BaseException:
-            self._acks[:0], self._dead[:0] = acks, dead
-            raise
+            await call
+        finally:
+            self._settling -= len(ids)
+            self._settle_gen += 1
+        for entry_id in ids:
+            self._in_flight.pop(entry_id, None)
+            self._done.discard(entry_id)
+        self._settled.set()
+
+    async def _settle_dead(self) -> None:
+        letters, self._dead = self._dead, []
+        for k, letter in enumerate(letters):
+            try:
+                await self._write([letter.id], self.transport.dead_letter(letter))
+            except BaseException as exc:
+                self._dead[:0] = letters[k:]
+                if not isinstance(exc, Exception) or is_connection_error(exc):
+                    raise  # Redis is unreachable: the settle loop waits for it
+                self._dead_refused(exc)
+                return
+        if self._dead_refused_since is not None:
+            log.warning(
+                "stream %r group %r: dead letters written again after %.1fs",
+                self.handler.key,
+                self.spec.group,
+                time.monotonic() - self._dead_refused_since,
+            )
+        self._dead_failures = 0
+        self._dead_refused_since = None
+
+    def _dead_refused(self, exc: Exception) -> None:
+        """Redis refused a dead letter: keep it (pending and ours, kept fresh by upkeep),
+        try again with backoff, and say so once per spell."""
+        self._dead_failures += 1
+        delay = min(DEAD_RETRY_MAX, DEAD_RETRY_BASE * 2 ** min(self._dead_failures, 10))
+        self._dead_retry_at = time.monotonic() + random.uniform(delay / 2, delay)
+        if self._dead_refused_since is None:
+            self._dead_refused_since = time.monotonic()
+            log.error(
+                "stream %r group %r: Redis refused a dead letter to %r (%s); %d entr(y/ies) "
+                "stay pending here and are tried again with backoff; acks go on",
+                self.handler.key,
+                self.spec.group,
+                self.transport.dead,
+                error_text(exc),
+                len(self._dead),
+            )
 
     async def upkeep(self) -> None:
         try:
             await self.transport.heartbeat(self.lease_ms)
-            # An entry settled while the script ran is not lost: it left _in_flight.
+            if self._dead and time.monotonic() >= self._dead_retry_at:
+                self.settle_soon()
+            gen = self._settle_gen if not self._settling else -1
+            touched = await self.transport.touch(list(self._in_flight))
+            overlapped = gen != self._settle_gen or bool(self._settling)
+            # An entry settled while the script ran is not lost: it left _in_flight, or its
+            # write ran alongside (then it is finished here, and the write settles it).
             lost = [
-                i for i in await self.transport.touch(list(self._in_flight)) if i in self._in_flight
+                i for i in touched if i in self._in_flight and not (overlapped and i in self._done)
             ]
             if lost:
                 for entry_id in lost:

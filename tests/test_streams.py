@@ -197,8 +197,10 @@ async def test_consumer_names_are_unique_per_app(
         names = await consumer_names(redis_client, "names", "g")
     assert len(names) == 2
     for name in names:
-        host, pid, suffix = name.rsplit(":", 2)
+        # Each handler is its own consumer: host:pid:run:handler.
+        host, pid, suffix, handler = name.split(":", 3)
         assert host and int(pid) == os.getpid() and re.fullmatch(r"[0-9a-f]{6}", suffix), name
+        assert handler.endswith("handle"), name
 
 
 # claiming -------------------------------------------------------------------------------------
@@ -685,10 +687,11 @@ async def test_release_touch_and_claim_own_scripts(redis_client: redis.asyncio.R
     assert rows[ids[2]]["time_since_delivered"] < 60_000
 
     # Another consumer takes the released ones at once (and they count one delivery more).
-    cursor, claimed, deleted = await other.autoclaim(30_000, "0-0", 10)
-    assert (cursor, [(e.id, e.deliveries) for e in claimed], deleted) == (
+    cursor, claimed, deleted, own = await other.autoclaim(30_000, "0-0", 10)
+    assert (cursor, [(e.id, e.deliveries) for e in claimed], deleted, own) == (
         "0-0",
         [(ids[0], 2), (ids[1], 1)],
+        [],
         [],
     )
     # TOUCH keeps what is still ours and reports what is not.

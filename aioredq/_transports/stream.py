@@ -91,20 +91,42 @@ return n
 """
 )
 
-# KEYS: stream; ARGV: group, consumer, min_idle_ms, cursor, count.
-# XAUTOCLAIM plus each claimed entry's delivery count: {cursor, {{id, fields, n}...}, deleted}.
+# KEYS: stream; ARGV: group, consumer, min_idle_ms, cursor, count, scan.
+# Claims entries idle for min_idle_ms of OTHER consumers: XAUTOCLAIM cannot skip the caller's
+# own entries, and a consumer whose renewals were refused or cut off for longer than the lease
+# would take back (and run again) work it is still running or has finished and not yet acked.
+# Walks the PEL with XPENDING IDLE from the cursor (exclusive; "0-0" starts at the beginning),
+# looks at up to `scan` rows and claims up to `count`: {cursor, {{id, fields, n}...}, deleted,
+# own}, where `own` lists the caller's own idle ids, left alone (the caller knows which of them
+# it holds; one it does not know of, say a read whose reply was lost, it claims back). The
+# cursor is "0-0" once the walk reached the end. XCLAIM of an entry deleted from the stream
+# returns nothing and (Redis 7) drops it from the PEL: those ids come back as deleted.
 AUTOCLAIM = """
-local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', ARGV[5])
-local out = {}
-for _, e in ipairs(r[2]) do
-  if e then
-    local p = redis.call('XPENDING', KEYS[1], ARGV[1], e[1], e[1], 1)
-    local n = 1
-    if p[1] then n = p[1][4] end
-    out[#out + 1] = {e[1], e[2] or {}, n}
+local start = ARGV[4]
+if start ~= '0-0' then start = '(' .. start end
+local scan = tonumber(ARGV[6])
+local rows = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], start, '+', scan)
+local out, deleted, own = {}, {}, {}
+local want = tonumber(ARGV[5])
+local cursor = '0-0'
+for i, row in ipairs(rows) do
+  if #out >= want then
+    cursor = rows[i - 1][1]
+    break
   end
+  if row[2] == ARGV[2] then
+    own[#own + 1] = row[1]
+  else
+    local got = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], row[1])
+    if got[1] then
+      out[#out + 1] = {got[1][1], got[1][2] or {}, row[4] + 1}
+    else
+      deleted[#deleted + 1] = row[1]
+    end
+  end
+  if i == #rows and #rows >= scan then cursor = row[1] end
 end
-return {r[1], out, r[3] or {}}
+return {cursor, out, deleted, own}
 """
 
 # KEYS: stream, consumers zset; ARGV: group, consumer. Leaves the group if it holds nothing.
@@ -151,14 +173,31 @@ return removed
 """
 )
 
-# KEYS: stream, dead stream; ARGV: group, consumer, id, error, deliveries, failed_at, fields.
-# Only an entry still ours is dead-lettered: one taken over by another consumer is theirs now.
+# KEYS: stream, dead stream; ARGV: group, consumer, id, error, deliveries, failed_at, fields,
+# size. Only an entry still ours is dead-lettered: one taken over by another consumer is theirs
+# now. Both writes are checked before the first one (Redis does not undo a script that fails
+# half way): a dead stream of the wrong type, or an ACL that refuses XADD there or XACK here,
+# leaves the entry pending and ours, to be tried again, instead of a dead letter written twice.
+# Under maxmemory the XADD (the first write) is refused before anything is written.
 DEAD = (
     _OWNED
     + """
 if not owned(ARGV[3]) then return 0 end
+local t = redis.call('TYPE', KEYS[2])['ok']
+if t ~= 'none' and t ~= 'stream' then
+  return redis.error_reply('WRONGTYPE dead-letter key ' .. KEYS[2] .. ' holds a ' .. t ..
+                           ', not a stream; the entry stays pending')
+end
+if redis.acl_check_cmd then
+  if not redis.acl_check_cmd('XADD', KEYS[2], '*', 'original_id', ARGV[3]) then
+    return redis.error_reply('NOPERM this user may not XADD to ' .. KEYS[2])
+  end
+  if not redis.acl_check_cmd('XACK', KEYS[1], ARGV[1], ARGV[3]) then
+    return redis.error_reply('NOPERM this user may not XACK on ' .. KEYS[1])
+  end
+end
 redis.call('XADD', KEYS[2], '*', 'original_id', ARGV[3], 'group', ARGV[1], 'error', ARGV[4],
-           'deliveries', ARGV[5], 'failed_at', ARGV[6], 'fields', ARGV[7])
+           'deliveries', ARGV[5], 'failed_at', ARGV[6], 'fields', ARGV[7], 'size', ARGV[8])
 return redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 """
 )
@@ -182,6 +221,7 @@ class DeadLetter:
     deliveries: int
     failed_at: str
     fields_json: str
+    size: int  # bytes of the entry's field names and values
 
 
 def _text(value: Any) -> str:
@@ -262,10 +302,14 @@ class StreamTransport:
         maxlen: int | None,
         min_ms: int | None = None,
     ) -> list[str]:
-        """XADD every entry in one pipeline, trimming with ``MAXLEN ~`` on each; entries
+        """XADD every entry in one MULTI/EXEC, trimming with ``MAXLEN ~`` on each; entries
         older than ``min_ms`` (ms since the epoch) are trimmed with ``MINID ~`` as well (XADD
-        takes one trim strategy, so with both the batch ends with an ``XTRIM MINID ~``)."""
-        pipe = self.client.pipeline(transaction=False)
+        takes one trim strategy, so with both the batch ends with an ``XTRIM MINID ~``).
+
+        All or nothing: one key is one hash slot (so this holds on a cluster too), and a
+        command Redis refuses while queueing (maxmemory, ACL, wrong type) aborts the whole
+        EXEC, so a failed call wrote nothing and can be retried without duplicates."""
+        pipe = self.client.pipeline(transaction=True)
         by_id = min_ms is not None and maxlen is None
         for fields in entries:
             if by_id:
@@ -309,26 +353,34 @@ class StreamTransport:
         last = await self.client.xrevrange(self.stream, count=1)
         return _text(last[0][0]) if last else "0-0"
 
-    # settling ----------------------------------------------------------------------------
-    async def settle(self, acks: Sequence[str], dead: Sequence[DeadLetter]) -> None:
-        """XACK the acked entries in one call; dead letters (rare) one script call each. A
-        group or stream deleted meanwhile has nothing left to settle."""
+    # settling ---------------------------------------------------------------------------
+    async def ack(self, ids: Sequence[str]) -> None:
+        """XACK ``ids`` in one call. A group or stream deleted meanwhile has nothing left to
+        settle."""
+        if not ids:
+            return
         try:
-            if acks:
-                await self.client.xack(self.stream, self.group, *acks)
-            for letter in dead:
-                await self._dead(
-                    keys=[self.stream, self.dead],
-                    args=[
-                        self.group,
-                        self.consumer,
-                        letter.id,
-                        letter.error,
-                        letter.deliveries,
-                        letter.failed_at,
-                        letter.fields_json,
-                    ],
-                )
+            await self.client.xack(self.stream, self.group, *ids)
+        except ResponseError as exc:
+            if not is_nogroup(exc):
+                raise
+
+    async def dead_letter(self, letter: DeadLetter) -> None:
+        """Move one entry to the dead letters (XADD there and XACK here, checked first)."""
+        try:
+            await self._dead(
+                keys=[self.stream, self.dead],
+                args=[
+                    self.group,
+                    self.consumer,
+                    letter.id,
+                    letter.error,
+                    letter.deliveries,
+                    letter.failed_at,
+                    letter.fields_json,
+                    letter.size,
+                ],
+            )
         except ResponseError as exc:
             if not is_nogroup(exc):
                 raise
@@ -355,13 +407,18 @@ class StreamTransport:
         return int(await self._release(keys=[self.stream], args=args))
 
     async def autoclaim(
-        self, min_idle_ms: int, cursor: str, count: int
-    ) -> tuple[str, list[Entry], list[str]]:
-        nxt, claimed, deleted = await self._autoclaim(
-            keys=[self.stream], args=[self.group, self.consumer, min_idle_ms, cursor, count]
+        self, min_idle_ms: int, cursor: str, count: int, scan: int = 100
+    ) -> tuple[str, list[Entry], list[str], list[str]]:
+        """Claim up to ``count`` entries of other consumers idle for ``min_idle_ms``, looking
+        at up to ``scan`` pending entries from ``cursor``; never the caller's own entries.
+        Returns the next cursor, the claimed entries, the ids deleted from the stream, and
+        the ids of the caller's own idle entries (not claimed)."""
+        nxt, claimed, deleted, own = await self._autoclaim(
+            keys=[self.stream],
+            args=[self.group, self.consumer, min_idle_ms, cursor, max(count, 1), max(scan, count)],
         )
         entries = [Entry(_text(i), _fields(f), int(n)) for i, f, n in claimed]
-        return _text(nxt), entries, [_text(d) for d in deleted]
+        return _text(nxt), entries, [_text(d) for d in deleted], [_text(i) for i in own]
 
     # liveness ----------------------------------------------------------------------------
     async def heartbeat(self, lease_ms: int) -> None:
