@@ -207,3 +207,35 @@ async def test_two_apps_on_one_group_run_each_entry_once(
         await until_redis(lambda: pending(redis_client, "two", "g"), 0, "every entry acked")
         await asyncio.sleep(QUIET)
     assert runs == {i: 1 for i in ids}
+
+
+# batch producing --------------------------------------------------------------------------------
+async def test_append_many_refused_by_maxmemory_writes_nothing(fresh_redis: Any) -> None:
+    client = redis.asyncio.Redis.from_url(fresh_redis.url)
+    app = App(fresh_redis.url)
+    try:
+        used = int((await client.info("memory"))["used_memory"])
+        await client.config_set("maxmemory-policy", "noeviction")
+        await client.config_set("maxmemory", used + 200_000)
+        bodies = [{"n": str(n), "pad": "x" * 1000} for n in range(2000)]  # ~2 MB
+        with pytest.raises(Exception, match="maxmemory"):
+            await app.append_many("oom", bodies)
+        assert await client.xlen("oom") == 0  # not a prefix of the batch: a retry is safe
+        await client.config_set("maxmemory", 0)
+        ids = await app.append_many("oom", bodies)
+        assert len(ids) == 2000 and await client.xlen("oom") == 2000
+    finally:
+        await app.aclose()
+        await client.aclose()
+
+
+async def test_append_many_on_memory_is_all_or_nothing_too() -> None:
+    app = App("memory://")
+    try:
+        ids = await app.append_many("mem", [{"n": str(n)} for n in range(5)])
+        assert len(ids) == 5
+        # One MULTI/EXEC on fakeredis as well.
+        rows = await app.connection.command.xrange("mem")
+        assert [i.decode() for i, _ in rows] == ids
+    finally:
+        await app.aclose()
