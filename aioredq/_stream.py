@@ -333,12 +333,16 @@ class GroupConsumer(_StreamBase):
             # An oversized entry is not copied (a 50 MB entry would cost the worker and Redis
             # several copies more): the dead letter keeps its id, size and reason, and the
             # entry itself stays readable in the stream until it is trimmed.
-            fields = "{}" if size > self._max_size else json.dumps(decode_fields_raw(entry.fields))
+            error, fields = decision.error, "{}"
+            if size > self._max_size:
+                error += (
+                    "; its fields are not copied here: read them in the stream under original_id"
+                )
+            else:
+                fields = json.dumps(decode_fields_raw(entry.fields))
             self._done.add(entry_id)
             self._dead.append(
-                DeadLetter(
-                    entry_id, decision.error, attempt, datetime.now(UTC).isoformat(), fields, size
-                )
+                DeadLetter(entry_id, error, attempt, datetime.now(UTC).isoformat(), fields, size)
             )
             self.settle_soon()
 
