@@ -349,6 +349,14 @@ class GroupConsumer(_StreamBase):
     def has_unsettled(self) -> bool:
         return bool(self._acks) or (bool(self._dead) and time.monotonic() >= self._dead_retry_at)
 
+    @property
+    def idle(self) -> bool:
+        return super().idle and not self._dead
+
+    def request_stop(self) -> None:
+        super().request_stop()
+        self._settled.set()  # a fetch waiting for room sees the stop at once
+
     async def settle(self) -> None:
         acks, self._acks = self._acks, []
         if acks:
@@ -488,6 +496,11 @@ class GroupConsumer(_StreamBase):
         heapq.heappush(self._retry_heap, (time.monotonic(), job.id))
 
     async def leave(self) -> None:
+        if self._dead:
+            # One last try for refused dead letters; entries still refused stay pending here,
+            # and the group's other consumers claim them once the lease has passed.
+            self._dead_retry_at = 0.0
+            await self._settle_dead()
         # Entries waiting for a retry become claimable by the others at once; their failed
         # deliveries still count.
         waiting = [(entry_id, self._in_flight.get(entry_id, 1)) for _, entry_id in self._retry_heap]
