@@ -36,8 +36,8 @@ PRUNE_MIN_SECONDS = 2.0
 # Pending entries one claiming call looks at (it claims at most a batch of them).
 CLAIM_SCAN = 100
 # Dead letters Redis refuses are tried again after this backoff (seconds).
-DEAD_RETRY_BASE = 0.25
-DEAD_RETRY_MAX = 30.0
+DEAD_RETRY_BASE = 0.1
+DEAD_RETRY_MAX = 5.0
 
 
 def entry_size(fields: dict[bytes, bytes]) -> int:

@@ -23,7 +23,7 @@ from aioredq import App, Message, Reject
 
 LEASE = 0.5
 # Several leases: long enough for a lease that lapsed to be noticed and its entries claimed.
-QUIET = 6 * LEASE
+QUIET = 4 * LEASE
 
 
 async def pending(client: redis.asyncio.Redis, stream: str, group: str) -> int:
