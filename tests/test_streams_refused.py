@@ -18,8 +18,10 @@ import pytest
 import pytest_asyncio
 import redis.asyncio
 from _waiting import until, until_redis
+from redis.exceptions import ResponseError
 
 from aioredq import App, Message, Reject
+from aioredq._transports.stream import DeadLetter, StreamTransport
 
 LEASE = 0.5
 # Several leases: long enough for a lease that lapsed to be noticed and its entries claimed.
@@ -239,3 +241,49 @@ async def test_append_many_on_memory_is_all_or_nothing_too() -> None:
         assert [i.decode() for i, _ in rows] == ids
     finally:
         await app.aclose()
+
+
+# the dead-letter script refuses before it writes ----------------------------------------------
+async def _one_pending(client: redis.asyncio.Redis, transport: StreamTransport) -> DeadLetter:
+    await client.xgroup_create("d", "g", "$", mkstream=True)
+    await client.xadd("d", {"n": "1"})
+    (entry,) = await transport.read_group(transport.client, 1, None)
+    return DeadLetter(entry.id, "Reject: no", 1, "now", '{"n": "1"}', 2)
+
+
+async def test_dead_letter_refused_by_acl_or_maxmemory_writes_nothing(
+    app_user: str, redis_client: redis.asyncio.Redis, fresh_redis: Any
+) -> None:
+    # XADD allowed, XACK refused: without the check first, the letter would be written and
+    # the entry left pending, to be dead-lettered again.
+    user = redis.asyncio.Redis.from_url(app_user)
+    try:
+        transport = StreamTransport(user, "d", "g", "me")
+        letter = await _one_pending(redis_client, transport)
+        await redis_client.execute_command("ACL", "SETUSER", "app", "-xack")
+        with pytest.raises(ResponseError, match="may not XACK"):
+            await transport.dead_letter(letter)
+        assert await redis_client.exists("{d}:dead") == 0
+        assert await pending(redis_client, "d", "g") == 1
+        await redis_client.execute_command("ACL", "SETUSER", "app", "+xack")
+        await transport.dead_letter(letter)
+        assert (
+            await redis_client.xlen("{d}:dead") == 1 and await pending(redis_client, "d", "g") == 0
+        )
+    finally:
+        await user.aclose()
+
+    own = redis.asyncio.Redis.from_url(fresh_redis.url)
+    try:
+        transport = StreamTransport(own, "d", "g", "me")
+        letter = await _one_pending(own, transport)
+        await own.config_set("maxmemory-policy", "noeviction")
+        await own.config_set("maxmemory", 1)
+        with pytest.raises(ResponseError, match=r"OOM|maxmemory"):
+            await transport.dead_letter(letter)
+        await own.config_set("maxmemory", 0)
+        assert await own.exists("{d}:dead") == 0 and await pending(own, "d", "g") == 1
+        await transport.dead_letter(letter)
+        assert await own.xlen("{d}:dead") == 1 and await pending(own, "d", "g") == 0
+    finally:
+        await own.aclose()
