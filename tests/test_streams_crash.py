@@ -129,7 +129,7 @@ async def crash_run(
             await poll(progressed, 60, f"{target} entries handled", everyone)
             victim = running.pop(0)
             names = await consumers(client)
-            (victim_name,) = (n for n in names if n.split(":")[-3] == str(victim.pid))
+            (victim_name,) = (n for n in names if n.split(":")[1] == str(victim.pid))
             killed_at = time.time()
             victim.proc.send_signal(signal.SIGKILL)
             await victim.proc.wait()
@@ -184,7 +184,7 @@ async def crash_run(
         alive = {str(w.pid) for w in running}
 
         async def pruned() -> bool:
-            return all(n.split(":")[-3] in alive for n in await consumers(client))
+            return all(n.split(":")[1] in alive for n in await consumers(client))
 
         await poll(pruned, lease + 30, "dead consumers removed", everyone)
         for worker in running:
