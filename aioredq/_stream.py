@@ -6,19 +6,18 @@ import asyncio
 import contextlib
 import heapq
 import json
-import random
 import time
-from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any
 
 from ._codec import DecodeError, decode_fields_raw
-from ._connection import BLOCK_SECONDS, Connection, is_connection_error
+from ._connection import BLOCK_SECONDS, Connection
 from ._consumer import ACK, Again, Consumer, Dead, error_text, log
 from ._handlers import StreamHandler
 from ._message import Message
 from ._outage import Outage
 from ._stats import Counters
+from ._stream_outcomes import Outcomes
 from ._transports.stream import (
     DeadLetter,
     Entry,
@@ -35,9 +34,6 @@ LAG_WARN_EVERY = 60.0
 PRUNE_MIN_SECONDS = 2.0
 # Pending entries one claiming call looks at (it claims at most a batch of them).
 CLAIM_SCAN = 100
-# Dead letters Redis refuses are tried again after this backoff (seconds).
-DEAD_RETRY_BASE = 0.1
-DEAD_RETRY_MAX = 5.0
 
 
 def entry_size(fields: dict[bytes, bytes]) -> int:
@@ -144,19 +140,12 @@ class GroupConsumer(_StreamBase):
         self._in_flight: dict[str, int] = {}
         self._retry_heap: list[tuple[float, str]] = []
         self._started: set[str] = set()
-        self._acks: list[str] = []
-        self._dead: list[DeadLetter] = []
-        # Outcomes in a write that has not returned yet (they left _acks/_dead), and a count
-        # of writes begun or ended, so upkeep can tell an entry settled under its feet.
-        self._done: set[str] = set()  # finished here, in _acks, _dead or a write
-        self._settling = 0
-        self._settle_gen = 0
-        self._settled = asyncio.Event()
-        # Dead letters Redis refused (wrong-typed dead stream, ACL, maxmemory) wait here,
-        # still pending and ours, and are tried again with backoff; acks go on meanwhile.
-        self._dead_retry_at = 0.0
-        self._dead_failures = 0
-        self._dead_refused_since: float | None = None
+        self._outcomes = Outcomes(
+            self.transport,
+            f"stream {handler.key!r} group {self.spec.group!r}",
+            log,
+            lambda entry_id: self._in_flight.pop(entry_id, None),
+        )
         self._cursor = "0-0"
         self._next_claim = 0.0
         # The newest entry known to be delivered to the group: where a deleted group or
@@ -211,17 +200,15 @@ class GroupConsumer(_StreamBase):
             await self._recreate(exc)
             return []
 
-    def _unsettled(self) -> int:
-        return len(self._acks) + len(self._dead) + self._settling
-
     async def _fetch(self, room: int) -> list[Entry]:
         # Finished entries whose ack or dead letter is not written yet take room like queued
         # ones: while writes are refused, memory stays bounded by the pool's capacity.
-        room -= self._unsettled()
+        room -= self._outcomes.count
         if room < self.min_room:
-            self._settled.clear()
+            written = self._outcomes.written
+            written.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._settled.wait(), BLOCK_SECONDS)
+                await asyncio.wait_for(written.wait(), BLOCK_SECONDS)
             return []
         due = self._due_retries(room)
         if due:
@@ -322,8 +309,7 @@ class GroupConsumer(_StreamBase):
         )
         self._started.discard(entry_id)
         if decision is ACK:
-            self._done.add(entry_id)
-            self._acks.append(entry_id)
+            self._outcomes.ack(entry_id)
             self.settle_soon()
         elif isinstance(decision, Again):
             # Stays pending and ours (kept fresh by upkeep) until it is due again.
@@ -340,99 +326,40 @@ class GroupConsumer(_StreamBase):
                 )
             else:
                 fields = json.dumps(decode_fields_raw(entry.fields))
-            self._done.add(entry_id)
-            self._dead.append(
+            self._outcomes.dead_letter(
                 DeadLetter(entry_id, error, attempt, datetime.now(UTC).isoformat(), fields, size)
             )
             self.settle_soon()
 
     def has_unsettled(self) -> bool:
-        return bool(self._acks) or (bool(self._dead) and time.monotonic() >= self._dead_retry_at)
+        return self._outcomes.due
 
     @property
     def idle(self) -> bool:
-        return super().idle and not self._dead
+        return super().idle and not self._outcomes.dead
 
     def request_stop(self) -> None:
         super().request_stop()
-        self._settled.set()  # a fetch waiting for room sees the stop at once
+        self._outcomes.written.set()  # a fetch waiting for room sees the stop at once
 
     async def settle(self) -> None:
-        acks, self._acks = self._acks, []
-        if acks:
-            try:
-                await self._write(acks, self.transport.ack(acks))
-            except BaseException:
-                self._acks[:0] = acks
-                raise
-        if self._dead and time.monotonic() >= self._dead_retry_at:
-            await self._settle_dead()
-
-    async def _write(self, ids: list[str], call: Awaitable[None]) -> None:
-        """Run one write that settles ``ids``; they are forgotten once it succeeded."""
-        self._settling += len(ids)
-        self._settle_gen += 1
-        try:
-            await call
-        finally:
-            self._settling -= len(ids)
-            self._settle_gen += 1
-        for entry_id in ids:
-            self._in_flight.pop(entry_id, None)
-            self._done.discard(entry_id)
-        self._settled.set()
-
-    async def _settle_dead(self) -> None:
-        letters, self._dead = self._dead, []
-        for k, letter in enumerate(letters):
-            try:
-                await self._write([letter.id], self.transport.dead_letter(letter))
-            except BaseException as exc:
-                self._dead[:0] = letters[k:]
-                if not isinstance(exc, Exception) or is_connection_error(exc):
-                    raise  # Redis is unreachable: the settle loop waits for it
-                self._dead_refused(exc)
-                return
-        if self._dead_refused_since is not None:
-            log.warning(
-                "stream %r group %r: dead letters written again after %.1fs",
-                self.handler.key,
-                self.spec.group,
-                time.monotonic() - self._dead_refused_since,
-            )
-        self._dead_failures = 0
-        self._dead_refused_since = None
-
-    def _dead_refused(self, exc: Exception) -> None:
-        """Redis refused a dead letter: keep it (pending and ours, kept fresh by upkeep),
-        try again with backoff, and say so once per spell."""
-        self._dead_failures += 1
-        delay = min(DEAD_RETRY_MAX, DEAD_RETRY_BASE * 2 ** min(self._dead_failures, 10))
-        self._dead_retry_at = time.monotonic() + random.uniform(delay / 2, delay)
-        if self._dead_refused_since is None:
-            self._dead_refused_since = time.monotonic()
-            log.error(
-                "stream %r group %r: Redis refused a dead letter to %r (%s); %d entr(y/ies) "
-                "stay pending here and are tried again with backoff; acks go on",
-                self.handler.key,
-                self.spec.group,
-                self.transport.dead,
-                error_text(exc),
-                len(self._dead),
-            )
+        await self._outcomes.write()
 
     async def upkeep(self) -> None:
         try:
             await self.transport.heartbeat(self.lease_ms)
-            if self._dead and time.monotonic() >= self._dead_retry_at:
+            outcomes = self._outcomes
+            if outcomes.dead_due:
                 self.settle_soon()
-            gen = self._settle_gen if not self._settling else -1
+            gen = outcomes.generation if not outcomes.writing else -1
             touched = await self.transport.touch(list(self._in_flight))
-            overlapped = gen != self._settle_gen or bool(self._settling)
+            overlapped = gen != outcomes.generation or bool(outcomes.writing)
             # An entry settled while the script ran is not lost: it left _in_flight, or its
             # write ran alongside (then it is finished here, and the write settles it).
             lost = [
-                i for i in touched if i in self._in_flight and not (overlapped and i in self._done)
+                i
+                for i in touched
+                if i in self._in_flight and not (overlapped and i in outcomes.done)
             ]
             if lost:
                 for entry_id in lost:
@@ -496,11 +423,11 @@ class GroupConsumer(_StreamBase):
         heapq.heappush(self._retry_heap, (time.monotonic(), job.id))
 
     async def leave(self) -> None:
-        if self._dead:
+        if self._outcomes.dead:
             # One last try for refused dead letters; entries still refused stay pending here,
             # and the group's other consumers claim them once the lease has passed.
-            self._dead_retry_at = 0.0
-            await self._settle_dead()
+            self._outcomes.retry_dead_now()
+            await self._outcomes.write_dead()
         # Entries waiting for a retry become claimable by the others at once; their failed
         # deliveries still count.
         waiting = [(entry_id, self._in_flight.get(entry_id, 1)) for _, entry_id in self._retry_heap]
