@@ -368,6 +368,9 @@ async def test_oversized_foreign_entry_is_dead_lettered(
         await wait_until(_is_zero(lambda: pending(redis_client, "big", "g")))
     (letter,) = await dead_letters(redis_client, "big")
     assert letter["original_id"] == big_id and letter["deliveries"] == "1"
+    # Not copied: the letter has the entry's size in bytes, the entry stays in the stream.
+    assert (letter["fields"], letter["size"]) == ("{}", str(1 + 1 + 4 + 2000))
+    assert [i.decode() for i, _ in await redis_client.xrange("big", big_id, big_id)] == [big_id]
     assert (
         letter["error"].startswith("MessageTooLarge") and "max_body_bytes=1000" in letter["error"]
     )

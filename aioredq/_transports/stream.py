@@ -1,8 +1,8 @@
 """Streams and consumer groups.
 
-Entries are read with XREADGROUP (new entries) and XAUTOCLAIM (entries of consumers silent for
-longer than the lease); a live consumer keeps its own entries fresh with XCLAIM ... JUSTID, so a
-slow handler is never taken from it. The delivery count is Redis's own (XPENDING). Ack is XACK;
+Entries are read with XREADGROUP (new entries) and claimed from consumers silent for longer than
+the lease (an XPENDING IDLE walk and XCLAIM, never the caller's own entries); a live consumer
+keeps its own entries fresh with XCLAIM ... JUSTID, so a slow handler is never taken from it. The delivery count is Redis's own (XPENDING). Ack is XACK;
 a dead letter is XADD to ``{stream}:dead`` and XACK in one script. Every script gets its keys
 through KEYS, all in the stream's hash slot. Inside Lua, replies have their RESP2 shapes
 whatever protocol the client speaks: an XPENDING row is ``{id, consumer, idle, deliveries}``.
