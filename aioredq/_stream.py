@@ -248,8 +248,8 @@ class GroupConsumer(_StreamBase):
         return self._track(entries)
 
     async def _claim_abandoned(self, count: int) -> list[Entry]:
-        """XAUTOCLAIM entries idle for longer than the lease, walking the cursor to the end
-        (across calls when there is not room for all of them at once)."""
+        """Claim other consumers' entries idle for longer than the lease, walking the cursor
+        to the end (across calls when there is not room for all of them at once)."""
         while True:
             cursor, entries, deleted, own = await self.transport.autoclaim(
                 self.lease_ms, self._cursor, count, max(count, CLAIM_SCAN)
