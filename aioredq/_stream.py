@@ -319,15 +319,15 @@ class GroupConsumer(_StreamBase):
             # An oversized entry is not copied (a 50 MB entry would cost the worker and Redis
             # several copies more): the dead letter keeps its id, size and reason, and the
             # entry itself stays readable in the stream until it is trimmed.
-            error, fields = decision.error, "{}"
+            error, fields, kept = decision.error, "{}", size
             if size > self._max_size:
                 error += (
                     "; its fields are not copied here: read them in the stream under original_id"
                 )
             else:
-                fields = json.dumps(decode_fields_raw(entry.fields))
+                fields, kept = json.dumps(decode_fields_raw(entry.fields)), 0
             self._outcomes.dead_letter(
-                DeadLetter(entry_id, error, attempt, datetime.now(UTC).isoformat(), fields, size)
+                DeadLetter(entry_id, error, attempt, datetime.now(UTC).isoformat(), fields, kept)
             )
             self.settle_soon()
 

@@ -2,10 +2,11 @@
 
 Entries are read with XREADGROUP (new entries) and claimed from consumers silent for longer than
 the lease (an XPENDING IDLE walk and XCLAIM, never the caller's own entries); a live consumer
-keeps its own entries fresh with XCLAIM ... JUSTID, so a slow handler is never taken from it. The delivery count is Redis's own (XPENDING). Ack is XACK;
-a dead letter is XADD to ``{stream}:dead`` and XACK in one script. Every script gets its keys
-through KEYS, all in the stream's hash slot. Inside Lua, replies have their RESP2 shapes
-whatever protocol the client speaks: an XPENDING row is ``{id, consumer, idle, deliveries}``.
+keeps its own entries fresh with XCLAIM ... JUSTID, so a slow handler is never taken from it.
+The delivery count is Redis's own (XPENDING). Ack is XACK; a dead letter is XADD to
+``{stream}:dead`` and XACK in one script. Every script gets its keys through KEYS, all in the
+stream's hash slot. Inside Lua, replies have their RESP2 shapes whatever protocol the client
+speaks: an XPENDING row is ``{id, consumer, idle, deliveries}``.
 """
 
 from __future__ import annotations
@@ -174,11 +175,12 @@ return removed
 )
 
 # KEYS: stream, dead stream; ARGV: group, consumer, id, error, deliveries, failed_at, fields,
-# size. Only an entry still ours is dead-lettered: one taken over by another consumer is theirs
-# now. Both writes are checked before the first one (Redis does not undo a script that fails
-# half way): a dead stream of the wrong type, or an ACL that refuses XADD there or XACK here,
-# leaves the entry pending and ours, to be tried again, instead of a dead letter written twice.
-# Under maxmemory the XADD (the first write) is refused before anything is written.
+# size (written only when not empty: for an entry whose fields are not copied). Only an entry
+# still ours is dead-lettered: one taken over by another consumer is theirs now. Both writes are
+# checked before the first one (Redis does not undo a script that fails half way): a dead
+# stream of the wrong type, or an ACL that refuses XADD there or XACK here, leaves the entry
+# pending and ours, to be tried again, instead of a dead letter written twice. Under maxmemory
+# the XADD (the first write) is refused before anything is written.
 DEAD = (
     _OWNED
     + """
@@ -196,8 +198,13 @@ if redis.acl_check_cmd then
     return redis.error_reply('NOPERM this user may not XACK on ' .. KEYS[1])
   end
 end
-redis.call('XADD', KEYS[2], '*', 'original_id', ARGV[3], 'group', ARGV[1], 'error', ARGV[4],
-           'deliveries', ARGV[5], 'failed_at', ARGV[6], 'fields', ARGV[7], 'size', ARGV[8])
+local letter = {'original_id', ARGV[3], 'group', ARGV[1], 'error', ARGV[4],
+                'deliveries', ARGV[5], 'failed_at', ARGV[6], 'fields', ARGV[7]}
+if ARGV[8] ~= '' then
+  letter[#letter + 1] = 'size'
+  letter[#letter + 1] = ARGV[8]
+end
+redis.call('XADD', KEYS[2], '*', unpack(letter))
 return redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 """
 )
@@ -221,7 +228,9 @@ class DeadLetter:
     deliveries: int
     failed_at: str
     fields_json: str
-    size: int  # bytes of the entry's field names and values
+    # Bytes of the entry's field names and values, recorded when its fields are not copied
+    # (an entry over max_body_bytes); 0 otherwise.
+    size: int = 0
 
 
 def _text(value: Any) -> str:
@@ -378,7 +387,7 @@ class StreamTransport:
                     letter.deliveries,
                     letter.failed_at,
                     letter.fields_json,
-                    letter.size,
+                    letter.size or "",
                 ],
             )
         except ResponseError as exc:
