@@ -144,7 +144,7 @@ class GroupConsumer(_StreamBase):
             self.transport,
             f"stream {handler.key!r} group {self.spec.group!r}",
             log,
-            lambda entry_id: self._in_flight.pop(entry_id, None),
+            self._in_flight,
         )
         self._cursor = "0-0"
         self._next_claim = 0.0
@@ -351,16 +351,10 @@ class GroupConsumer(_StreamBase):
             outcomes = self._outcomes
             if outcomes.dead_due:
                 self.settle_soon()
-            gen = outcomes.generation if not outcomes.writing else -1
             touched = await self.transport.touch(list(self._in_flight))
-            overlapped = gen != outcomes.generation or bool(outcomes.writing)
-            # An entry settled while the script ran is not lost: it left _in_flight, or its
-            # write ran alongside (then it is finished here, and the write settles it).
-            lost = [
-                i
-                for i in touched
-                if i in self._in_flight and not (overlapped and i in outcomes.done)
-            ]
+            # An entry settled while the script ran is not lost: it left _in_flight once its
+            # write returned, or its write is still under way.
+            lost = [i for i in touched if i in self._in_flight and not outcomes.holds(i)]
             if lost:
                 for entry_id in lost:
                     del self._in_flight[entry_id]

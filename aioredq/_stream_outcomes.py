@@ -13,7 +13,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 
 from ._connection import is_connection_error
 from ._transports.stream import DeadLetter, StreamTransport
@@ -28,19 +28,15 @@ class Outcomes:
         transport: StreamTransport,
         what: str,
         log: logging.Logger,
-        forget: Callable[[str], object],
+        held: dict[str, int],
     ) -> None:
         self.transport = transport
         self._what = what
         self._log = log
-        self._forget = forget  # called with each entry id once its outcome is written
+        self._held = held  # the consumer's entries: each leaves once its outcome is written
         self.acks: list[str] = []
         self.dead: list[DeadLetter] = []
-        self.done: set[str] = set()  # finished here: in acks, dead or a write under way
-        # Outcomes in a write that has not returned yet, and a count of writes begun or
-        # ended, so upkeep can tell an entry settled under its feet.
-        self.writing = 0
-        self.generation = 0
+        self._writing: list[list[str]] = []  # the ids of each write under way
         self.written = asyncio.Event()
         self._dead_retry_at = 0.0
         self._dead_failures = 0
@@ -48,18 +44,25 @@ class Outcomes:
 
     # recording -----------------------------------------------------------------------------
     def ack(self, entry_id: str) -> None:
-        self.done.add(entry_id)
         self.acks.append(entry_id)
 
     def dead_letter(self, letter: DeadLetter) -> None:
-        self.done.add(letter.id)
         self.dead.append(letter)
 
     # state ---------------------------------------------------------------------------------
     @property
     def count(self) -> int:
         """Outcomes not yet written (they take room like unfinished entries)."""
-        return len(self.acks) + len(self.dead) + self.writing
+        return len(self.acks) + len(self.dead) + sum(map(len, self._writing))
+
+    def holds(self, entry_id: str) -> bool:
+        """Whether ``entry_id`` is finished here and its outcome not yet written (a linear
+        search: for the rare entry upkeep finds is no longer ours)."""
+        return (
+            entry_id in self.acks
+            or any(letter.id == entry_id for letter in self.dead)
+            or any(entry_id in ids for ids in self._writing)
+        )
 
     @property
     def dead_due(self) -> bool:
@@ -108,16 +111,14 @@ class Outcomes:
         self._dead_retry_at = 0.0
 
     async def _write(self, ids: list[str], call: Awaitable[None]) -> None:
-        self.writing += len(ids)
-        self.generation += 1
+        self._writing.append(ids)
         try:
             await call
         finally:
-            self.writing -= len(ids)
-            self.generation += 1
+            self._writing = [batch for batch in self._writing if batch is not ids]
+        forget = self._held.pop
         for entry_id in ids:
-            self._forget(entry_id)
-            self.done.discard(entry_id)
+            forget(entry_id, None)
         self.written.set()
 
     def _refused(self, exc: Exception) -> None:
