@@ -55,8 +55,23 @@ def encode_fields(body: Any) -> dict[str, str | bytes]:
     return {"body": _field_text(plain)}
 
 
+def byte_size(value: str | bytes) -> int:
+    """Bytes that ``value`` takes once written (text travels as UTF-8)."""
+    if isinstance(value, bytes) or value.isascii():
+        return len(value)
+    return len(value.encode("utf-8", "surrogatepass"))
+
+
+def body_size(data: bytes | Mapping[str, str | bytes]) -> int:
+    """Bytes of a body as stored: an item or payload, or a stream entry's field names and
+    values (what a consumer measures when it reads the entry back)."""
+    if isinstance(data, bytes):
+        return len(data)
+    return sum(byte_size(k) + byte_size(v) for k, v in data.items())
+
+
 def check_size(data: bytes | Mapping[str, str | bytes], limit: int, name: str) -> None:
-    size = len(data) if isinstance(data, bytes) else sum(len(k) + len(v) for k, v in data.items())
+    size = body_size(data)
     if size > limit:
         raise MessageTooLarge(
             f"body for {name!r} is {size} bytes, over max_body_bytes={limit}; "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import json
 import time
@@ -16,6 +17,7 @@ from ._handlers import StreamHandler
 from ._message import Message
 from ._outage import Outage
 from ._stats import Counters
+from ._stream_outcomes import Outcomes
 from ._transports.dead import TARGET_FIELD, dead_fields
 from ._transports.stream import (
     DeadLetter,
@@ -31,6 +33,18 @@ MEMORY_POLL = 0.05
 LAG_CHECK_SECONDS = 10.0
 LAG_WARN_EVERY = 60.0
 PRUNE_MIN_SECONDS = 2.0
+# Pending entries one claiming call looks at (it claims at most a batch of them).
+CLAIM_SCAN = 100
+
+
+def entry_size(fields: dict[bytes, bytes]) -> int:
+    """Bytes of an entry as stored: its field names and values (what ``check_size`` counts
+    when the app produces one)."""
+    return sum(map(len, fields)) + sum(map(len, fields.values()))
+
+
+def _too_large(size: int, limit: int) -> str:
+    return f"MessageTooLarge: entry is {size} bytes, over max_body_bytes={limit}"
 
 
 _TARGET = TARGET_FIELD.encode()
@@ -93,13 +107,10 @@ class _StreamBase(Consumer[Entry]):
     def decode(self, entry: Entry) -> Any:
         """The handler's body; an entry over ``max_body_bytes`` (written by another program:
         the app refuses to produce one) is refused like an invalid one."""
-        fields = entry.fields
-        size = sum(map(len, fields)) + sum(map(len, fields.values()))
+        size = entry_size(entry.fields)
         if size > self._max_size:
-            raise DecodeError(
-                f"MessageTooLarge: entry is {size} bytes, over max_body_bytes={self._max_size}"
-            )
-        return self._codec.decode_fields(decode_fields_raw(fields))
+            raise DecodeError(_too_large(size, self._max_size))
+        return self._codec.decode_fields(decode_fields_raw(entry.fields))
 
     def message(self, entry: Entry) -> Message:
         fields = decode_fields_raw(entry.fields)
@@ -136,13 +147,18 @@ class GroupConsumer(_StreamBase):
         self.lease = self.spec.lease
         self.lease_ms = int(self.spec.lease * 1000)
         self.upkeep_interval = min(self.spec.lease / 3, 1.0)
-        # Entries this consumer holds (id -> delivery count): queued, running or waiting for
-        # a retry. Upkeep keeps every one of them fresh so no other consumer takes them.
+        # Entries this consumer holds (id -> delivery count): queued, running, waiting for a
+        # retry, or finished with their ack or dead letter not yet written. Upkeep keeps every
+        # one of them fresh so no other consumer takes them, whatever the writes' trouble.
         self._in_flight: dict[str, int] = {}
         self._retry_heap: list[tuple[float, str]] = []
         self._started: set[str] = set()
-        self._acks: list[str] = []
-        self._dead: list[DeadLetter] = []
+        self._outcomes = Outcomes(
+            self.transport,
+            f"stream {handler.key!r} group {self.spec.group!r}",
+            log,
+            self._in_flight,
+        )
         self._cursor = "0-0"
         self._next_claim = 0.0
         # The newest entry known to be delivered to the group: where a deleted group or
@@ -200,6 +216,15 @@ class GroupConsumer(_StreamBase):
             return []
 
     async def _fetch(self, room: int) -> list[Entry]:
+        # Finished entries whose ack or dead letter is not written yet take room like queued
+        # ones: while writes are refused, memory stays bounded by the pool's capacity.
+        room -= self._outcomes.count
+        if room < self.min_room:
+            written = self._outcomes.written
+            written.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(written.wait(), BLOCK_SECONDS)
+            return []
         due = self._due_retries(room)
         if due:
             try:
@@ -238,11 +263,11 @@ class GroupConsumer(_StreamBase):
         return self._track(entries)
 
     async def _claim_abandoned(self, count: int) -> list[Entry]:
-        """XAUTOCLAIM entries idle for longer than the lease, walking the cursor to the end
-        (across calls when there is not room for all of them at once)."""
+        """Claim other consumers' entries idle for longer than the lease, walking the cursor
+        to the end (across calls when there is not room for all of them at once)."""
         while True:
-            cursor, entries, deleted = await self.transport.autoclaim(
-                self.lease_ms, self._cursor, count
+            cursor, entries, deleted, own = await self.transport.autoclaim(
+                self.lease_ms, self._cursor, count, max(count, CLAIM_SCAN)
             )
             self._cursor = cursor
             if cursor == "0-0":
@@ -256,11 +281,14 @@ class GroupConsumer(_StreamBase):
                     len(deleted),
                     ", ".join(deleted[:10]),
                 )
-            # An entry of ours is only that idle if upkeep could not renew it: it is queued
-            # or running here already, so it must not be queued twice.
+            # Our own entries are never claimed from the group: one that idle is held here
+            # (upkeep could not renew it, say during an outage) and is queued, running or
+            # finished. Only one this consumer does not know of (a read whose reply was lost)
+            # is taken back, as a new delivery.
+            strays = [i for i in own if i not in self._in_flight]
+            if strays:
+                entries += await self.transport.claim_own(strays)
             fresh = [e for e in entries if e.id not in self._in_flight]
-            for entry in entries:
-                self._in_flight[entry.id] = entry.deliveries
             if fresh:
                 log.warning(
                     "stream %r group %r: claimed %d entr(y/ies) of silent consumers",
@@ -289,8 +317,7 @@ class GroupConsumer(_StreamBase):
     async def process(self, entry: Entry) -> None:
         entry_id = entry.id
         if not _addressed(entry, self.spec.group):
-            self._in_flight.pop(entry_id, None)
-            self._acks.append(entry_id)
+            self._outcomes.ack(entry_id)  # addressed to another group: not ours to run
             self.settle_soon()
             return
         attempt = max(entry.deliveries, 1)
@@ -301,46 +328,60 @@ class GroupConsumer(_StreamBase):
         )
         self._started.discard(entry_id)
         if decision is ACK:
-            self._in_flight.pop(entry_id, None)
-            self._acks.append(entry_id)
+            self._outcomes.ack(entry_id)
             self.settle_soon()
         elif isinstance(decision, Again):
             # Stays pending and ours (kept fresh by upkeep) until it is due again.
             heapq.heappush(self._retry_heap, (time.monotonic() + decision.delay, entry_id))
         elif isinstance(decision, Dead):
-            self._in_flight.pop(entry_id, None)
-            fields_json, fields_b64 = dead_fields(entry.fields)
-            self._dead.append(
+            size = entry_size(entry.fields)
+            # An oversized entry is not copied (a 50 MB entry would cost the worker and Redis
+            # several copies more): the dead letter keeps its id, size and reason, and the
+            # entry itself stays readable in the stream until it is trimmed.
+            error, fields_json, fields_b64, kept = decision.error, "{}", "", size
+            if size > self._max_size:
+                error += (
+                    "; its fields are not copied here: read them in the stream under original_id"
+                )
+            else:
+                (fields_json, fields_b64), kept = dead_fields(entry.fields), 0
+            self._outcomes.dead_letter(
                 DeadLetter(
                     entry_id,
-                    decision.error,
+                    error,
                     attempt,
                     datetime.now(UTC).isoformat(),
                     fields_json,
                     fields_b64,
+                    kept,
                 )
             )
             self.settle_soon()
 
     def has_unsettled(self) -> bool:
-        return bool(self._acks or self._dead)
+        return self._outcomes.due
+
+    @property
+    def idle(self) -> bool:
+        return super().idle and not self._outcomes.dead
+
+    def request_stop(self) -> None:
+        super().request_stop()
+        self._outcomes.written.set()  # a fetch waiting for room sees the stop at once
 
     async def settle(self) -> None:
-        acks, dead = self._acks, self._dead
-        self._acks, self._dead = [], []
-        try:
-            await self.transport.settle(acks, dead)
-        except BaseException:
-            self._acks[:0], self._dead[:0] = acks, dead
-            raise
+        await self._outcomes.write()
 
     async def upkeep(self) -> None:
         try:
             await self.transport.heartbeat(self.lease_ms)
-            # An entry settled while the script ran is not lost: it left _in_flight.
-            lost = [
-                i for i in await self.transport.touch(list(self._in_flight)) if i in self._in_flight
-            ]
+            outcomes = self._outcomes
+            if outcomes.dead_due:
+                self.settle_soon()
+            touched = await self.transport.touch(list(self._in_flight))
+            # An entry settled while the script ran is not lost: it left _in_flight once its
+            # write returned, or its write is still under way.
+            lost = [i for i in touched if i in self._in_flight and not outcomes.holds(i)]
             if lost:
                 for entry_id in lost:
                     del self._in_flight[entry_id]
@@ -406,6 +447,11 @@ class GroupConsumer(_StreamBase):
         heapq.heappush(self._retry_heap, (time.monotonic(), job.id))
 
     async def leave(self) -> None:
+        if self._outcomes.dead:
+            # One last try for refused dead letters; entries still refused stay pending here,
+            # and the group's other consumers claim them once the lease has passed.
+            self._outcomes.retry_dead_now()
+            await self._outcomes.write_dead()
         # Entries waiting for a retry become claimable by the others at once; their failed
         # deliveries still count.
         waiting = [(entry_id, self._in_flight.get(entry_id, 1)) for _, entry_id in self._retry_heap]

@@ -63,6 +63,9 @@ class _Sink:
     active: int = 0  # handler calls running now
     dropped_since_log: int = 0
     next_drop_log: float = 0.0
+    max_size: int = 0
+    oversized_since_log: int = 0
+    next_oversized_log: float = 0.0
 
 
 class Subscriber:
@@ -88,6 +91,7 @@ class Subscriber:
         for handler in handlers:
             spec = handler.spec
             sink = _Sink(handler, counters[handler.name], spec.buffer)
+            sink.max_size = handler.app.max_body_bytes
             sink.pool = Pool(spec.concurrency, spec.concurrency + spec.buffer, _runner(sink))
             self._sinks.append(sink)
             if spec.pattern is not None:
@@ -195,6 +199,9 @@ class Subscriber:
             if by_name is not None:
                 for sink in by_name.get(frame[1], ()):
                     sink.counters.received += 1
+                    if len(frame[-1]) > sink.max_size:
+                        self._oversized(sink, frame)  # from another program: not buffered
+                        continue
                     pool = sink.pool
                     if pool.outstanding - sink.active >= sink.buffer and sink.active < pool.size:
                         await checkpoint()  # let the idle workers empty the buffer
@@ -214,6 +221,25 @@ class Subscriber:
         if now >= sink.next_drop_log:
             self._log_drops(sink)
             sink.next_drop_log = now + DROP_LOG_EVERY
+
+    def _oversized(self, sink: _Sink, frame: Frame) -> None:
+        """A payload over ``max_body_bytes`` (the app refuses to publish one): counted as a
+        failure and logged (at most every ``DROP_LOG_EVERY`` seconds, with the count)."""
+        sink.counters.failed += 1
+        sink.oversized_since_log += 1
+        now = time.monotonic()
+        if now >= sink.next_oversized_log:
+            sink.next_oversized_log = now + DROP_LOG_EVERY
+            log.error(
+                "handler=%s channel=%s: %d message(s) not handled: MessageTooLarge: "
+                "payload is %d bytes, over max_body_bytes=%d",
+                sink.handler.name,
+                text(frame[-2]),
+                sink.oversized_since_log,
+                len(frame[-1]),
+                sink.max_size,
+            )
+            sink.oversized_since_log = 0
 
     def _log_drops(self, sink: _Sink) -> None:
         log.warning(

@@ -14,6 +14,7 @@ import asyncio
 import base64
 import dataclasses
 import json
+import logging
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -577,6 +578,52 @@ async def test_bodies_over_max_body_bytes_are_refused_when_produced(
             messages.append(msg["data"])
     await pubsub.aclose()
     assert messages == [b"x" * 900]
+
+
+async def test_stream_bodies_are_measured_in_stored_bytes_on_both_sides(
+    redis_url: str, redis_client: redis.asyncio.Redis
+) -> None:
+    app = App(redis_url, max_body_bytes=1000)
+    got: list[dict[str, str]] = []
+
+    @app.stream("euro", group="g")
+    async def handle(body: dict[str, str]) -> None:
+        got.append(body)
+
+    # 400 characters, 1,201 bytes: refused when produced, as the consumer would refuse it.
+    with pytest.raises(MessageTooLarge, match="1201 bytes"):
+        await app.append("euro", {"t": "€" * 400})
+    with pytest.raises(MessageTooLarge, match="1003 bytes"):
+        await app.append_many("euro", [{"€" * 334: "x"}])  # field names count too
+    async with app:
+        # Exactly the limit in bytes (1 + 999): accepted, and handled, not dead-lettered.
+        await app.append("euro", {"t": "€" * 333})
+        await until(lambda: len(got) == 1, "the entry at the limit handled")
+    assert got == [{"t": "€" * 333}]
+    assert await redis_client.xlen("euro") == 1
+    assert await redis_client.exists("{euro}:dead") == 0
+
+
+async def test_oversized_published_payloads_are_counted_and_logged(
+    redis_url: str, redis_client: redis.asyncio.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = App(redis_url, max_body_bytes=100)
+    got: list[str] = []
+
+    @app.subscribe("news")
+    async def news(text: str) -> None:
+        got.append(text)
+
+    with caplog.at_level(logging.ERROR, logger="aioredq"):
+        async with app:
+            # Another program publishes one payload over the limit, then one within it.
+            await until_redis(lambda: redis_client.publish("news", "€" * 34), 1, "subscribed")
+            await redis_client.publish("news", "ok")
+            await until(lambda: got == ["ok"], "the small message handled")
+            stats = app.stats()["news"]
+    assert (stats.received, stats.failed, stats.succeeded) == (2, 1, 1)
+    (line,) = [r.getMessage() for r in caplog.records if "MessageTooLarge" in r.getMessage()]
+    assert "102 bytes" in line and "max_body_bytes=100" in line
 
 
 async def test_an_oversized_foreign_item_is_dead_lettered(

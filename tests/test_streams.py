@@ -368,6 +368,9 @@ async def test_oversized_foreign_entry_is_dead_lettered(
         await wait_until(_is_zero(lambda: pending(redis_client, "big", "g")))
     (letter,) = await dead_letters(redis_client, "big")
     assert letter["original_id"] == big_id and letter["deliveries"] == "1"
+    # Not copied: the letter has the entry's size in bytes, the entry stays in the stream.
+    assert (letter["fields"], letter["size"]) == ("{}", str(1 + 1 + 4 + 2000))
+    assert [i.decode() for i, _ in await redis_client.xrange("big", big_id, big_id)] == [big_id]
     assert (
         letter["error"].startswith("MessageTooLarge") and "max_body_bytes=1000" in letter["error"]
     )
@@ -684,10 +687,11 @@ async def test_release_touch_and_claim_own_scripts(redis_client: redis.asyncio.R
     assert rows[ids[2]]["time_since_delivered"] < 60_000
 
     # Another consumer takes the released ones at once (and they count one delivery more).
-    cursor, claimed, deleted = await other.autoclaim(30_000, "0-0", 10)
-    assert (cursor, [(e.id, e.deliveries) for e in claimed], deleted) == (
+    cursor, claimed, deleted, own = await other.autoclaim(30_000, "0-0", 10)
+    assert (cursor, [(e.id, e.deliveries) for e in claimed], deleted, own) == (
         "0-0",
         [(ids[0], 2), (ids[1], 1)],
+        [],
         [],
     )
     # TOUCH keeps what is still ours and reports what is not.

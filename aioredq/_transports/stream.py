@@ -1,11 +1,12 @@
 """Streams and consumer groups.
 
-Entries are read with XREADGROUP (new entries) and XAUTOCLAIM (entries of consumers silent for
-longer than the lease); a live consumer keeps its own entries fresh with XCLAIM ... JUSTID, so a
-slow handler is never taken from it. The delivery count is Redis's own (XPENDING). Ack is XACK;
-a dead letter is XADD to ``{stream}:dead`` and XACK in one script. Every script gets its keys
-through KEYS, all in the stream's hash slot. Inside Lua, replies have their RESP2 shapes
-whatever protocol the client speaks: an XPENDING row is ``{id, consumer, idle, deliveries}``.
+Entries are read with XREADGROUP (new entries) and claimed from consumers silent for longer than
+the lease (an XPENDING IDLE walk and XCLAIM, never the caller's own entries); a live consumer
+keeps its own entries fresh with XCLAIM ... JUSTID, so a slow handler is never taken from it.
+The delivery count is Redis's own (XPENDING). Ack is XACK; a dead letter is XADD to
+``{stream}:dead`` and XACK in one script. Every script gets its keys through KEYS, all in the
+stream's hash slot. Inside Lua, replies have their RESP2 shapes whatever protocol the client
+speaks: an XPENDING row is ``{id, consumer, idle, deliveries}``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ COMMANDS = (
     *("xadd", "xtrim", "xread", "xreadgroup", "xack", "xrange", "xrevrange"),
     *("xpending", "xclaim", "xautoclaim", "xinfo|groups", "xinfo|consumers"),
     *("xgroup|create", "xgroup|createconsumer", "xgroup|delconsumer"),
-    *("zadd", "zrem", "zscore", "zrangebyscore"),
+    *("zadd", "zrem", "zscore", "zrangebyscore", "type"),
+    *("multi", "exec", "discard"),  # append_many: one MULTI/EXEC per batch
 )
 
 # An IDLE for XCLAIM that makes an entry claimable by anyone at once. Redis computes the
@@ -100,20 +102,42 @@ return n
 """
 )
 
-# KEYS: stream; ARGV: group, consumer, min_idle_ms, cursor, count.
-# XAUTOCLAIM plus each claimed entry's delivery count: {cursor, {{id, fields, n}...}, deleted}.
+# KEYS: stream; ARGV: group, consumer, min_idle_ms, cursor, count, scan.
+# Claims entries idle for min_idle_ms of OTHER consumers: XAUTOCLAIM cannot skip the caller's
+# own entries, and a consumer whose renewals were refused or cut off for longer than the lease
+# would take back (and run again) work it is still running or has finished and not yet acked.
+# Walks the PEL with XPENDING IDLE from the cursor (exclusive; "0-0" starts at the beginning),
+# looks at up to `scan` rows and claims up to `count`: {cursor, {{id, fields, n}...}, deleted,
+# own}, where `own` lists the caller's own idle ids, left alone (the caller knows which of them
+# it holds; one it does not know of, say a read whose reply was lost, it claims back). The
+# cursor is "0-0" once the walk reached the end. XCLAIM of an entry deleted from the stream
+# returns nothing and (Redis 7) drops it from the PEL: those ids come back as deleted.
 AUTOCLAIM = """
-local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', ARGV[5])
-local out = {}
-for _, e in ipairs(r[2]) do
-  if e then
-    local p = redis.call('XPENDING', KEYS[1], ARGV[1], e[1], e[1], 1)
-    local n = 1
-    if p[1] then n = p[1][4] end
-    out[#out + 1] = {e[1], e[2] or {}, n}
+local start = ARGV[4]
+if start ~= '0-0' then start = '(' .. start end
+local scan = tonumber(ARGV[6])
+local rows = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], start, '+', scan)
+local out, deleted, own = {}, {}, {}
+local want = tonumber(ARGV[5])
+local cursor = '0-0'
+for i, row in ipairs(rows) do
+  if #out >= want then
+    cursor = rows[i - 1][1]
+    break
   end
+  if row[2] == ARGV[2] then
+    own[#own + 1] = row[1]
+  else
+    local got = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], row[1])
+    if got[1] then
+      out[#out + 1] = {got[1][1], got[1][2] or {}, row[4] + 1}
+    else
+      deleted[#deleted + 1] = row[1]
+    end
+  end
+  if i == #rows and #rows >= scan then cursor = row[1] end
 end
-return {r[1], out, r[3] or {}}
+return {cursor, out, deleted, own}
 """
 
 # KEYS: stream, consumers zset; ARGV: group, consumer. Leaves the group if it holds nothing.
@@ -161,17 +185,39 @@ return removed
 )
 
 # KEYS: stream, dead stream; ARGV: group, consumer, id, error, deliveries, failed_at, fields,
-# fields_b64 (written only when not empty).
+# fields_b64, size (each written only when not empty: fields_b64 holds the exact names and
+# values when they are not all UTF-8, size is set for an entry whose fields are not copied).
 # Only an entry still ours is dead-lettered: one taken over by another consumer is theirs now.
+# Both writes are checked before the first one (Redis does not undo a script that fails half
+# way): a dead stream of the wrong type, or an ACL that refuses XADD there or XACK here, leaves
+# the entry pending and ours, to be tried again, instead of a dead letter written twice. Under
+# maxmemory the XADD (the first write) is refused before anything is written.
 DEAD = (
     _OWNED
     + """
 if not owned(ARGV[3]) then return 0 end
+local t = redis.call('TYPE', KEYS[2])['ok']
+if t ~= 'none' and t ~= 'stream' then
+  return redis.error_reply('WRONGTYPE dead-letter key ' .. KEYS[2] .. ' holds a ' .. t ..
+                           ', not a stream; the entry stays pending')
+end
+if redis.acl_check_cmd then
+  if not redis.acl_check_cmd('XADD', KEYS[2], '*', 'original_id', ARGV[3]) then
+    return redis.error_reply('NOPERM this user may not XADD to ' .. KEYS[2])
+  end
+  if not redis.acl_check_cmd('XACK', KEYS[1], ARGV[1], ARGV[3]) then
+    return redis.error_reply('NOPERM this user may not XACK on ' .. KEYS[1])
+  end
+end
 local letter = {'original_id', ARGV[3], 'group', ARGV[1], 'error', ARGV[4],
                 'deliveries', ARGV[5], 'failed_at', ARGV[6], 'fields', ARGV[7]}
 if ARGV[8] and ARGV[8] ~= '' then
   letter[#letter + 1] = 'fields_b64'
   letter[#letter + 1] = ARGV[8]
+end
+if ARGV[9] and ARGV[9] ~= '' then
+  letter[#letter + 1] = 'size'
+  letter[#letter + 1] = ARGV[9]
 end
 redis.call('XADD', KEYS[2], '*', unpack(letter))
 return redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
@@ -198,6 +244,9 @@ class DeadLetter:
     failed_at: str
     fields_json: str
     fields_b64: str = ""  # the exact names and values when they are not all UTF-8
+    # Bytes of the entry's field names and values, recorded when its fields are not copied
+    # (an entry over max_body_bytes); 0 otherwise.
+    size: int = 0
 
 
 def _text(value: Any) -> str:
@@ -278,10 +327,14 @@ class StreamTransport:
         maxlen: int | None,
         min_ms: int | None = None,
     ) -> list[str]:
-        """XADD every entry in one pipeline, trimming with ``MAXLEN ~`` on each; entries
+        """XADD every entry in one MULTI/EXEC, trimming with ``MAXLEN ~`` on each; entries
         older than ``min_ms`` (ms since the epoch) are trimmed with ``MINID ~`` as well (XADD
-        takes one trim strategy, so with both the batch ends with an ``XTRIM MINID ~``)."""
-        pipe = self.client.pipeline(transaction=False)
+        takes one trim strategy, so with both the batch ends with an ``XTRIM MINID ~``).
+
+        All or nothing: one key is one hash slot (so this holds on a cluster too), and a
+        command Redis refuses while queueing (maxmemory, ACL, wrong type) aborts the whole
+        EXEC, so a failed call wrote nothing and can be retried without duplicates."""
+        pipe = self.client.pipeline(transaction=True)
         by_id = min_ms is not None and maxlen is None
         for fields in entries:
             if by_id:
@@ -325,27 +378,35 @@ class StreamTransport:
         last = await self.client.xrevrange(self.stream, count=1)
         return _text(last[0][0]) if last else "0-0"
 
-    # settling ----------------------------------------------------------------------------
-    async def settle(self, acks: Sequence[str], dead: Sequence[DeadLetter]) -> None:
-        """XACK the acked entries in one call; dead letters (rare) one script call each. A
-        group or stream deleted meanwhile has nothing left to settle."""
+    # settling ---------------------------------------------------------------------------
+    async def ack(self, ids: Sequence[str]) -> None:
+        """XACK ``ids`` in one call. A group or stream deleted meanwhile has nothing left to
+        settle."""
+        if not ids:
+            return
         try:
-            if acks:
-                await self.client.xack(self.stream, self.group, *acks)
-            for letter in dead:
-                await self._dead(
-                    keys=[self.stream, self.dead],
-                    args=[
-                        self.group,
-                        self.consumer,
-                        letter.id,
-                        letter.error,
-                        letter.deliveries,
-                        letter.failed_at,
-                        letter.fields_json,
-                        letter.fields_b64,
-                    ],
-                )
+            await self.client.xack(self.stream, self.group, *ids)
+        except ResponseError as exc:
+            if not is_nogroup(exc):
+                raise
+
+    async def dead_letter(self, letter: DeadLetter) -> None:
+        """Move one entry to the dead letters (XADD there and XACK here, checked first)."""
+        try:
+            await self._dead(
+                keys=[self.stream, self.dead],
+                args=[
+                    self.group,
+                    self.consumer,
+                    letter.id,
+                    letter.error,
+                    letter.deliveries,
+                    letter.failed_at,
+                    letter.fields_json,
+                    letter.fields_b64,
+                    letter.size or "",
+                ],
+            )
         except ResponseError as exc:
             if not is_nogroup(exc):
                 raise
@@ -372,13 +433,18 @@ class StreamTransport:
         return int(await self._release(keys=[self.stream], args=args))
 
     async def autoclaim(
-        self, min_idle_ms: int, cursor: str, count: int
-    ) -> tuple[str, list[Entry], list[str]]:
-        nxt, claimed, deleted = await self._autoclaim(
-            keys=[self.stream], args=[self.group, self.consumer, min_idle_ms, cursor, count]
+        self, min_idle_ms: int, cursor: str, count: int, scan: int = 100
+    ) -> tuple[str, list[Entry], list[str], list[str]]:
+        """Claim up to ``count`` entries of other consumers idle for ``min_idle_ms``, looking
+        at up to ``scan`` pending entries from ``cursor``; never the caller's own entries.
+        Returns the next cursor, the claimed entries, the ids deleted from the stream, and
+        the ids of the caller's own idle entries (not claimed)."""
+        nxt, claimed, deleted, own = await self._autoclaim(
+            keys=[self.stream],
+            args=[self.group, self.consumer, min_idle_ms, cursor, max(count, 1), max(scan, count)],
         )
         entries = [Entry(_text(i), _fields(f), int(n)) for i, f, n in claimed]
-        return _text(nxt), entries, [_text(d) for d in deleted]
+        return _text(nxt), entries, [_text(d) for d in deleted], [_text(i) for i in own]
 
     # liveness ----------------------------------------------------------------------------
     async def heartbeat(self, lease_ms: int) -> None:
