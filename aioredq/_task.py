@@ -8,7 +8,14 @@ Besides running handlers, it keeps three promises the Lua scripts cannot keep al
   and adopts any stranger;
 - a retry due sooner than the current blocking wait does not wait for it: settling a retry
   nudges the fetch loop, which then sizes its wait to the earliest delayed item;
-- after an outage it lets the other consumers renew their leases before taking their work.
+- after an outage it lets the other consumers renew their leases before taking their work;
+- a retry or dead letter that Redis refuses (a wrong-typed key, OOM, an ACL denial) waits in
+  the processing list and is tried again with backoff, while every other outcome is written;
+  what waits counts against the pool's room, so memory stays bounded;
+- processing lists whose consumer is not registered at all (orphans) are found by a slow SCAN
+  of the queue's processing prefix and recovered like an expired consumer's.
+
+It never recovers its own processing list: a live consumer settles its own work.
 """
 
 from __future__ import annotations
@@ -31,12 +38,19 @@ from ._handlers import TaskHandler
 from ._message import Message
 from ._outage import Outage
 from ._stats import Counters
-from ._transports.queue import Fetched, QueueTransport
+from ._transports import keys
+from ._transports.queue import Fetched, QueueTransport, Settled
 
 MEMORY_POLL = 0.05
 # Consumers back off up to 5 s between reconnect attempts; wait that long after an outage
 # before declaring anyone dead, so live consumers are not robbed for having been cut off too.
 OUTAGE_GRACE = 6.0
+# Orphaned processing lists are looked for with one SCAN step (this many keys) at most this
+# often; a list is recovered once seen unregistered for longer than the lease (a live
+# consumer whose registration was deleted registers again within a second).
+ORPHAN_SCAN_EVERY = 5.0
+ORPHAN_SCAN_COUNT = 500
+REFUSED_BACKOFF_CAP = 30.0
 
 
 @dataclass(slots=True, eq=False)
@@ -47,12 +61,9 @@ class Job:
 
 
 def parse_item(raw: bytes) -> TaskItem:
-    """``parse_task_item``, made total: an unreadable item is taken as a foreign item as it
-    is, so it is dead-lettered by validation rather than stopping the worker."""
-    try:
-        return parse_task_item(raw)
-    except Exception:
-        return TaskItem(raw, "", 1, raw, None)
+    """``parse_task_item`` never raises: an unreadable envelope is marked broken and
+    dead-lettered, its delivery count still the one the scripts keep."""
+    return parse_task_item(raw)
 
 
 class TaskConsumer(Consumer[Job]):
@@ -95,6 +106,17 @@ class TaskConsumer(Consumer[Job]):
         self._waiter: asyncio.Task[None] | None = None
         self._registered = False
         self._recover_after: float | None = 0.0  # None: in an outage
+        # Outcomes Redis refused to take, tried again together after ``_refused_until``.
+        self._refused_retries: list[tuple[bytes, int]] = []
+        self._refused_dead: list[tuple[bytes, bytes]] = []
+        self._refused_until = 0.0
+        self._refused_tries = 0
+        self._refusing = False
+        self._fetch_problem: str | None = None
+        self._aside = keys.dead(handler.key) + ":"  # where FETCH keeps oversized items
+        self._scan_cursor = 0
+        self._scan_at = 0.0
+        self._suspects: dict[str, float] = {}  # unregistered processing lists: first seen
 
     # fetching ----------------------------------------------------------------------------
     async def fetch(self, room: int) -> list[Job]:
@@ -110,9 +132,14 @@ class TaskConsumer(Consumer[Job]):
             self._wakeup.clear()
         count = min(room, self.spec.batch)
         fetched = await self.transport.fetch(
-            count, self.lease_ms, f"{self.transport.consumer}:{self._fetches}:", count
+            count,
+            self.lease_ms,
+            f"{self.transport.consumer}:{self._fetches}:",
+            count,
+            self.handler.app.max_body_bytes,
         )
         self._check_registration(fetched.registered)
+        self._check_problem(fetched.problem)
         if fetched.items:
             return self._adopt(fetched.items)
         await self._block(self._block_time(fetched))
@@ -184,6 +211,18 @@ class TaskConsumer(Consumer[Job]):
             )
         return strays
 
+    def _check_problem(self, problem: str | None) -> None:
+        if problem is not None and self._fetch_problem is None:
+            log.error(
+                "queue %r: part of the work cannot move (%s); the rest goes on, and it "
+                "flows again once the key is fixed",
+                self.handler.key,
+                problem,
+            )
+        elif problem is None and self._fetch_problem is not None:
+            log.warning("queue %r: working again (was: %s)", self.handler.key, self._fetch_problem)
+        self._fetch_problem = problem
+
     def _check_registration(self, registered_now: bool) -> None:
         if registered_now and self._registered:
             log.warning(
@@ -208,6 +247,7 @@ class TaskConsumer(Consumer[Job]):
             self._retries.append((item.raw, max(int(decision.delay * 1000), 1)))
         elif isinstance(decision, Dead):
             self._dead.append((item.raw, self._letter(item, decision.error)))
+        self.pool.hold()
         self.settle_soon()
 
     def message(self, job: Job) -> Message:
@@ -225,42 +265,161 @@ class TaskConsumer(Consumer[Job]):
         )
 
     def decode(self, job: Job) -> Any:
-        """The handler's body; an item over ``max_body_bytes`` (pushed by another program:
-        the app refuses to produce one) is refused like an invalid one."""
+        """The handler's body. An item over ``max_body_bytes`` (pushed by another program:
+        the app refuses to produce one) was kept aside by FETCH and is refused like an
+        invalid one; so is an item that starts like an envelope but is not one."""
         item = job.item
-        limit = self.handler.app.max_body_bytes
-        if len(item.raw) > limit and (size := len(item.original)) > limit:
-            raise DecodeError(f"MessageTooLarge: item is {size} bytes, over max_body_bytes={limit}")
+        if item.oversized is not None and item.oversized[1].startswith(self._aside):
+            limit = self.handler.app.max_body_bytes
+            raise DecodeError(
+                f"MessageTooLarge: item is {item.oversized[0]} bytes, over "
+                f"max_body_bytes={limit}; kept as it is under {item.oversized[1]!r}"
+            )
+        if item.broken is not None or item.oversized is not None:
+            raise DecodeError(
+                f"InvalidEnvelope: starts like an aioredq envelope but is not one "
+                f"({item.broken or 'oversized item kept under a foreign key'})"
+            )
         return self.handler.codec.decode_item(item)
 
     def _letter(self, item: TaskItem, error: str) -> bytes:
         # A delivery past max_attempts is refused without running: it does not count as one.
         attempts = min(item.attempts, max(self.spec.max_attempts, 1))
         letter: dict[str, Any] = {"id": item.id, "queue": self.handler.key}
-        try:
-            letter["body"] = item.original.decode()
-        except UnicodeDecodeError:  # kept exactly: a requeue puts back the same bytes
-            letter["body_b64"] = base64.b64encode(item.original).decode()
+        if item.oversized is not None and item.oversized[1].startswith(self._aside):
+            # The item itself stays, byte for byte, in its own key: never copied whole
+            # into a letter (a requeue reads it from there).
+            letter["size"], letter["body_key"] = item.oversized
+        else:
+            try:
+                letter["body"] = item.original.decode()
+            except UnicodeDecodeError:  # kept exactly: a requeue puts back the same bytes
+                letter["body_b64"] = base64.b64encode(item.original).decode()
         letter |= {"error": error, "attempts": attempts, "failed_at": datetime.now(UTC).isoformat()}
         return json.dumps(letter).encode()
 
     # settling ----------------------------------------------------------------------------
     def has_unsettled(self) -> bool:
-        return bool(self._acks or self._retries or self._dead)
+        """Outcomes to write now (refused ones count once their pause is over)."""
+        if self._acks or self._retries or self._dead:
+            return True
+        return self._has_refused() and time.monotonic() >= self._refused_until
+
+    def _has_refused(self) -> bool:
+        return bool(self._refused_retries or self._refused_dead)
+
+    @property
+    def idle(self) -> bool:
+        return super().idle and not self._has_refused()
 
     async def settle(self) -> None:
-        batch = self._acks, self._retries, self._dead
+        acks, retries, dead = self._acks, self._retries, self._dead
         self._acks, self._retries, self._dead = [], [], []
+        # While a destination refuses, its new outcomes join the refused ones (tried again
+        # with them after a pause) rather than fail every settle.
+        if self._refused_retries:
+            self._refused_retries += retries
+            retries = []
+        if self._refused_dead:
+            self._refused_dead += dead
+            dead = []
+        if self._has_refused() and time.monotonic() >= self._refused_until:
+            retries += self._refused_retries
+            dead += self._refused_dead
+            self._refused_retries, self._refused_dead = [], []
         async with self._settling:
             try:
-                await self.transport.settle(*batch)
+                written, refused, error = await self._write(acks, retries, dead)
             except BaseException:
-                self._acks[:0], self._retries[:0], self._dead[:0] = batch
+                self._acks[:0], self._retries[:0], self._dead[:0] = acks, retries, dead
                 raise
-            acks, retries, dead = batch
-            self._release([*acks, *(r for r, _ in retries), *(d for d, _ in dead)])
+            self._release(written)
+            self.pool.settled(len(written))
+        self._refused(*refused, error)
         if any(delay_ms < BLOCK_SECONDS * 1000 for _, delay_ms in retries):
             self._nudge.set()
+
+    async def _write(
+        self,
+        acks: list[bytes],
+        retries: list[tuple[bytes, int]],
+        dead: list[tuple[bytes, bytes]],
+    ) -> tuple[list[bytes], tuple[list[tuple[bytes, int]], list[tuple[bytes, bytes]]], str]:
+        """Write what Redis takes: (items settled, (refused retries, refused dead), why)."""
+        try:
+            done = await self.transport.settle(acks, retries, dead)
+        except Exception as exc:
+            if is_connection_error(exc) or not (retries or dead):
+                raise
+            # Refused as a whole (ACL checks every key a script declares before it runs):
+            # write each kind on its own, so only the refused destination's messages wait.
+            return await self._write_apart(acks, retries, dead)
+        return _split(acks, retries, dead, done)
+
+    async def _write_apart(
+        self,
+        acks: list[bytes],
+        retries: list[tuple[bytes, int]],
+        dead: list[tuple[bytes, bytes]],
+    ) -> tuple[list[bytes], tuple[list[tuple[bytes, int]], list[tuple[bytes, bytes]]], str]:
+        written: list[bytes] = []
+        if acks:
+            await self.transport.settle(acks, [], [])
+            written += acks
+        refused_retries: list[tuple[bytes, int]] = []
+        refused_dead: list[tuple[bytes, bytes]] = []
+        errors: list[str] = []
+        for part_retries, part_dead in ((retries, []), ([], dead)):
+            if not (part_retries or part_dead):
+                continue
+            try:
+                done = await self.transport.settle([], part_retries, part_dead)
+            except Exception as exc:
+                if is_connection_error(exc):
+                    # Acks already written are written again next time: LREM of an item
+                    # no longer held changes nothing.
+                    raise
+                refused_retries += part_retries
+                refused_dead += part_dead
+                errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            more, (r, d), why = _split([], part_retries, part_dead, done)
+            written += more
+            refused_retries += r
+            refused_dead += d
+            if why:
+                errors.append(why)
+        return written, (refused_retries, refused_dead), "; ".join(errors)
+
+    def _refused(
+        self, retries: list[tuple[bytes, int]], dead: list[tuple[bytes, bytes]], error: str
+    ) -> None:
+        """Keep refused outcomes for a later try (with backoff); log once per spell."""
+        if retries or dead:
+            self._refused_retries += retries
+            self._refused_dead += dead
+            self._refused_tries += 1
+            pause = min(REFUSED_BACKOFF_CAP, 0.25 * 2 ** min(self._refused_tries, 8))
+            self._refused_until = time.monotonic() + pause
+            asyncio.get_running_loop().call_later(pause, self.settle_soon)
+            if not self._refusing:
+                self._refusing = True
+                log.error(
+                    "queue %r: Redis refused %d retr(ies) and %d dead letter(s) (%s); they "
+                    "stay in this consumer's processing list and are tried again with "
+                    "backoff (up to %.0fs); other messages go on",
+                    self.handler.key,
+                    len(retries),
+                    len(dead),
+                    error,
+                    REFUSED_BACKOFF_CAP,
+                )
+        elif self._refusing and not self._has_refused():
+            self._refusing = False
+            self._refused_tries = 0
+            log.warning(
+                "queue %r: refused retries and dead letters are written now", self.handler.key
+            )
 
     def _release(self, raws: list[bytes]) -> None:
         held = self._held
@@ -291,6 +450,45 @@ class TaskConsumer(Consumer[Job]):
                 self.handler.key,
                 moved,
             )
+        await self._recover_orphans()
+
+    async def _recover_orphans(self) -> None:
+        """One SCAN step, now and then: processing lists whose consumer is not registered
+        at all (its registration deleted, or lost to a crash before it was written) are
+        recovered once they have stayed so for longer than the lease."""
+        now = time.monotonic()
+        if now < self._scan_at:
+            return
+        self._scan_at = now + min(ORPHAN_SCAN_EVERY, self.spec.lease)
+        try:
+            cursor, names = await self.transport.scan_processing(
+                self._scan_cursor, ORPHAN_SCAN_COUNT
+            )
+        except Exception:
+            self._scan_cursor = 0  # e.g. the slot moved: its cursor means nothing elsewhere
+            raise
+        self._scan_cursor = cursor
+        names = [n for n in names if n != self.transport.consumer]
+        loose = set(await self.transport.unregistered(names))
+        for name in names:
+            if name not in loose:
+                self._suspects.pop(name, None)
+        ripe = [n for n in loose if now - self._suspects.setdefault(n, now) > self.spec.lease]
+        if len(self._suspects) > 10 * ORPHAN_SCAN_COUNT:  # bounded, whatever the keyspace
+            self._suspects = {n: t for n, t in self._suspects.items() if n in loose}
+        if not ripe:
+            return
+        moved = await self.transport.recover_lists(ripe)
+        for name in ripe:
+            self._suspects.pop(name, None)
+        if moved:
+            log.warning(
+                "queue %r: moved %d item(s) of %d orphaned processing list(s) (no registered "
+                "consumer) back to the queue",
+                self.handler.key,
+                moved,
+                len(ripe),
+            )
 
     # stopping ----------------------------------------------------------------------------
     async def handback(self, jobs: list[Job]) -> None:
@@ -301,6 +499,7 @@ class TaskConsumer(Consumer[Job]):
 
     def retry_soon(self, job: Job) -> None:
         self._retries.append((job.item.raw, 1))
+        self.pool.hold()
         self.settle_soon()
 
     async def _return(self, jobs: list[Job]) -> None:
@@ -315,6 +514,20 @@ class TaskConsumer(Consumer[Job]):
     async def leave(self) -> None:
         await self._end_wait()
         await self.transport.leave()
+
+
+def _split(
+    acks: list[bytes],
+    retries: list[tuple[bytes, int]],
+    dead: list[tuple[bytes, bytes]],
+    done: Settled,
+) -> tuple[list[bytes], tuple[list[tuple[bytes, int]], list[tuple[bytes, bytes]]], str]:
+    """What a SETTLE wrote and what it refused (the first refused of each kind and after)."""
+    r = len(retries) if done.retries_refused is None else done.retries_refused
+    d = len(dead) if done.dead_refused is None else done.dead_refused
+    written = [*acks, *(raw for raw, _ in retries[:r]), *(raw for raw, _ in dead[:d])]
+    why = "; ".join(e for e in (done.retry_error, done.dead_error) if e)
+    return written, (retries[r:], dead[d:]), why
 
 
 def _consume_result(task: asyncio.Future[None]) -> None:

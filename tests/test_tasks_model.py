@@ -161,7 +161,7 @@ class QueueMachine(RuleBasedStateMachine):
                 [(self.raws[m], LATER_MS) for m in retries],
                 [(self.raws[m], b"dead:" + m) for m in dead],
             )
-        )
+        ).count
         assert moved == len(picked)
         for m in picked:
             self.processing[c].remove(m)
@@ -177,7 +177,7 @@ class QueueMachine(RuleBasedStateMachine):
         """Everything a consumer holds fails at once (say, a database is down)."""
         c = data.draw(st.sampled_from(sorted(c for c in self.alive if self.processing[c])))
         held = self.processing[c][::-1]  # oldest first
-        moved = self.run(self.t[c].settle([], [(self.raws[m], LATER_MS) for m in held], []))
+        moved = self.run(self.t[c].settle([], [(self.raws[m], LATER_MS) for m in held], [])).count
         assert moved == len(held)
         self.processing[c] = []
         for m in held:
@@ -240,7 +240,7 @@ class QueueMachine(RuleBasedStateMachine):
         acks = [raw] if outcome == "ack" else []
         retries = [(raw, 1)] if outcome == "retry" else []
         dead = [(raw, b"dead:late")] if outcome == "dead" else []
-        assert self.run(t.settle(acks, retries, dead)) == 0
+        assert self.run(t.settle(acks, retries, dead)).count == 0
 
     # what Redis must hold ----------------------------------------------------------------
     @invariant()

@@ -25,6 +25,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 # JSON-quotes a string byte for byte: bytes that are not UTF-8 pass through unchanged, as in
 # Redis's cjson, and the reader takes them back exactly (``parse_task_item`` decodes with
 # surrogateescape). fakeredis's cjson refuses such bytes, so memory:// could not use it.
+# Only ever given items under ``max_body_bytes``: its cost grows with the item.
 _QUOTE = r"""
 local esc = {['"'] = '\\"', ['\\'] = '\\\\'}
 for b = 0, 31 do esc[string.char(b)] = string.format('\\u%04x', b) end
@@ -41,103 +42,170 @@ local function push_all(cmd, key, list)
 end
 """
 
-# KEYS: queue, processing, delayed, consumers
-# ARGV: count, consumer, lease_ms, foreign id prefix, max due items to promote
+# Redis does not undo a script that fails half way, so every script that moves work checks
+# each destination's type first and writes an item's new place before removing the old one:
+# a refused write (WRONGTYPE, OOM, NOPERM) then leaves the item where it was.
+_WRONG = """
+local function wrong(key, want)
+  local t = redis.call('TYPE', key).ok
+  if t == want or t == 'none' then return false end
+  return 'WRONGTYPE ' .. key .. ' is a ' .. t .. ', not a ' .. want
+end
+"""
+
+# What an envelope is, for Lua and for ``parse_task_item`` alike: the exact prefix, 1 to 9
+# digits of delivery count, a comma. Anything else is a foreign item (and gets wrapped).
+_ATTEMPTS = """
+local prefix = '{"aioredq":1,"attempts":'
+local function attempts_of(item)
+  local n = string.match(item, '^{"aioredq":1,"attempts":(%d+),')
+  if n and #n <= 9 then return n end
+  return nil
+end
+"""
+
+# KEYS: queue, processing, delayed, consumers, prefix of the keys that keep oversized items
+# ARGV: count, consumer, lease_ms, foreign id prefix, max due items to promote, max_body_bytes
 # Returns {items, earliest delayed score or false, server ms, 1 if this consumer was not
-# registered}. Due delayed items go to the head of the queue (earliest due taken first).
+# registered, a problem that held back part of the work or false}. Due delayed items go to
+# the head of the queue (earliest due taken first).
+#
+# An item over max_body_bytes is never copied into the processing list nor sent to the
+# worker: it is moved as it is (one copy, no escaping) into its own string key
+# ``<prefix><n>`` and replaced by a small stub envelope (``"oversized": {"size", "key"}``)
+# that the worker dead-letters like any refused body.
 FETCH = (
     _NOW
     + _QUOTE
     + _PUSH_ALL
+    + _WRONG
+    + _ATTEMPTS
     + """
+local bad = wrong(KEYS[1], 'list') or wrong(KEYS[2], 'list') or wrong(KEYS[4], 'zset')
+if bad then return redis.error_reply(bad) end
 local fresh = redis.call('ZADD', KEYS[4], now + tonumber(ARGV[3]), ARGV[2])
-local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
-if #due > 0 then
-  for i = 1, #due do redis.call('ZREM', KEYS[3], due[i]) end
-  for i = #due, 1, -1 do redis.call('RPUSH', KEYS[1], due[i]) end
-end
-local out = {}
-local items = redis.call('RPOP', KEYS[1], tonumber(ARGV[1]))
-if items then
-  local prefix = '{"aioredq":1,"attempts":'
-  for i, item in ipairs(items) do
-    local n = string.match(item, '^{"aioredq":1,"attempts":(%d+),')
-    if n then
-      out[i] = prefix .. (tonumber(n) + 1) .. string.sub(item, #prefix + #n + 1)
-    else
-      out[i] = prefix .. '1,"id":' .. quote(ARGV[4] .. i) .. ',"raw":' .. quote(item) .. '}'
-    end
+local delayed_bad = wrong(KEYS[3], 'zset')
+local problem = delayed_bad
+if not delayed_bad then
+  local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
+  if #due > 0 then
+    local back = {}
+    for i = #due, 1, -1 do back[#back + 1] = due[i] end
+    push_all('RPUSH', KEYS[1], back)
+    push_all('ZREM', KEYS[3], due)
   end
-  push_all('LPUSH', KEYS[2], out)
 end
-local nxt = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-return {out, nxt[2] or false, tostring(now), fresh}
+local limit = tonumber(ARGV[6])
+local items = redis.call('LRANGE', KEYS[1], -tonumber(ARGV[1]), -1)
+local out = {}
+for j = #items, 1, -1 do
+  local item, i = items[j], #out + 1
+  local n = attempts_of(item)
+  local attempts = n and (tonumber(n) + 1) or 1
+  if #item > limit then
+    local key = KEYS[5] .. i
+    local kept = redis.pcall('SET', key, item)
+    if type(kept) == 'table' and kept.err then
+      problem = 'oversized item not moved aside: ' .. kept.err
+      break
+    end
+    local id = n and string.match(item, '^{"aioredq":1,"attempts":%d+,"id":"([%w%-_.:]+)"')
+    out[i] = prefix .. attempts .. ',"id":' .. quote(id or (ARGV[4] .. i))
+      .. ',"oversized":{"size":' .. #item .. ',"key":' .. quote(key) .. '}}'
+  elseif n then
+    out[i] = prefix .. attempts .. string.sub(item, #prefix + #n + 1)
+  else
+    out[i] = prefix .. '1,"id":' .. quote(ARGV[4] .. i) .. ',"raw":' .. quote(item) .. '}'
+  end
+end
+items = nil
+if #out > 0 then
+  push_all('LPUSH', KEYS[2], out)
+  redis.call('LTRIM', KEYS[1], 0, -(#out + 1))
+end
+local nxt = delayed_bad and {} or redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+return {out, nxt[2] or false, tostring(now), fresh, problem}
 """
 )
 
-# KEYS: processing, delayed, dead
+# KEYS: processing, then delayed if there are retries, then dead if there are dead letters
 # ARGV: number of acks, number of retries, acks..., (item, delay_ms) per retry,
 #       (item, dead letter) per dead item
-# Only items still held are moved, so a replayed call (after a lost reply) or a late one (the
-# lease expired and the item went back to the queue) changes nothing. LREM searches from the
-# tail (-1), where FETCH left the oldest items, those most likely done first.
+# Returns {items settled, first refused retry (0-based) or false, its error, first refused
+# dead letter or false, its error}. Only items still held are moved, so a replayed call
+# (after a lost reply) or a late one (the lease expired and the item went back to the queue)
+# changes nothing. A refused retry or dead letter stays in the processing list, and so do
+# the ones after it in its group; acks and the other group are written all the same. LREM
+# and LPOS search from the tail (-1), where FETCH left the oldest items, those most likely
+# done first. (Only the keys a call writes are declared: ACL checks every declared key
+# before the script runs.)
 SETTLE = (
     _NOW
+    + _WRONG
     + """
 local acks, retries = tonumber(ARGV[1]), tonumber(ARGV[2])
--- Redis does not undo a script that fails half way: refuse before removing anything if a
--- retry or a dead letter could not be written, so the settle can be retried whole.
-local function check(key, want)
-  local t = redis.call('TYPE', key).ok
-  if t ~= want and t ~= 'none' then
-    return redis.error_reply('WRONGTYPE ' .. key .. ' is a ' .. t .. ', not a ' .. want)
-  end
-end
-if retries > 0 then
-  local err = check(KEYS[2], 'zset')
-  if err then return err end
-end
-if #ARGV > 2 + acks + 2 * retries then
-  local err = check(KEYS[3], 'list')
-  if err then return err end
-end
+local bad = wrong(KEYS[1], 'list')
+if bad then return redis.error_reply(bad) end
 local n = 0
 for i = 3, 2 + acks do n = n + redis.call('LREM', KEYS[1], -1, ARGV[i]) end
+local function move(key, want, from, to, write)
+  if from > to then return false, false end
+  local err = wrong(key, want)
+  if err then return 0, err end
+  for i = from, to, 2 do
+    if redis.call('LPOS', KEYS[1], ARGV[i], 'RANK', -1) then
+      local r = write(key, i)
+      if type(r) == 'table' and r.err then return (i - from) / 2, r.err end
+      redis.call('LREM', KEYS[1], -1, ARGV[i])
+      n = n + 1
+    end
+  end
+  return false, false
+end
 local first = 3 + acks
-for i = first, first + 2 * retries - 1, 2 do
-  if redis.call('LREM', KEYS[1], -1, ARGV[i]) == 1 then
-    redis.call('ZADD', KEYS[2], now + tonumber(ARGV[i + 1]), ARGV[i])
-    n = n + 1
-  end
-end
-for i = first + 2 * retries, #ARGV, 2 do
-  if redis.call('LREM', KEYS[1], -1, ARGV[i]) == 1 then
-    redis.call('LPUSH', KEYS[3], ARGV[i + 1])
-    n = n + 1
-  end
-end
-return n
+local rstop, rerr = move(KEYS[2], 'zset', first, first + 2 * retries - 1, function(key, i)
+  return redis.pcall('ZADD', key, now + tonumber(ARGV[i + 1]), ARGV[i])
+end)
+local dstop, derr = move(KEYS[#KEYS], 'list', first + 2 * retries, #ARGV, function(key, i)
+  return redis.pcall('LPUSH', key, ARGV[i + 1])
+end)
+return {n, rstop, rerr, dstop, derr}
 """
 )
 
 # KEYS: processing, queue; ARGV: pairs (item in processing, item to put back), in fetch order.
 # The first fetched item goes back rightmost, so it is taken first again.
-HANDBACK = """
+HANDBACK = (
+    _WRONG
+    + """
+local bad = wrong(KEYS[1], 'list') or wrong(KEYS[2], 'list')
+if bad then return redis.error_reply(bad) end
 local n = 0
 for i = #ARGV - 1, 1, -2 do
-  if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
+  if redis.call('LPOS', KEYS[1], ARGV[i]) then
     redis.call('RPUSH', KEYS[2], ARGV[i + 1])
+    redis.call('LREM', KEYS[1], 1, ARGV[i])
     n = n + 1
   end
 end
 return n
 """
+)
 
 # KEYS: delayed; ARGV: delay_ms, items...
 ENQUEUE_DELAYED = (
     _NOW
+    + _PUSH_ALL
+    + _WRONG
     + """
-for i = 2, #ARGV do redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[i]) end
+local bad = wrong(KEYS[1], 'zset')
+if bad then return redis.error_reply(bad) end
+local at, args = now + tonumber(ARGV[1]), {}
+for i = 2, #ARGV do
+  args[#args + 1] = at
+  args[#args + 1] = ARGV[i]
+end
+push_all('ZADD', KEYS[1], args)
 return #ARGV - 1
 """
 )
@@ -159,38 +227,61 @@ end
 return 0
 """
 
-# KEYS: consumers, lock; ARGV: token, lock_ms. Returns expired consumers if the lock was won.
-# The lock keeps every live consumer from scanning the same dead ones at the same moment;
-# RECOVER releases it, and it expires by itself if its holder dies in between.
+# KEYS: consumers, lock; ARGV: token, lock_ms, consumer. Returns expired consumers (never the
+# caller) if the lock was won. The lock keeps every live consumer from scanning the same dead
+# ones at the same moment; RECOVER releases it, and it expires by itself if its holder dies in
+# between.
 EXPIRED = (
     _NOW
     + """
-local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - 1, 'LIMIT', 0, 100)
-if #dead == 0 then return false end
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - 1, 'LIMIT', 0, 101)
+local others = {}
+for i = 1, #dead do
+  if dead[i] ~= ARGV[3] and #others < 100 then others[#others + 1] = dead[i] end
+end
+if #others == 0 then return false end
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
-return dead
+return others
 """
 )
 
-# KEYS: consumers, queue, lock, processing lists...; ARGV: token, consumer names (same order).
-# Re-checks each expiry atomically, so a consumer that came back in between keeps its work (its
-# FETCH registers it before taking anything). A processing list holds the newest item on the
-# left; pushing them right in that order leaves the oldest at the head, taken first again.
+# KEYS: consumers, queue, lock, processing lists...; ARGV: token, the caller, consumer names
+# (same order as the lists). Re-checks each expiry atomically, so a consumer that came back in
+# between keeps its work (its FETCH registers it before taking anything); a consumer not
+# registered at all (its processing list orphaned) counts as expired. The caller's own list
+# never moves: a live consumer settles its own work, it does not run it again. A processing
+# list holds the newest item on the left; moved in that order to the right of the queue, the
+# oldest ends at the head, taken first again. Each LMOVE is whole, so a refused write leaves
+# every item in exactly one of the two lists.
 RECOVER = (
     _NOW
+    + _WRONG
     + """
+local function unlock()
+  if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end
+end
+local bad = wrong(KEYS[2], 'list') or wrong(KEYS[1], 'zset')
+if bad then
+  unlock()
+  return redis.error_reply(bad)
+end
 local moved = 0
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
-  if (not score) or tonumber(score) < now then
-    local items = redis.call('LRANGE', KEYS[i + 2], 0, -1)
-    for j = 1, #items do redis.call('RPUSH', KEYS[2], items[j]) end
-    redis.call('DEL', KEYS[i + 2])
+  local list = KEYS[i + 1]
+  if ARGV[i] ~= ARGV[2] and ((not score) or tonumber(score) < now)
+      and not wrong(list, 'list') then
+    local len = redis.call('LLEN', list)
+    if len > 0 and redis.call('EXISTS', KEYS[2]) == 0 then
+      redis.call('RENAME', list, KEYS[2])
+    else
+      for _ = 1, len do redis.call('LMOVE', list, KEYS[2], 'LEFT', 'RIGHT') end
+    end
     redis.call('ZREM', KEYS[1], ARGV[i])
-    moved = moved + #items
+    moved = moved + len
   end
 end
-if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end
+unlock()
 return moved
 """
 )
@@ -202,6 +293,24 @@ class Fetched:
     next_due_ms: int | None  # score of the earliest delayed item, if any
     now_ms: int  # server time
     registered: bool  # this consumer was not in the consumers ZSET (first fetch, or expired)
+    problem: str | None = None  # what held back part of the work (a wrong-typed key, ...)
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    count: int  # items that were still held and are settled now
+    retries_refused: int | None = None  # index of the first retry not written, if any
+    retry_error: str | None = None
+    dead_refused: int | None = None  # index of the first dead letter not written, if any
+    dead_error: str | None = None
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 class QueueTransport:
@@ -212,6 +321,7 @@ class QueueTransport:
         self.queue = queue
         self.consumer = consumer
         self.processing = keys.processing(queue, consumer)
+        self.processing_prefix = keys.processing(queue, "")
         self.delayed = keys.delayed(queue)
         self.dead = keys.dead(queue)
         self.consumers = keys.consumers(queue)
@@ -236,20 +346,32 @@ class QueueTransport:
         await self.client.zadd(self.delayed, dict.fromkeys(items, at_ms))
 
     # consuming ---------------------------------------------------------------------------
-    async def fetch(self, count: int, lease_ms: int, id_prefix: str, promote: int) -> Fetched:
+    async def fetch(
+        self, count: int, lease_ms: int, id_prefix: str, promote: int, max_bytes: int = 1 << 53
+    ) -> Fetched:
         """Move up to ``count`` items into this consumer's processing list (after promoting
         up to ``promote`` due delayed items), counting the delivery in each, and renew the
-        lease. Foreign items are wrapped in an envelope whose id starts with ``id_prefix``."""
+        lease. Foreign items are wrapped in an envelope whose id starts with ``id_prefix``;
+        an item over ``max_bytes`` is kept aside under ``oversized_key`` and replaced by a
+        stub envelope (see ``FETCH``)."""
         reply = await self._fetch(
-            keys=[self.queue, self.processing, self.delayed, self.consumers],
-            args=[count, self.consumer, lease_ms, id_prefix, promote],
+            keys=[
+                self.queue,
+                self.processing,
+                self.delayed,
+                self.consumers,
+                keys.dead(self.queue) + ":" + id_prefix,
+            ],
+            args=[count, self.consumer, lease_ms, id_prefix, promote, max_bytes],
         )
-        items, nxt, now, fresh = reply
+        items, nxt, now, fresh, *rest = reply
+        problem = rest[0] if rest else None
         return Fetched(
             list(items or ()),
             None if nxt is None else int(float(nxt)),
             int(now),
             bool(fresh),
+            _text(problem) if problem else None,
         )
 
     async def wait(self, client: Any, timeout: float) -> None:
@@ -266,16 +388,29 @@ class QueueTransport:
         acks: Sequence[bytes],
         retries: Sequence[tuple[bytes, int]],
         dead: Sequence[tuple[bytes, bytes]],
-    ) -> int:
-        """Apply a batch of outcomes in one atomic call; returns how many items were still
-        held. (One script rather than a pipeline: redis-py 8.1 leaks a pooled connection when
-        a pipeline's SCRIPT EXISTS fails, as it does in every outage.)"""
+    ) -> Settled:
+        """Apply a batch of outcomes in one atomic call. A refused retry or dead letter is
+        left in the processing list (the reply says from which one on); the rest is written.
+        (One script rather than a pipeline: redis-py 8.1 leaks a pooled connection when a
+        pipeline's SCRIPT EXISTS fails, as it does in every outage.)"""
         args: list[Any] = [len(acks), len(retries), *acks]
         for item, delay_ms in retries:
             args += [item, delay_ms]
         for item, letter in dead:
             args += [item, letter]
-        return int(await self._settle(keys=[self.processing, self.delayed, self.dead], args=args))
+        declared = [self.processing]
+        if retries:
+            declared.append(self.delayed)
+        if dead:
+            declared.append(self.dead)
+        n, rstop, rerr, dstop, derr = await self._settle(keys=declared, args=args)
+        return Settled(
+            int(n),
+            None if rstop is None else int(rstop),
+            None if rerr is None else _text(rerr),
+            None if dstop is None else int(dstop),
+            None if derr is None else _text(derr),
+        )
 
     async def handback(self, pairs: Sequence[tuple[bytes, bytes]]) -> int:
         """Put held items back at the head of the queue, first pair taken first again."""
@@ -300,14 +435,49 @@ class QueueTransport:
         return bool(await self._leave(keys=[self.consumers, self.processing], args=[self.consumer]))
 
     async def recover(self, token: str, lock_ms: int) -> int:
-        """Move the work of expired consumers back to the queue; returns the items moved."""
-        expired = await self._expired(keys=[self.consumers, self.lock], args=[token, lock_ms])
+        """Move the work of expired consumers (never this one's) back to the queue; returns
+        the items moved."""
+        expired = await self._expired(
+            keys=[self.consumers, self.lock], args=[token, lock_ms, self.consumer]
+        )
         if not expired:
             return 0
-        names = [n.decode() if isinstance(n, bytes) else str(n) for n in expired]
+        return await self.recover_lists([_text(n) for n in expired], token)
+
+    async def recover_lists(self, names: Sequence[str], token: str = "") -> int:
+        """Move the processing lists of consumers ``names`` back to the queue, those that
+        are (still) expired or not registered at all; returns the items moved."""
         lists = [keys.processing(self.queue, n) for n in names]
         return int(
             await self._recover(
-                keys=[self.consumers, self.queue, self.lock, *lists], args=[token, *names]
+                keys=[self.consumers, self.queue, self.lock, *lists],
+                args=[token, self.consumer, *names],
             )
         )
+
+    async def scan_processing(self, cursor: int, count: int) -> tuple[int, list[str]]:
+        """One SCAN step over this queue's processing lists: (next cursor, consumer names).
+
+        On a cluster the keys live in the queue's slot, so the scan goes to that node only."""
+        options: dict[str, Any] = {}
+        if hasattr(self.client, "get_node_from_key"):
+            options["target_nodes"] = self.client.get_node_from_key(self.queue)
+        reply = await self.client.scan(
+            cursor,
+            match=_glob_escape(self.processing_prefix) + "*",
+            count=count,
+            _type="list",
+            **options,
+        )
+        nxt, found = reply
+        if isinstance(nxt, dict):  # a cluster client gives a cursor per node
+            nxt = next(iter(nxt.values()), 0)
+        start = len(self.processing_prefix)
+        return int(nxt), [_text(k)[start:] for k in found]
+
+    async def unregistered(self, names: Sequence[str]) -> list[str]:
+        """Those of ``names`` that are not in the consumers ZSET at all."""
+        if not names:
+            return []
+        scores = await self.client.zmscore(self.consumers, list(names))
+        return [n for n, s in zip(names, scores, strict=True) if s is None]
