@@ -404,13 +404,17 @@ class TaskConsumer(Consumer[Job]):
             asyncio.get_running_loop().call_later(pause, self.settle_soon)
             if not self._refusing:
                 self._refusing = True
+                what = " and ".join(
+                    f"{n} {kind}"
+                    for n, kind in ((len(retries), "retry(s)"), (len(dead), "dead letter(s)"))
+                    if n
+                )
                 log.error(
-                    "queue %r: Redis refused %d retr(ies) and %d dead letter(s) (%s); they "
-                    "stay in this consumer's processing list and are tried again with "
-                    "backoff (up to %.0fs); other messages go on",
+                    "queue %r: Redis refused to write %s (%s); they stay in this consumer's "
+                    "processing list and are tried again with backoff (up to %.0fs); other "
+                    "messages go on",
                     self.handler.key,
-                    len(retries),
-                    len(dead),
+                    what,
                     error,
                     REFUSED_BACKOFF_CAP,
                 )
