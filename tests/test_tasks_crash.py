@@ -79,7 +79,7 @@ async def poll(check, timeout: float = 30.0, what: str = "condition"):  # type: 
 
 async def consumers_by_pid(r: Redis) -> dict[int, str]:
     names = [n.decode() for n in await r.zrange("{jobs}:consumers", 0, -1)]
-    return {int(n.split(":")[-2]): n for n in names}
+    return {int(n.split(":")[-3]): n for n in names}  # host:pid:random:handler
 
 
 async def held_bodies(r: Redis) -> list[str]:
