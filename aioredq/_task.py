@@ -37,9 +37,10 @@ from ._consumer import ACK, Again, Consumer, Dead, log
 from ._handlers import TaskHandler
 from ._message import Message
 from ._outage import Outage
+from ._outcomes import Outcomes
 from ._stats import Counters
 from ._transports import keys
-from ._transports.queue import Fetched, QueueTransport, Settled
+from ._transports.queue import Fetched, QueueTransport
 
 MEMORY_POLL = 0.05
 # Consumers back off up to 5 s between reconnect attempts; wait that long after an outage
@@ -50,7 +51,6 @@ OUTAGE_GRACE = 6.0
 # consumer whose registration was deleted registers again within a second).
 ORPHAN_SCAN_EVERY = 5.0
 ORPHAN_SCAN_COUNT = 500
-REFUSED_BACKOFF_CAP = 30.0
 
 
 @dataclass(slots=True, eq=False)
@@ -96,9 +96,7 @@ class TaskConsumer(Consumer[Job]):
         self._fetches = 0
         self._seq = 0
         self._token = uuid.uuid4().hex
-        self._acks: list[bytes] = []
-        self._retries: list[tuple[bytes, int]] = []
-        self._dead: list[tuple[bytes, bytes]] = []
+        self.outcomes = Outcomes(self.transport, self.settle_soon)
         self._held: Counter[bytes] = Counter()  # what our processing list should hold
         self._settling = asyncio.Lock()  # settle vs. reconcile: both compare list and _held
         self._reconcile_at = 0.0
@@ -106,12 +104,6 @@ class TaskConsumer(Consumer[Job]):
         self._waiter: asyncio.Task[None] | None = None
         self._registered = False
         self._recover_after: float | None = 0.0  # None: in an outage
-        # Outcomes Redis refused to take, tried again together after ``_refused_until``.
-        self._refused_retries: list[tuple[bytes, int]] = []
-        self._refused_dead: list[tuple[bytes, bytes]] = []
-        self._refused_until = 0.0
-        self._refused_tries = 0
-        self._refusing = False
         self._fetch_problem: str | None = None
         self._aside = keys.dead(handler.key) + ":"  # where FETCH keeps oversized items
         self._scan_cursor = 0
@@ -242,11 +234,11 @@ class TaskConsumer(Consumer[Job]):
             job, item.id, item.attempts, self.spec.max_attempts, self.spec.backoff
         )
         if decision is ACK:
-            self._acks.append(item.raw)
+            self.outcomes.acks.append(item.raw)
         elif isinstance(decision, Again):
-            self._retries.append((item.raw, max(int(decision.delay * 1000), 1)))
+            self.outcomes.retries.append((item.raw, max(int(decision.delay * 1000), 1)))
         elif isinstance(decision, Dead):
-            self._dead.append((item.raw, self._letter(item, decision.error)))
+            self.outcomes.dead.append((item.raw, self._letter(item, decision.error)))
         self.pool.hold()
         self.settle_soon()
 
@@ -300,130 +292,19 @@ class TaskConsumer(Consumer[Job]):
 
     # settling ----------------------------------------------------------------------------
     def has_unsettled(self) -> bool:
-        """Outcomes to write now (refused ones count once their pause is over)."""
-        if self._acks or self._retries or self._dead:
-            return True
-        return self._has_refused() and time.monotonic() >= self._refused_until
-
-    def _has_refused(self) -> bool:
-        return bool(self._refused_retries or self._refused_dead)
+        return self.outcomes.due()
 
     @property
     def idle(self) -> bool:
-        return super().idle and not self._has_refused()
+        return super().idle and not self.outcomes.refused()
 
     async def settle(self) -> None:
-        acks, retries, dead = self._acks, self._retries, self._dead
-        self._acks, self._retries, self._dead = [], [], []
-        # While a destination refuses, its new outcomes join the refused ones (tried again
-        # with them after a pause) rather than fail every settle.
-        if self._refused_retries:
-            self._refused_retries += retries
-            retries = []
-        if self._refused_dead:
-            self._refused_dead += dead
-            dead = []
-        if self._has_refused() and time.monotonic() >= self._refused_until:
-            retries += self._refused_retries
-            dead += self._refused_dead
-            self._refused_retries, self._refused_dead = [], []
         async with self._settling:
-            try:
-                written, refused, error = await self._write(acks, retries, dead)
-            except BaseException:
-                self._acks[:0], self._retries[:0], self._dead[:0] = acks, retries, dead
-                raise
+            written, retried = await self.outcomes.write()
             self._release(written)
             self.pool.settled(len(written))
-        self._refused(*refused, error)
-        if any(delay_ms < BLOCK_SECONDS * 1000 for _, delay_ms in retries):
+        if any(delay_ms < BLOCK_SECONDS * 1000 for _, delay_ms in retried):
             self._nudge.set()
-
-    async def _write(
-        self,
-        acks: list[bytes],
-        retries: list[tuple[bytes, int]],
-        dead: list[tuple[bytes, bytes]],
-    ) -> tuple[list[bytes], tuple[list[tuple[bytes, int]], list[tuple[bytes, bytes]]], str]:
-        """Write what Redis takes: (items settled, (refused retries, refused dead), why)."""
-        try:
-            done = await self.transport.settle(acks, retries, dead)
-        except Exception as exc:
-            if is_connection_error(exc) or not (retries or dead):
-                raise
-            # Refused as a whole (ACL checks every key a script declares before it runs):
-            # write each kind on its own, so only the refused destination's messages wait.
-            return await self._write_apart(acks, retries, dead)
-        return _split(acks, retries, dead, done)
-
-    async def _write_apart(
-        self,
-        acks: list[bytes],
-        retries: list[tuple[bytes, int]],
-        dead: list[tuple[bytes, bytes]],
-    ) -> tuple[list[bytes], tuple[list[tuple[bytes, int]], list[tuple[bytes, bytes]]], str]:
-        written: list[bytes] = []
-        if acks:
-            await self.transport.settle(acks, [], [])
-            written += acks
-        refused_retries: list[tuple[bytes, int]] = []
-        refused_dead: list[tuple[bytes, bytes]] = []
-        errors: list[str] = []
-        for part_retries, part_dead in ((retries, []), ([], dead)):
-            if not (part_retries or part_dead):
-                continue
-            try:
-                done = await self.transport.settle([], part_retries, part_dead)
-            except Exception as exc:
-                if is_connection_error(exc):
-                    # Acks already written are written again next time: LREM of an item
-                    # no longer held changes nothing.
-                    raise
-                refused_retries += part_retries
-                refused_dead += part_dead
-                errors.append(f"{type(exc).__name__}: {exc}")
-                continue
-            more, (r, d), why = _split([], part_retries, part_dead, done)
-            written += more
-            refused_retries += r
-            refused_dead += d
-            if why:
-                errors.append(why)
-        return written, (refused_retries, refused_dead), "; ".join(errors)
-
-    def _refused(
-        self, retries: list[tuple[bytes, int]], dead: list[tuple[bytes, bytes]], error: str
-    ) -> None:
-        """Keep refused outcomes for a later try (with backoff); log once per spell."""
-        if retries or dead:
-            self._refused_retries += retries
-            self._refused_dead += dead
-            self._refused_tries += 1
-            pause = min(REFUSED_BACKOFF_CAP, 0.25 * 2 ** min(self._refused_tries, 8))
-            self._refused_until = time.monotonic() + pause
-            asyncio.get_running_loop().call_later(pause, self.settle_soon)
-            if not self._refusing:
-                self._refusing = True
-                what = " and ".join(
-                    f"{n} {kind}"
-                    for n, kind in ((len(retries), "retry(s)"), (len(dead), "dead letter(s)"))
-                    if n
-                )
-                log.error(
-                    "queue %r: Redis refused to write %s (%s); they stay in this consumer's "
-                    "processing list and are tried again with backoff (up to %.0fs); other "
-                    "messages go on",
-                    self.handler.key,
-                    what,
-                    error,
-                    REFUSED_BACKOFF_CAP,
-                )
-        elif self._refusing and not self._has_refused():
-            self._refusing = False
-            self._refused_tries = 0
-            log.warning(
-                "queue %r: refused retries and dead letters are written now", self.handler.key
-            )
 
     def _release(self, raws: list[bytes]) -> None:
         held = self._held
@@ -502,7 +383,7 @@ class TaskConsumer(Consumer[Job]):
         await self._return(jobs)
 
     def retry_soon(self, job: Job) -> None:
-        self._retries.append((job.item.raw, 1))
+        self.outcomes.retries.append((job.item.raw, 1))
         self.pool.hold()
         self.settle_soon()
 
@@ -518,20 +399,6 @@ class TaskConsumer(Consumer[Job]):
     async def leave(self) -> None:
         await self._end_wait()
         await self.transport.leave()
-
-
-def _split(
-    acks: list[bytes],
-    retries: list[tuple[bytes, int]],
-    dead: list[tuple[bytes, bytes]],
-    done: Settled,
-) -> tuple[list[bytes], tuple[list[tuple[bytes, int]], list[tuple[bytes, bytes]]], str]:
-    """What a SETTLE wrote and what it refused (the first refused of each kind and after)."""
-    r = len(retries) if done.retries_refused is None else done.retries_refused
-    d = len(dead) if done.dead_refused is None else done.dead_refused
-    written = [*acks, *(raw for raw, _ in retries[:r]), *(raw for raw, _ in dead[:d])]
-    why = "; ".join(e for e in (done.retry_error, done.dead_error) if e)
-    return written, (retries[r:], dead[d:]), why
 
 
 def _consume_result(task: asyncio.Future[None]) -> None:

@@ -321,7 +321,7 @@ async def _past(r: Redis, ms: float) -> bool:
 
 
 async def test_shutdown_with_a_wrong_typed_queue_loses_no_unstarted_job(
-    redis_url: str, redis_client: Redis
+    redis_url: str, redis_client: Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     release = asyncio.Event()
     ran: list[str] = []
@@ -334,14 +334,19 @@ async def test_shutdown_with_a_wrong_typed_queue_loses_no_unstarted_job(
 
     bodies = [f"h{i}" for i in range(20)]
     await app.enqueue_many("jobs", bodies)
-    async with app:
-        await until(lambda: len(ran) == 1, "the first job")
-        await redis_client.sadd("jobs", "x")
-    # The stop could hand back neither the 19 unstarted jobs nor the interrupted one: they
-    # stay in the processing list, where the lease makes them recoverable.
-    assert len(await held(redis_client, "jobs")) == 20
+    await app.start()
+    await until(lambda: len(ran) == 1, "the first job")
+    await redis_client.sadd("jobs", "x")
+    with caplog.at_level(logging.WARNING, logger="aioredq"):
+        stopping = asyncio.create_task(app.stop())
+        # The 19 unstarted jobs cannot go back to the queue: they stay in the processing
+        # list, where the lease makes them recoverable, rather than be lost.
+        await until(lambda: "gave up" in caplog.text, "the hand back to give up")
+        assert len(await held(redis_client, "jobs")) == 20
+        await redis_client.delete("jobs")
+        await stopping
+    await app.aclose()
     assert not release.is_set()
-    await redis_client.delete("jobs")
     after = App(redis_url)
     done: list[str] = []
     after.task("jobs", lease=0.5)(_appender(done))
