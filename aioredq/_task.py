@@ -142,7 +142,10 @@ class TaskConsumer(Consumer[Job]):
         jobs = []
         for raw in raws:
             self._seq += 1
-            jobs.append(Job(self._seq, parse_item(raw)))
+            item = parse_item(raw)
+            if not item.id:  # a broken envelope: its dead letter still needs an id
+                item.id = f"{self.transport.consumer}:{self._fetches}:x{self._seq}"
+            jobs.append(Job(self._seq, item))
         return jobs
 
     @staticmethod

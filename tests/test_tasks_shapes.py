@@ -409,7 +409,7 @@ async def test_a_forged_envelope_is_dead_lettered_at_once(
         await until_redis(lambda: held(redis_client, "jobs"), [], "the ack")
     [letter] = letters(await redis_client.lrange("{jobs}:dead", 0, -1))
     assert letter["error"].startswith("InvalidEnvelope")
-    assert letter["attempts"] == 1
+    assert letter["attempts"] == 1 and letter["id"]
     assert letter["body"].encode() == forged
     assert ran == []
 
