@@ -87,17 +87,24 @@ async def test_two_apps_on_one_queue_run_each_message_once(
 
 
 # refused writes -------------------------------------------------------------------------------
-async def test_a_refused_dead_letter_holds_back_only_itself(
-    redis_url: str, redis_client: Redis, caplog: pytest.LogCaptureFixture
-) -> None:
-    app = App(redis_url)
-    done: list[str] = []
+def rejecting_app(url: str, done: list[str]) -> App:
+    """An app whose handler dead-letters the body "bad" and records every other one."""
+    app = App(url)
 
     @app.task("jobs", concurrency=2, batch=5, lease=5.0)
     async def job(body: str) -> None:
         if body == "bad":
             raise Reject("no")
         done.append(body)
+
+    return app
+
+
+async def test_a_refused_dead_letter_holds_back_only_itself(
+    redis_url: str, redis_client: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    done: list[str] = []
+    app = rejecting_app(redis_url, done)
 
     await redis_client.set("{jobs}:dead", "not a list")
     good = [f"g{i}" for i in range(40)]  # several times the pool's capacity (7)
@@ -174,14 +181,8 @@ async def test_a_dead_letter_denied_by_acl_holds_back_only_itself(
     ]
     await redis_client.execute_command("ACL", "SETUSER", user, "reset", *grants)
     try:
-        app = App(redis_url.replace("redis://", f"redis://{user}:pw@"))
         done: list[str] = []
-
-        @app.task("jobs", concurrency=2, batch=5, lease=5.0)
-        async def job(body: str) -> None:
-            if body == "bad":
-                raise Reject("no")
-            done.append(body)
+        app = rejecting_app(redis_url.replace("redis://", f"redis://{user}:pw@"), done)
 
         good = [f"g{i}" for i in range(30)]
         async with app:
