@@ -1,6 +1,6 @@
 """The consumer of a ``@app.task`` queue.
 
-Besides running handlers, it keeps three promises the Lua scripts cannot keep alone:
+Besides running handlers, it keeps promises the Lua scripts cannot keep alone:
 
 - its local view of what it holds matches its processing list: a FETCH whose reply was lost to
   a dropped connection (and replayed by the client's retry) leaves items in the list that nobody
