@@ -249,7 +249,9 @@ RECOVER = (
     + _WRONG
     + """
 local function unlock()
-  if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end
+  if redis.call('TYPE', KEYS[3]).ok == 'string' and redis.call('GET', KEYS[3]) == ARGV[1] then
+    redis.call('DEL', KEYS[3])
+  end
 end
 local bad = wrong(KEYS[2], 'list') or wrong(KEYS[1], 'zset')
 if bad then
