@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,6 +24,9 @@ from ._exceptions import MessageTooLarge
 
 # Lua scripts match this exact prefix to count deliveries without parsing JSON.
 ENVELOPE_PREFIX = b'{"aioredq":1,"attempts":'
+# What an envelope is, here and in the Lua scripts alike: the prefix, 1 to 9 digits (the
+# delivery count, always read from here, never from the JSON), then a comma.
+_ENVELOPE = re.compile(rb'\{"aioredq":1,"attempts":(\d{1,9}),')
 T = TypeVar("T")
 
 
@@ -121,6 +125,9 @@ class TaskItem:
     attempts: int
     foreign: bytes | None  # the original item for foreign bodies
     envelope: dict[str, Any] | None
+    # An item over max_body_bytes, kept aside by the fetch script: (its size, its key).
+    oversized: tuple[int, str] | None = None
+    broken: str | None = None  # why an envelope is unreadable (it is dead-lettered)
 
     @property
     def original(self) -> bytes:
@@ -137,31 +144,39 @@ class TaskItem:
 
 
 def reset_attempts(raw: bytes, attempts: int) -> bytes:
-    if not raw.startswith(ENVELOPE_PREFIX):
+    match = _ENVELOPE.match(raw)
+    if match is None:
         return raw
-    comma = raw.index(b",", len(ENVELOPE_PREFIX))
-    return ENVELOPE_PREFIX + str(attempts).encode() + raw[comma:]
+    return ENVELOPE_PREFIX + str(max(attempts, 0)).encode() + raw[match.end(1) :]
 
 
 def parse_task_item(raw: bytes) -> TaskItem:
-    """Parse an item taken from a processing list (always an envelope after the move script)."""
-    if not raw.startswith(ENVELOPE_PREFIX):
+    """Parse an item taken from a processing list (always an envelope after the move script).
+
+    Never raises. The delivery count is the one the scripts count in the prefix, so an item
+    that starts like an envelope but is not one (broken, or forged) still reaches the dead
+    letters after ``max_attempts`` deliveries at most: it is marked ``broken``."""
+    match = _ENVELOPE.match(raw)
+    if match is None:
         return TaskItem(raw, "", 1, raw, None)
+    attempts = int(match.group(1))
     env = _loads_envelope(raw)
     if env is None:
-        # The prefix matched but the rest is not a JSON object: the item is foreign text.
-        return TaskItem(raw, "", 1, raw, None)
-    attempts = env.get("attempts", 1)
-    if type(attempts) is not int:
-        try:
-            attempts = int(attempts)
-        except (TypeError, ValueError):
-            attempts = 1
+        return TaskItem(raw, "", attempts, None, None, broken="not a JSON object")
     msg_id = env.get("id", "")
     if type(msg_id) is not str:
         msg_id = str(msg_id)
+    if "oversized" in env:
+        spec = env["oversized"]
+        size = spec.get("size") if isinstance(spec, dict) else None
+        key = spec.get("key") if isinstance(spec, dict) else None
+        if type(size) is not int or not isinstance(key, str):
+            return TaskItem(raw, msg_id, attempts, None, None, broken="bad 'oversized' field")
+        return TaskItem(raw, msg_id, attempts, None, None, oversized=(size, key))
     if "raw" in env:  # a foreign item wrapped by the move script
-        foreign = str(env["raw"]).encode("utf-8", "surrogateescape")
+        if not isinstance(env["raw"], str):
+            return TaskItem(raw, msg_id, attempts, None, None, broken="'raw' is not a string")
+        foreign = env["raw"].encode("utf-8", "surrogateescape")
         return TaskItem(raw, msg_id, attempts, foreign, None)
     return TaskItem(raw, msg_id, attempts, None, env)
 

@@ -48,11 +48,24 @@ class Pool(Generic[J]):
         self._resumed = asyncio.Event()  # cleared: workers start no new job
         self._resumed.set()
         self.stragglers = 0  # workers that outlived their cancellation at ``close``
+        # Finished jobs whose outcome is not written to Redis yet (see ``hold``).
+        self.unsettled = 0
 
     # feeding -----------------------------------------------------------------------------
     @property
     def room(self) -> int:
-        return self.capacity - len(self._queued) - self._busy
+        return self.capacity - len(self._queued) - self._busy - self.unsettled
+
+    def hold(self, count: int = 1) -> None:
+        """``count`` finished jobs wait to be settled: they keep their place in the pool, so
+        outcomes that Redis refuses to take cannot pile up without bound."""
+        self.unsettled += count
+
+    def settled(self, count: int) -> None:
+        """``count`` held outcomes are written: their room is free again."""
+        self.unsettled = max(self.unsettled - count, 0)
+        if self._wanted and self.room >= self._wanted:
+            self._room.set()
 
     @property
     def outstanding(self) -> int:

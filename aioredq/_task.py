@@ -1,6 +1,6 @@
 """The consumer of a ``@app.task`` queue.
 
-Besides running handlers, it keeps three promises the Lua scripts cannot keep alone:
+Besides running handlers, it keeps promises the Lua scripts cannot keep alone:
 
 - its local view of what it holds matches its processing list: a FETCH whose reply was lost to
   a dropped connection (and replayed by the client's retry) leaves items in the list that nobody
@@ -8,7 +8,14 @@ Besides running handlers, it keeps three promises the Lua scripts cannot keep al
   and adopts any stranger;
 - a retry due sooner than the current blocking wait does not wait for it: settling a retry
   nudges the fetch loop, which then sizes its wait to the earliest delayed item;
-- after an outage it lets the other consumers renew their leases before taking their work.
+- after an outage it lets the other consumers renew their leases before taking their work;
+- a retry or dead letter that Redis refuses (a wrong-typed key, OOM, an ACL denial) waits in
+  the processing list and is tried again with backoff, while every other outcome is written;
+  what waits counts against the pool's room, so memory stays bounded;
+- processing lists whose consumer is not registered at all (orphans) are found by a slow SCAN
+  of the queue's processing prefix and recovered like an expired consumer's.
+
+It never recovers its own processing list: a live consumer settles its own work.
 """
 
 from __future__ import annotations
@@ -30,13 +37,20 @@ from ._consumer import ACK, Again, Consumer, Dead, log
 from ._handlers import TaskHandler
 from ._message import Message
 from ._outage import Outage
+from ._outcomes import Outcomes
 from ._stats import Counters
+from ._transports import keys
 from ._transports.queue import Fetched, QueueTransport
 
 MEMORY_POLL = 0.05
 # Consumers back off up to 5 s between reconnect attempts; wait that long after an outage
 # before declaring anyone dead, so live consumers are not robbed for having been cut off too.
 OUTAGE_GRACE = 6.0
+# Orphaned processing lists are looked for with one SCAN step (this many keys) at most this
+# often; a list is recovered once seen unregistered for longer than the lease (a live
+# consumer whose registration was deleted registers again within a second).
+ORPHAN_SCAN_EVERY = 5.0
+ORPHAN_SCAN_COUNT = 500
 
 
 @dataclass(slots=True, eq=False)
@@ -47,12 +61,9 @@ class Job:
 
 
 def parse_item(raw: bytes) -> TaskItem:
-    """``parse_task_item``, made total: an unreadable item is taken as a foreign item as it
-    is, so it is dead-lettered by validation rather than stopping the worker."""
-    try:
-        return parse_task_item(raw)
-    except Exception:
-        return TaskItem(raw, "", 1, raw, None)
+    """``parse_task_item`` never raises: an unreadable envelope is marked broken and
+    dead-lettered, its delivery count still the one the scripts keep."""
+    return parse_task_item(raw)
 
 
 class TaskConsumer(Consumer[Job]):
@@ -86,9 +97,7 @@ class TaskConsumer(Consumer[Job]):
         self._fetches = 0
         self._seq = 0
         self._token = uuid.uuid4().hex
-        self._acks: list[bytes] = []
-        self._retries: list[tuple[bytes, int]] = []
-        self._dead: list[tuple[bytes, bytes]] = []
+        self.outcomes = Outcomes(self.transport, self.settle_soon)
         self._held: Counter[bytes] = Counter()  # what our processing list should hold
         self._settling = asyncio.Lock()  # settle vs. reconcile: both compare list and _held
         self._reconcile_at = 0.0
@@ -96,6 +105,11 @@ class TaskConsumer(Consumer[Job]):
         self._waiter: asyncio.Task[None] | None = None
         self._registered_at: float | None = None  # when a reply first showed us registered
         self._recover_after: float | None = 0.0  # None: in an outage
+        self._fetch_problem: str | None = None
+        self._aside = keys.dead(handler.key) + ":"  # where FETCH keeps oversized items
+        self._scan_cursor = 0
+        self._scan_at = 0.0
+        self._suspects: dict[str, float] = {}  # unregistered processing lists: first seen
 
     async def start(self) -> None:
         # Register before the first fetch: a script Redis refuses (an ACL user without
@@ -119,9 +133,14 @@ class TaskConsumer(Consumer[Job]):
         count = min(room, self.spec.batch)
         sent = time.monotonic()
         fetched = await self.transport.fetch(
-            count, self.lease_ms, f"{self.transport.consumer}:{self._fetches}:", count
+            count,
+            self.lease_ms,
+            f"{self.transport.consumer}:{self._fetches}:",
+            count,
+            self.handler.app.max_body_bytes,
         )
         self._check_registration(fetched.registered, sent)
+        self._check_problem(fetched.problem)
         if fetched.items:
             return self._adopt(fetched.items)
         await self._block(self._block_time(fetched))
@@ -132,7 +151,10 @@ class TaskConsumer(Consumer[Job]):
         jobs = []
         for raw in raws:
             self._seq += 1
-            jobs.append(Job(self._seq, parse_item(raw)))
+            item = parse_item(raw)
+            if not item.id:  # a broken envelope: its dead letter still needs an id
+                item.id = f"{self.transport.consumer}:{self._fetches}:x{self._seq}"
+            jobs.append(Job(self._seq, item))
         return jobs
 
     @staticmethod
@@ -193,6 +215,18 @@ class TaskConsumer(Consumer[Job]):
             )
         return strays
 
+    def _check_problem(self, problem: str | None) -> None:
+        if problem is not None and self._fetch_problem is None:
+            log.error(
+                "queue %r: part of the work cannot move (%s); the rest goes on, and it "
+                "flows again once the key is fixed",
+                self.handler.key,
+                problem,
+            )
+        elif problem is None and self._fetch_problem is not None:
+            log.warning("queue %r: working again (was: %s)", self.handler.key, self._fetch_problem)
+        self._fetch_problem = problem
+
     def _check_registration(self, registered_now: bool, sent: float) -> None:
         """``registered_now``: the call sent at ``sent`` found this consumer unregistered.
         Only a call sent after registration was seen can have found it lost: heartbeat and
@@ -220,11 +254,12 @@ class TaskConsumer(Consumer[Job]):
             job, item.id, item.attempts, self.spec.max_attempts, self.spec.backoff
         )
         if decision is ACK:
-            self._acks.append(item.raw)
+            self.outcomes.acks.append(item.raw)
         elif isinstance(decision, Again):
-            self._retries.append((item.raw, max(int(decision.delay * 1000), 1)))
+            self.outcomes.retries.append((item.raw, max(int(decision.delay * 1000), 1)))
         elif isinstance(decision, Dead):
-            self._dead.append((item.raw, self._letter(item, decision.error)))
+            self.outcomes.dead.append((item.raw, self._letter(item, decision.error)))
+        self.pool.hold()
         self.settle_soon()
 
     def message(self, job: Job) -> Message:
@@ -242,41 +277,53 @@ class TaskConsumer(Consumer[Job]):
         )
 
     def decode(self, job: Job) -> Any:
-        """The handler's body; an item over ``max_body_bytes`` (pushed by another program:
-        the app refuses to produce one) is refused like an invalid one."""
+        """The handler's body. An item over ``max_body_bytes`` (pushed by another program:
+        the app refuses to produce one) was kept aside by FETCH and is refused like an
+        invalid one; so is an item that starts like an envelope but is not one."""
         item = job.item
-        limit = self.handler.app.max_body_bytes
-        if len(item.raw) > limit and (size := len(item.original)) > limit:
-            raise DecodeError(f"MessageTooLarge: item is {size} bytes, over max_body_bytes={limit}")
+        if item.oversized is not None and item.oversized[1].startswith(self._aside):
+            limit = self.handler.app.max_body_bytes
+            raise DecodeError(
+                f"MessageTooLarge: item is {item.oversized[0]} bytes, over "
+                f"max_body_bytes={limit}; kept as it is under {item.oversized[1]!r}"
+            )
+        if item.broken is not None or item.oversized is not None:
+            raise DecodeError(
+                f"InvalidEnvelope: starts like an aioredq envelope but is not one "
+                f"({item.broken or 'oversized item kept under a foreign key'})"
+            )
         return self.handler.codec.decode_item(item)
 
     def _letter(self, item: TaskItem, error: str) -> bytes:
         # A delivery past max_attempts is refused without running: it does not count as one.
         attempts = min(item.attempts, max(self.spec.max_attempts, 1))
         letter: dict[str, Any] = {"id": item.id, "queue": self.handler.key}
-        try:
-            letter["body"] = item.original.decode()
-        except UnicodeDecodeError:  # kept exactly: a requeue puts back the same bytes
-            letter["body_b64"] = base64.b64encode(item.original).decode()
+        if item.oversized is not None and item.oversized[1].startswith(self._aside):
+            # The item itself stays, byte for byte, in its own key: never copied whole
+            # into a letter (a requeue reads it from there).
+            letter["size"], letter["body_key"] = item.oversized
+        else:
+            try:
+                letter["body"] = item.original.decode()
+            except UnicodeDecodeError:  # kept exactly: a requeue puts back the same bytes
+                letter["body_b64"] = base64.b64encode(item.original).decode()
         letter |= {"error": error, "attempts": attempts, "failed_at": datetime.now(UTC).isoformat()}
         return json.dumps(letter).encode()
 
     # settling ----------------------------------------------------------------------------
     def has_unsettled(self) -> bool:
-        return bool(self._acks or self._retries or self._dead)
+        return self.outcomes.due()
+
+    @property
+    def idle(self) -> bool:
+        return super().idle and not self.outcomes.refused()
 
     async def settle(self) -> None:
-        batch = self._acks, self._retries, self._dead
-        self._acks, self._retries, self._dead = [], [], []
         async with self._settling:
-            try:
-                await self.transport.settle(*batch)
-            except BaseException:
-                self._acks[:0], self._retries[:0], self._dead[:0] = batch
-                raise
-            acks, retries, dead = batch
-            self._release([*acks, *(r for r, _ in retries), *(d for d, _ in dead)])
-        if any(delay_ms < BLOCK_SECONDS * 1000 for _, delay_ms in retries):
+            written, retried = await self.outcomes.write()
+            self._release(written)
+            self.pool.settled(len(written))
+        if any(delay_ms < BLOCK_SECONDS * 1000 for _, delay_ms in retried):
             self._nudge.set()
 
     def _release(self, raws: list[bytes]) -> None:
@@ -311,6 +358,45 @@ class TaskConsumer(Consumer[Job]):
                 self.handler.key,
                 moved,
             )
+        await self._recover_orphans()
+
+    async def _recover_orphans(self) -> None:
+        """One SCAN step, now and then: processing lists whose consumer is not registered
+        at all (its registration deleted, or lost to a crash before it was written) are
+        recovered once they have stayed so for longer than the lease."""
+        now = time.monotonic()
+        if now < self._scan_at:
+            return
+        self._scan_at = now + min(ORPHAN_SCAN_EVERY, self.spec.lease)
+        try:
+            cursor, names = await self.transport.scan_processing(
+                self._scan_cursor, ORPHAN_SCAN_COUNT
+            )
+        except Exception:
+            self._scan_cursor = 0  # e.g. the slot moved: its cursor means nothing elsewhere
+            raise
+        self._scan_cursor = cursor
+        names = [n for n in names if n != self.transport.consumer]
+        loose = set(await self.transport.unregistered(names))
+        for name in names:
+            if name not in loose:
+                self._suspects.pop(name, None)
+        ripe = [n for n in loose if now - self._suspects.setdefault(n, now) > self.spec.lease]
+        if len(self._suspects) > 10 * ORPHAN_SCAN_COUNT:  # bounded, whatever the keyspace
+            self._suspects = {n: t for n, t in self._suspects.items() if n in loose}
+        if not ripe:
+            return
+        moved = await self.transport.recover_lists(ripe)
+        for name in ripe:
+            self._suspects.pop(name, None)
+        if moved:
+            log.warning(
+                "queue %r: moved %d item(s) of %d orphaned processing list(s) (no registered "
+                "consumer) back to the queue",
+                self.handler.key,
+                moved,
+                len(ripe),
+            )
 
     # stopping ----------------------------------------------------------------------------
     async def handback(self, jobs: list[Job]) -> None:
@@ -320,7 +406,8 @@ class TaskConsumer(Consumer[Job]):
         await self._return(jobs)
 
     def retry_soon(self, job: Job) -> None:
-        self._retries.append((job.item.raw, 1))
+        self.outcomes.retries.append((job.item.raw, 1))
+        self.pool.hold()
         self.settle_soon()
 
     async def _return(self, jobs: list[Job]) -> None:

@@ -1,0 +1,280 @@
+"""The Lua scripts of reliable list queues (see ``queue.py`` for the model they implement).
+
+Every script gets all of its keys through KEYS, all in one hash slot. Redis does not undo a
+script that fails half way, so every script that moves work checks each destination's type
+first and writes an item's new place before removing the old one: a refused write (WRONGTYPE,
+OOM, NOPERM) then leaves the item where it was.
+"""
+
+from __future__ import annotations
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# JSON-quotes a string byte for byte: bytes that are not UTF-8 pass through unchanged, as in
+# Redis's cjson, and the reader takes them back exactly (``parse_task_item`` decodes with
+# surrogateescape). fakeredis's cjson refuses such bytes, so memory:// could not use it.
+# Only ever given items under ``max_body_bytes``: its cost grows with the item.
+_QUOTE = r"""
+local esc = {['"'] = '\\"', ['\\'] = '\\\\'}
+for b = 0, 31 do esc[string.char(b)] = string.format('\\u%04x', b) end
+esc[string.char(127)] = '\\u007f'
+local function quote(s) return '"' .. string.gsub(s, '[%c"\\]', esc) .. '"' end
+"""
+
+# Lua's unpack() stops at a few thousand values; a batch may be larger.
+_PUSH_ALL = """
+local function push_all(cmd, key, list)
+  for i = 1, #list, 1000 do
+    redis.call(cmd, key, unpack(list, i, math.min(i + 999, #list)))
+  end
+end
+"""
+
+# Redis does not undo a script that fails half way, so every script that moves work checks
+# each destination's type first and writes an item's new place before removing the old one:
+# a refused write (WRONGTYPE, OOM, NOPERM) then leaves the item where it was.
+_WRONG = """
+local function wrong(key, want)
+  local t = redis.call('TYPE', key).ok
+  if t == want or t == 'none' then return false end
+  return 'WRONGTYPE ' .. key .. ' is a ' .. t .. ', not a ' .. want
+end
+"""
+
+# What an envelope is, for Lua and for ``parse_task_item`` alike: the exact prefix, 1 to 9
+# digits of delivery count, a comma. Anything else is a foreign item (and gets wrapped).
+_ATTEMPTS = """
+local prefix = '{"aioredq":1,"attempts":'
+local function attempts_of(item)
+  local n = string.match(item, '^{"aioredq":1,"attempts":(%d+),')
+  if n and #n <= 9 then return n end
+  return nil
+end
+"""
+
+# KEYS: queue, processing, delayed, consumers, prefix of the keys that keep oversized items
+# ARGV: count, consumer, lease_ms, foreign id prefix, max due items to promote, max_body_bytes
+# Returns {items, earliest delayed score or false, server ms, 1 if this consumer was not
+# registered, a problem that held back part of the work or false}. Due delayed items go to
+# the head of the queue (earliest due taken first).
+#
+# An item over max_body_bytes is never copied into the processing list nor sent to the
+# worker: it is moved as it is (one copy, no escaping) into its own string key
+# ``<prefix><n>`` and replaced by a small stub envelope (``"oversized": {"size", "key"}``)
+# that the worker dead-letters like any refused body.
+FETCH = (
+    _NOW
+    + _QUOTE
+    + _PUSH_ALL
+    + _WRONG
+    + _ATTEMPTS
+    + """
+local bad = wrong(KEYS[1], 'list') or wrong(KEYS[2], 'list') or wrong(KEYS[4], 'zset')
+if bad then return redis.error_reply(bad) end
+local fresh = redis.call('ZADD', KEYS[4], now + tonumber(ARGV[3]), ARGV[2])
+local delayed_bad = wrong(KEYS[3], 'zset')
+local problem = delayed_bad
+if not delayed_bad then
+  local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
+  if #due > 0 then
+    local back = {}
+    for i = #due, 1, -1 do back[#back + 1] = due[i] end
+    push_all('RPUSH', KEYS[1], back)
+    push_all('ZREM', KEYS[3], due)
+  end
+end
+local limit = tonumber(ARGV[6])
+local items = redis.call('LRANGE', KEYS[1], -tonumber(ARGV[1]), -1)
+local out = {}
+for j = #items, 1, -1 do
+  local item, i = items[j], #out + 1
+  local n = attempts_of(item)
+  local attempts = n and (tonumber(n) + 1) or 1
+  if #item > limit then
+    local key = KEYS[5] .. i
+    local kept = redis.pcall('SET', key, item)
+    if type(kept) == 'table' and kept.err then
+      problem = 'oversized item not moved aside: ' .. kept.err
+      break
+    end
+    local id = n and string.match(item, '^{"aioredq":1,"attempts":%d+,"id":"([%w%-_.:]+)"')
+    out[i] = prefix .. attempts .. ',"id":' .. quote(id or (ARGV[4] .. i))
+      .. ',"oversized":{"size":' .. #item .. ',"key":' .. quote(key) .. '}}'
+  elseif n then
+    out[i] = prefix .. attempts .. string.sub(item, #prefix + #n + 1)
+  else
+    out[i] = prefix .. '1,"id":' .. quote(ARGV[4] .. i) .. ',"raw":' .. quote(item) .. '}'
+  end
+end
+items = nil
+if #out > 0 then
+  push_all('LPUSH', KEYS[2], out)
+  redis.call('LTRIM', KEYS[1], 0, -(#out + 1))
+end
+local nxt = delayed_bad and {} or redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+return {out, nxt[2] or false, tostring(now), fresh, problem}
+"""
+)
+
+# KEYS: processing, then delayed if there are retries, then dead if there are dead letters
+# ARGV: number of acks, number of retries, acks..., (item, delay_ms) per retry,
+#       (item, dead letter) per dead item
+# Returns {items settled, first refused retry (0-based) or false, its error, first refused
+# dead letter or false, its error}. Only items still held are moved, so a replayed call
+# (after a lost reply) or a late one (the lease expired and the item went back to the queue)
+# changes nothing. A refused retry or dead letter stays in the processing list, and so do
+# the ones after it in its group; acks and the other group are written all the same. LREM
+# and LPOS search from the tail (-1), where FETCH left the oldest items, those most likely
+# done first. (Only the keys a call writes are declared: ACL checks every declared key
+# before the script runs.)
+SETTLE = (
+    _NOW
+    + _WRONG
+    + """
+local acks, retries = tonumber(ARGV[1]), tonumber(ARGV[2])
+local bad = wrong(KEYS[1], 'list')
+if bad then return redis.error_reply(bad) end
+local n = 0
+for i = 3, 2 + acks do n = n + redis.call('LREM', KEYS[1], -1, ARGV[i]) end
+local function move(key, want, from, to, write)
+  if from > to then return false, false end
+  local err = wrong(key, want)
+  if err then return 0, err end
+  for i = from, to, 2 do
+    if redis.call('LPOS', KEYS[1], ARGV[i], 'RANK', -1) then
+      local r = write(key, i)
+      if type(r) == 'table' and r.err then return (i - from) / 2, r.err end
+      redis.call('LREM', KEYS[1], -1, ARGV[i])
+      n = n + 1
+    end
+  end
+  return false, false
+end
+local first = 3 + acks
+local rstop, rerr = move(KEYS[2], 'zset', first, first + 2 * retries - 1, function(key, i)
+  return redis.pcall('ZADD', key, now + tonumber(ARGV[i + 1]), ARGV[i])
+end)
+local dstop, derr = move(KEYS[#KEYS], 'list', first + 2 * retries, #ARGV, function(key, i)
+  return redis.pcall('LPUSH', key, ARGV[i + 1])
+end)
+return {n, rstop, rerr, dstop, derr}
+"""
+)
+
+# KEYS: processing, queue; ARGV: pairs (item in processing, item to put back), in fetch order.
+# The first fetched item goes back rightmost, so it is taken first again.
+HANDBACK = (
+    _WRONG
+    + """
+local bad = wrong(KEYS[1], 'list') or wrong(KEYS[2], 'list')
+if bad then return redis.error_reply(bad) end
+local n = 0
+for i = #ARGV - 1, 1, -2 do
+  if redis.call('LPOS', KEYS[1], ARGV[i]) then
+    redis.call('RPUSH', KEYS[2], ARGV[i + 1])
+    redis.call('LREM', KEYS[1], 1, ARGV[i])
+    n = n + 1
+  end
+end
+return n
+"""
+)
+
+# KEYS: delayed; ARGV: delay_ms, items...
+ENQUEUE_DELAYED = (
+    _NOW
+    + _PUSH_ALL
+    + _WRONG
+    + """
+local bad = wrong(KEYS[1], 'zset')
+if bad then return redis.error_reply(bad) end
+local at, args = now + tonumber(ARGV[1]), {}
+for i = 2, #ARGV do
+  args[#args + 1] = at
+  args[#args + 1] = ARGV[i]
+end
+push_all('ZADD', KEYS[1], args)
+return #ARGV - 1
+"""
+)
+
+# KEYS: consumers; ARGV: consumer, lease_ms. Returns 1 if the consumer was not registered.
+HEARTBEAT = (
+    _NOW
+    + """
+return redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+"""
+)
+
+# KEYS: consumers, processing; ARGV: consumer. Work still held stays until the lease expires.
+LEAVE = """
+if redis.call('LLEN', KEYS[2]) == 0 then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+# KEYS: consumers, lock; ARGV: token, lock_ms, consumer. Returns expired consumers (never the
+# caller) if the lock was won. The lock keeps every live consumer from scanning the same dead
+# ones at the same moment; RECOVER releases it, and it expires by itself if its holder dies in
+# between.
+EXPIRED = (
+    _NOW
+    + """
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - 1, 'LIMIT', 0, 101)
+local others = {}
+for i = 1, #dead do
+  if dead[i] ~= ARGV[3] and #others < 100 then others[#others + 1] = dead[i] end
+end
+if #others == 0 then return false end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
+return others
+"""
+)
+
+# KEYS: consumers, queue, lock, processing lists...; ARGV: token, the caller, consumer names
+# (same order as the lists). Re-checks each expiry atomically, so a consumer that came back in
+# between keeps its work (its FETCH registers it before taking anything); a consumer not
+# registered at all (its processing list orphaned) counts as expired. The caller's own list
+# never moves: a live consumer settles its own work, it does not run it again. A processing
+# list holds the newest item on the left; moved in that order to the right of the queue, the
+# oldest ends at the head, taken first again. Each LMOVE is whole, so a refused write leaves
+# every item in exactly one of the two lists.
+RECOVER = (
+    _NOW
+    + _WRONG
+    + """
+local function unlock()
+  if redis.call('TYPE', KEYS[3]).ok == 'string' and redis.call('GET', KEYS[3]) == ARGV[1] then
+    redis.call('DEL', KEYS[3])
+  end
+end
+local bad = wrong(KEYS[2], 'list') or wrong(KEYS[1], 'zset')
+if bad then
+  unlock()
+  return redis.error_reply(bad)
+end
+local moved = 0
+for i = 3, #ARGV do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  local list = KEYS[i + 1]
+  if ARGV[i] ~= ARGV[2] and ((not score) or tonumber(score) < now)
+      and not wrong(list, 'list') then
+    local len = redis.call('LLEN', list)
+    if len > 0 and redis.call('EXISTS', KEYS[2]) == 0 then
+      redis.call('RENAME', list, KEYS[2])
+    else
+      for _ = 1, len do redis.call('LMOVE', list, KEYS[2], 'LEFT', 'RIGHT') end
+    end
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    moved = moved + len
+  end
+end
+unlock()
+return moved
+"""
+)
