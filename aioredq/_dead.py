@@ -71,6 +71,8 @@ def _body_text(letter: dict[str, Any]) -> str:
         except (ValueError, binascii.Error):
             return f"(body_b64 that is not base64) {letter['body_b64']!s}"
         return repr(raw)
+    if "body_key" in letter and "body" not in letter:
+        return f"({letter.get('size')} bytes, kept under the key {letter['body_key']!s})"
     body = letter.get("body")
     return body if isinstance(body, str) else json.dumps(body)
 

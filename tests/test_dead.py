@@ -332,3 +332,58 @@ def test_purge_asks_on_a_terminal(
             proc.wait()
         os.close(controller)
     assert r.llen(DEAD_QUEUE) == left
+
+
+# oversized items ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("by_id", [False, True])
+async def test_an_oversized_item_is_requeued_from_its_key_and_purged_with_it(
+    redis_url: str, by_id: bool
+) -> None:
+    """A task item over max_body_bytes is kept byte for byte under ``{q}:dead:<id>``; ``dead``
+    shows its size and key, requeues it from there (its key gone) and a purge takes the key
+    too."""
+    rc = redis.asyncio.Redis.from_url(redis_url)
+    big = b"\xff" + b"x" * 5000  # not UTF-8, over the limit
+    small = App(redis_url, max_body_bytes=1000)
+
+    @small.task("big", max_attempts=1)
+    async def handle(body: bytes) -> None:
+        pass
+
+    try:
+        await rc.lpush("big", big)
+        async with small:
+            await until_redis(lambda: rc.llen("{big}:dead"), 1, "the dead letter")
+        [raw] = await rc.lrange("{big}:dead", 0, -1)
+        letter = json.loads(raw)
+        assert letter["size"] == len(big) and "body" not in letter
+        assert await rc.get(letter["body_key"]) == big
+        assert "MessageTooLarge" in letter["error"]
+
+        requeued = await dead_command(
+            small,
+            "handle",
+            show=None,
+            requeue=[letter["id"]] if by_id else [],
+            requeue_all=not by_id,
+            purge=False,
+        )
+        assert requeued == 0
+        assert await rc.lrange("big", 0, -1) == [big]  # back as it was, byte for byte
+        assert await rc.llen("{big}:dead") == 0
+        assert await rc.exists(letter["body_key"]) == 0
+
+        # Dead-lettered again: a purge deletes the letter and the key that keeps the item.
+        async with small:
+            await until_redis(lambda: rc.llen("{big}:dead"), 1, "the dead letter again")
+        [raw] = await rc.lrange("{big}:dead", 0, -1)
+        key = json.loads(raw)["body_key"]
+        assert await rc.exists(key) == 1
+        code = await dead_command(
+            small, "handle", show=None, requeue=None, requeue_all=False, purge=True, yes=True
+        )
+        assert code == 0
+        assert await rc.llen("{big}:dead") == 0 and await rc.exists(key) == 0
+    finally:
+        await small.aclose()
+        await rc.aclose()

@@ -412,7 +412,7 @@ def test_queue_scripts_keep_every_message_in_exactly_one_place(redis_url: str) -
     run_state_machine_as_test(
         QueueMachine,
         settings=settings(
-            max_examples=80,
+            max_examples=150,
             stateful_step_count=50,
             deadline=None,
             database=None,

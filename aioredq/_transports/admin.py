@@ -22,7 +22,7 @@ from .stream import LAG_COUNT_LIMIT, StreamTransport, id_key, position
 # queue.COMMANDS and dead.py); pub/sub's counts are in pubsub.COMMANDS.
 TASK_COMMANDS = (
     *("time", "zrange", "zcard", "llen", "lrange", "lindex", "lpos", "lpush", "lrem", "ltrim"),
-    *("type", "del", "unlink", "evalsha", "script|load"),
+    *("type", "del", "unlink", "get", "scan", "evalsha", "script|load"),
 )
 STREAM_COMMANDS = (
     *("time", "exists", "zrangebyscore", "xlen", "xrange", "xrevrange", "xpending"),

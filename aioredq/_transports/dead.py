@@ -97,6 +97,27 @@ return 1
 """
 )
 
+# KEYS: dead list, queue, the string key that keeps an oversized item (a letter's
+# ``body_key``). ARGV: letter. The item goes back with its delivery count at 0 and the letter
+# and the key are removed; 0 when either is gone (another run took it).
+REQUEUE_ASIDE = (
+    _CHECK
+    + """
+local err = check(KEYS[2], 'list')
+if err then return err end
+if redis.call('TYPE', KEYS[3]).ok ~= 'string' then return 0 end
+if not redis.call('LPOS', KEYS[1], ARGV[1]) then return 0 end
+local item = redis.call('GET', KEYS[3])
+local prefix = '{"aioredq":1,"attempts":'
+local n = string.match(item, '^{"aioredq":1,"attempts":(%d+),')
+if n then item = prefix .. '0' .. string.sub(item, #prefix + #n + 1) end
+redis.call('LPUSH', KEYS[2], item)
+redis.call('LREM', KEYS[1], 1, ARGV[1])
+redis.call('DEL', KEYS[3])
+return 1
+"""
+)
+
 # KEYS: stream, dead stream. ARGV: target field, group, then per letter: dead id, 2n, n field
 # names and values. Each letter still there is appended (with the target field) and deleted.
 REQUEUE_ENTRIES = (
@@ -184,6 +205,17 @@ def letter_item(letter: bytes) -> bytes:
     return item
 
 
+def aside_key(letter: bytes, queue: str) -> str | None:
+    """The key that keeps an oversized item (a letter's ``body_key``), if the letter has one
+    of this queue's."""
+    try:
+        data = json.loads(letter)
+    except ValueError:
+        return None
+    key = data.get("body_key") if isinstance(data, dict) else None
+    return key if isinstance(key, str) and key.startswith(keys.dead(queue) + ":") else None
+
+
 def letter_id(letter: bytes) -> str | None:
     try:
         data = json.loads(letter)
@@ -216,6 +248,7 @@ async def requeue_queue_all(client: Any, queue: str) -> Outcome:
     Letters that cannot be read stay dead (at the newest end) and are reported."""
     dead = keys.dead(queue)
     script = client.register_script(REQUEUE_TAIL)
+    aside_script = client.register_script(REQUEUE_ASIDE)
     outcome = Outcome()
     reported: set[bytes] = set()  # digests of the unreadable letters named already
     # The letters there at the start: those moved to the newest end, and those dead-lettered
@@ -227,8 +260,13 @@ async def requeue_queue_all(client: Any, queue: str) -> Outcome:
         if not page:
             break
         letters = page[::-1]  # oldest first
-        flags, items, problems = [], [], []
+        flags, items, problems, asides = [], [], [], []
         for letter in letters:
+            key = aside_key(letter, queue)
+            if key is not None:  # kept in the page, then requeued from its key
+                flags.append("k")
+                asides.append((letter, key))
+                continue
             try:
                 items.append(letter_item(letter))
                 flags.append("r")
@@ -245,6 +283,8 @@ async def requeue_queue_all(client: Any, queue: str) -> Outcome:
             if digest not in reported:
                 reported.add(digest)
                 outcome.skip(problem)
+        for letter, key in asides:
+            moved += int(await aside_script(keys=[dead, queue, key], args=[letter]))
         outcome.moved += moved
         remaining -= k
         count = _page_count(k, sum(map(len, letters)))
@@ -255,6 +295,7 @@ async def requeue_queue_ids(client: Any, queue: str, ids: set[str]) -> Outcome:
     """Requeue the dead letters of ``queue`` whose message id is in ``ids``, oldest first."""
     dead = keys.dead(queue)
     script = client.register_script(REQUEUE_ONE)
+    aside_script = client.register_script(REQUEUE_ASIDE)
     outcome = Outcome(found=set())
     offset, count = 0, 64  # letters already read, counted from the tail
     while True:
@@ -268,6 +309,12 @@ async def requeue_queue_ids(client: Any, queue: str, ids: set[str]) -> Outcome:
                 continue
             assert outcome.found is not None and msg_id is not None
             outcome.found.add(msg_id)
+            key = aside_key(letter, queue)
+            if key is not None:
+                moved = int(await aside_script(keys=[dead, queue, key], args=[letter]))
+                outcome.moved += moved
+                removed += moved
+                continue
             try:
                 item = letter_item(letter)
             except BadLetter as exc:
@@ -341,6 +388,12 @@ def original_fields(letter: Mapping[bytes, bytes]) -> list[bytes]:
         raise BadLetter("no 'fields' JSON object") from None
     except (ValueError, TypeError, binascii.Error, UnicodeError):
         raise BadLetter("its 'fields' cannot be read back as the original fields") from None
+    if not out and b"size" in letter:
+        raise BadLetter(
+            f"its entry ({_text(letter[b'size'])} bytes, over max_body_bytes) was not copied: "
+            f"it is still in the stream under {_text(letter.get(b'original_id', b'?'))} "
+            "unless trimmed"
+        )
     if not out:
         raise BadLetter("its 'fields' is empty")
     if len(out) > 2 * MAX_FIELDS:
@@ -406,5 +459,30 @@ async def purge_stream(client: Any, stream: str, group: str) -> int:
 
 
 async def purge_queue(client: Any, queue: str) -> int:
-    """Delete every dead letter of ``queue``; returns how many there were."""
-    return int(await client.register_script(PURGE_LIST)(keys=[keys.dead(queue)]))
+    """Delete every dead letter of ``queue``, and the keys that keep oversized items beside
+    them (``{q}:dead:<id>``); returns how many letters there were. The keys are listed before
+    the letters go, so a key written meanwhile stays with its letter."""
+    aside = await _aside_keys(client, queue)
+    n = int(await client.register_script(PURGE_LIST)(keys=[keys.dead(queue)]))
+    for i in range(0, len(aside), 1000):
+        await client.unlink(*aside[i : i + 1000])
+    return n
+
+
+async def _aside_keys(client: Any, queue: str) -> list[str]:
+    """Every ``{q}:dead:<id>`` string key, found with SCAN (on a cluster, on the queue's
+    node only: the keys share its slot)."""
+    options: dict[str, Any] = {}
+    if hasattr(client, "get_node_from_key"):
+        options["target_nodes"] = client.get_node_from_key(queue)
+    match = keys.glob_escape(keys.dead(queue) + ":") + "*"
+    found: list[str] = []
+    cursor = 0
+    while True:
+        nxt, page = await client.scan(cursor, match=match, count=1000, _type="string", **options)
+        if isinstance(nxt, dict):  # a cluster client gives a cursor per node
+            nxt = next(iter(nxt.values()), 0)
+        found += [_text(k) for k in page]
+        cursor = int(nxt)
+        if cursor == 0:
+            return found

@@ -16,6 +16,11 @@ def has_hash_tag(name: str) -> bool:
     return end > start + 1
 
 
+def glob_escape(text: str) -> str:
+    """``text`` as a literal in a SCAN MATCH pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
 def aux(name: str, suffix: str) -> str:
     """The auxiliary key ``suffix`` of queue or stream ``name``."""
     if has_hash_tag(name):

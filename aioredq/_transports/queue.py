@@ -62,10 +62,6 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
-
-
 class QueueTransport:
     """The Redis side of one queue, for one consumer (or a producer when consumer is empty)."""
 
@@ -217,7 +213,7 @@ class QueueTransport:
             options["target_nodes"] = self.client.get_node_from_key(self.queue)
         reply = await self.client.scan(
             cursor,
-            match=_glob_escape(self.processing_prefix) + "*",
+            match=keys.glob_escape(self.processing_prefix) + "*",
             count=count,
             _type="list",
             **options,

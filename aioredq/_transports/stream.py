@@ -27,7 +27,6 @@ COMMANDS = (
     *("xpending", "xclaim", "xautoclaim", "xinfo|groups", "xinfo|consumers"),
     *("xgroup|create", "xgroup|createconsumer", "xgroup|delconsumer"),
     *("zadd", "zrem", "zscore", "zrangebyscore", "type"),
-    *("multi", "exec", "discard"),  # append_many: one MULTI/EXEC per batch
 )
 
 # An IDLE for XCLAIM that makes an entry claimable by anyone at once. Redis computes the
@@ -184,6 +183,32 @@ return removed
 """
 )
 
+# KEYS: stream; ARGV: maxlen or '', minid or '', then per entry: 2n, its n names and values.
+# Returns the new ids. One script, so all or nothing: a refused write (maxmemory, ACL, wrong
+# type) fails the first XADD, before anything is written, and Redis lets a script that has
+# begun writing finish. (A MULTI/EXEC would do as well on one server, but redis-py's cluster
+# client runs each queued command of a transaction in a thread of its own.) XADD takes one
+# trim strategy: with both limits, the batch ends with an XTRIM MINID ~.
+APPEND = """
+local maxlen, minid = ARGV[1], ARGV[2]
+local trim = {}
+if maxlen ~= '' then trim = {'MAXLEN', '~', maxlen}
+elseif minid ~= '' then trim = {'MINID', '~', minid} end
+local ids = {}
+local i = 3
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  local args = {KEYS[1]}
+  for _, t in ipairs(trim) do args[#args + 1] = t end
+  args[#args + 1] = '*'
+  for j = i + 1, i + n do args[#args + 1] = ARGV[j] end
+  ids[#ids + 1] = redis.call('XADD', unpack(args))
+  i = i + 1 + n
+end
+if maxlen ~= '' and minid ~= '' then redis.call('XTRIM', KEYS[1], 'MINID', '~', minid) end
+return ids
+"""
+
 # KEYS: stream, dead stream; ARGV: group, consumer, id, error, deliveries, failed_at, fields,
 # fields_b64, size (each written only when not empty: fields_b64 holds the exact names and
 # values when they are not all UTF-8, size is set for an entry whose fields are not copied).
@@ -319,6 +344,7 @@ class StreamTransport:
         self._heartbeat = client.register_script(HEARTBEAT)
         self._leave = client.register_script(LEAVE)
         self._prune = client.register_script(PRUNE)
+        self._append = client.register_script(APPEND)
 
     # producing ---------------------------------------------------------------------------
     async def append(
@@ -327,24 +353,17 @@ class StreamTransport:
         maxlen: int | None,
         min_ms: int | None = None,
     ) -> list[str]:
-        """XADD every entry in one MULTI/EXEC, trimming with ``MAXLEN ~`` on each; entries
-        older than ``min_ms`` (ms since the epoch) are trimmed with ``MINID ~`` as well (XADD
-        takes one trim strategy, so with both the batch ends with an ``XTRIM MINID ~``).
-
-        All or nothing: one key is one hash slot (so this holds on a cluster too), and a
-        command Redis refuses while queueing (maxmemory, ACL, wrong type) aborts the whole
-        EXEC, so a failed call wrote nothing and can be retried without duplicates."""
-        pipe = self.client.pipeline(transaction=True)
-        by_id = min_ms is not None and maxlen is None
+        """XADD every entry in one script (all or nothing, see APPEND), trimming with
+        ``MAXLEN ~`` on each; entries older than ``min_ms`` (ms since the epoch) are trimmed
+        with ``MINID ~`` as well."""
+        minid = "" if min_ms is None else f"{min_ms}-0"
+        args: list[Any] = ["" if maxlen is None else maxlen, minid]
         for fields in entries:
-            if by_id:
-                pipe.xadd(self.stream, dict(fields), minid=f"{min_ms}-0", approximate=True)
-            else:
-                pipe.xadd(self.stream, dict(fields), maxlen=maxlen, approximate=True)
-        if min_ms is not None and not by_id:
-            pipe.xtrim(self.stream, minid=f"{min_ms}-0", approximate=True)
-        replies = await pipe.execute()
-        return [_text(i) for i in replies[: len(entries)]]
+            args.append(2 * len(fields))
+            for name, value in fields.items():
+                args += (name, value)
+        ids = await self._append(keys=[self.stream], args=args)
+        return [_text(i) for i in ids]
 
     # groups ------------------------------------------------------------------------------
     async def create_group(self, start_id: str) -> bool:
