@@ -62,7 +62,7 @@ CLUSTER_COMMANDS = ("cluster|slots", "cluster|shards", "command", "asking")
 
 def translate(exc: BaseException, what: str) -> Exception:
     """The aioredq error for a redis-py error (the original is chained by the caller)."""
-    if isinstance(exc, (rexc.ConnectionError, rexc.TimeoutError, OSError)):
+    if is_connection_error(exc):
         return ConnectError(f"{what}: {type(exc).__name__}: {exc}")
     if isinstance(exc, rexc.RedisError):
         return RedisCommandError(f"{what}: {type(exc).__name__}: {exc}")
@@ -78,6 +78,9 @@ async def translated(what: str, call: Callable[[], Awaitable[T]]) -> T:
 
 
 def is_connection_error(exc: BaseException) -> bool:
+    if isinstance(exc, rexc.RedisClusterException):
+        # The cluster client's way of saying that no seed node answers.
+        return str(exc).startswith("Redis Cluster cannot be connected")
     return isinstance(exc, (rexc.ConnectionError, rexc.TimeoutError, ConnectError, OSError))
 
 

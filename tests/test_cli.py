@@ -470,20 +470,21 @@ def test_a_bad_option_is_one_line_and_exit_2() -> None:
         assert done.stdout == "", args
 
 
+@pytest.mark.parametrize("scheme", ["redis", "redis+cluster"])
 @pytest.mark.parametrize(
     "command",
     [[APP], [APP, "--workers", "2"], ["inspect", APP], ["dead", APP, "job"]],
     ids=["run", "workers", "inspect", "dead"],
 )
 def test_unreachable_redis_is_one_line_without_the_password_and_exit_1(
-    command: list[str],
+    command: list[str], scheme: str
 ) -> None:
     port = closed_port()
-    url = f"redis://user:secret@127.0.0.1:{port}/0"
+    url = f"{scheme}://user:secret@127.0.0.1:{port}/0"
     done = run_cli(*command, "--url", url, "--connect-timeout", "1")
     assert done.returncode == 1, done.stderr
     line = one_error_line(done)
-    assert f"redis://user:***@127.0.0.1:{port}/0" in line
+    assert f"cannot reach Redis at {scheme}://user:***@127.0.0.1:{port}/0" in line
     assert "secret" not in done.stderr + done.stdout
 
 
