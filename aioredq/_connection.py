@@ -112,6 +112,8 @@ class Connection:
         self._extra: list[Any] = []  # clients to close with the others (sentinels)
         self._slots: asyncio.Semaphore | None = None
         self._slots_loop: asyncio.AbstractEventLoop | None = None
+        self._topology: asyncio.Lock | None = None  # a cluster's clients learn it once
+        self._topology_known = False
 
     @property
     def is_open(self) -> bool:
@@ -161,6 +163,8 @@ class Connection:
     async def produce(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """Run a producing call on ``command`` once one of the ``max_connections`` slots is
         free (waiting at most ``pool_timeout`` seconds), redis-py errors translated."""
+        if self.is_cluster and not self._topology_known:
+            await self.learn_topology()
         loop = asyncio.get_running_loop()
         slots = self._slots
         if slots is None or self._slots_loop is not loop:
@@ -221,13 +225,29 @@ class Connection:
         pool.connection_class = _PACKING.get(pool.connection_class, pool.connection_class)
         return client
 
+    async def learn_topology(self) -> None:
+        """A cluster client learns the slots on its first command. Many first commands at
+        once would each refresh them, and redis-py recycles every connection on a refresh,
+        in-use ones included: a command then fails half way and its retry may write twice.
+        So the clients learn the topology once, before any traffic."""
+        if self._topology is None:
+            self._topology = asyncio.Lock()
+        async with self._topology:
+            if not self._topology_known:
+                for client in (self.command, self.bookkeeping, self.blocking):
+                    await client.initialize()
+                self._topology_known = True
+
     async def ping(self) -> None:
+        if self.is_cluster and not self._topology_known:
+            await self.learn_topology()
         await self.command.ping()
 
     async def aclose(self) -> None:
         clients = (self._command, self._bookkeeping, self._blocking, *self._extra)
         self._command, self._bookkeeping, self._blocking, self._extra = None, None, None, []
-        self._slots = self._slots_loop = None
+        self._slots = self._slots_loop = self._topology = None
+        self._topology_known = False
         for client in {id(c): c for c in clients if c is not None}.values():
             await client.aclose()
 
