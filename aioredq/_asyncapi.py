@@ -276,7 +276,7 @@ def _payload_schemas(handlers: list[Handler]) -> tuple[dict[str, Any], dict[str,
 def _fix(value: Any, names: dict[str, str]) -> Any:
     """Point ``$ref``s at ``components.schemas``; drop what the AsyncAPI schema refuses
     (OpenAPI-style ``discriminator`` objects: the ``oneOf`` with ``const`` still says it
-    all); non-finite numbers as strings (JSON has none)."""
+    all); tuples as draft-07 ``items`` lists; non-finite numbers as strings (JSON has none)."""
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for key, item in value.items():
@@ -284,6 +284,13 @@ def _fix(value: Any, names: dict[str, str]) -> Any:
                 name = item[len(_DEFS_PREFIX) :]
                 out[key] = _SCHEMAS_PREFIX + names.get(name, name)
             elif key == "discriminator" and isinstance(item, dict) and "propertyName" in item:
+                continue
+            elif key == "prefixItems" and isinstance(item, list):
+                # Draft 2020-12 tuples in the draft-07 words of the AsyncAPI schema.
+                out["items"] = _fix(item, names)
+                if "items" in value:
+                    out["additionalItems"] = _fix(value["items"], names)
+            elif key == "items" and isinstance(value.get("prefixItems"), list):
                 continue
             else:
                 out[key] = _fix(item, names)
