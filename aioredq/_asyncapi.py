@@ -19,7 +19,8 @@ import math
 import re
 from typing import TYPE_CHECKING, Any
 
-from pydantic import TypeAdapter
+from pydantic import PydanticInvalidForJsonSchema, TypeAdapter
+from pydantic.json_schema import JsonSchemaMode
 
 from ._handlers import StreamSpec, SubscribeSpec, TaskSpec
 
@@ -77,6 +78,11 @@ def asyncapi_document(
     for channel in channels:
         for h in channel.handlers:
             per_handler.setdefault(h.name, []).append(channel_ids[(channel.kind, channel.name)])
+    operation_ids = _unique_ids(
+        ("", name if len(cids) == 1 else f"{name}-{cid}")
+        for name, cids in per_handler.items()
+        for cid in cids
+    )
 
     doc_channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
@@ -93,7 +99,7 @@ def asyncapi_document(
         for h in channel.handlers:
             mid = message_ids[("", h.name)]
             several = len(per_handler[h.name]) > 1
-            oid = _safe_id(f"{h.name}-{cid}" if several else h.name)
+            oid = operation_ids[("", f"{h.name}-{cid}" if several else h.name)]
             operations[oid] = _operation(h, cid, mid)
     for h in app.handlers:
         messages[message_ids[("", h.name)]] = _message(h, payloads[h.name])
@@ -261,15 +267,26 @@ def _message(h: Handler, payload: dict[str, Any]) -> dict[str, Any]:
 
 def _payload_schemas(handlers: list[Handler]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Each handler's payload schema and the shared definitions, generated together so that
-    two models of one name (from two modules) get distinct definitions."""
-    inputs = [(h.name, "validation", TypeAdapter(h.body_type)) for h in handlers]
-    if not inputs:
-        return {}, {}
-    schemas, top = TypeAdapter.json_schemas(inputs, ref_template=_DEFS_PREFIX + "{model}")  # type: ignore[arg-type]
+    two models of one name (from two modules) get distinct definitions. A body type pydantic
+    cannot describe (a custom validator without a schema) gets a schema that says so."""
+    adapters = {h.name: TypeAdapter(h.body_type) for h in handlers}
+    payloads: dict[str, Any] = {}
+    for h in handlers:
+        try:
+            adapters[h.name].json_schema(mode="validation")
+        except PydanticInvalidForJsonSchema:
+            del adapters[h.name]
+            payloads[h.name] = {"description": f"pydantic has no JSON Schema for {h.body_type!r}"}
+    if not adapters:
+        return payloads, {}
+    inputs: list[tuple[str, JsonSchemaMode, TypeAdapter[Any]]] = [
+        (name, "validation", adapter) for name, adapter in adapters.items()
+    ]
+    schemas, top = TypeAdapter.json_schemas(inputs, ref_template=_DEFS_PREFIX + "{model}")
     raw_defs: dict[str, Any] = top.get("$defs", {})
-    names = {name: _safe_id(name) for name in raw_defs}
+    names = {name: new for (_, name), new in _unique_ids(("", n) for n in raw_defs).items()}
     defs = {names[name]: _fix(schema, names) for name, schema in raw_defs.items()}
-    payloads = {key: _fix(schema, names) for (key, _mode), schema in schemas.items()}
+    payloads.update({key: _fix(schema, names) for (key, _mode), schema in schemas.items()})
     return payloads, defs
 
 
@@ -314,4 +331,6 @@ def _plain(value: Any) -> Any:
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
+    if callable(value):  # its name: a repr would show an address, different on every run
+        return str(getattr(value, "__qualname__", type(value).__qualname__))
     return str(value)

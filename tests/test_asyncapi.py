@@ -91,6 +91,9 @@ def test_one_channel_per_queue_stream_channel_and_pattern() -> None:
         ("queue", "jobs/v1:high"),
         ("queue", "legacy"),
         ("queue", "items"),
+        ("queue", "trees"),
+        ("queue", "pages"),
+        ("queue", "opaque"),
         ("stream", "payments"),
         ("stream", "clicks"),
         ("stream", "pings"),
@@ -204,6 +207,16 @@ def test_payloads_are_pydantic_schemas_with_constraints_and_shared_definitions()
         "#/components/schemas/Transfer",
     ]
     assert "discriminator" not in json.dumps(doc)
+    # Recursive and generic models.
+    assert payload["tree"] == {"$ref": "#/components/schemas/Tree"}
+    children = schemas["Tree"]["properties"]["children"]
+    assert children["items"] == {"$ref": "#/components/schemas/Tree"}
+    page = resolve(doc, payload["page"]["$ref"])
+    assert resolve(doc, page["properties"]["items"]["items"]["$ref"]) == item
+    # pydantic cannot describe it: the payload says so, the rest of the document is whole.
+    (opaque,) = [h.body_type for h in load(APPS["every_kind"]).handlers if h.name == "opaque"]
+    assert opaque.__name__ == "Opaque"
+    assert payload["opaque"] == {"description": f"pydantic has no JSON Schema for {opaque!r}"}
     # Every reference resolves, none into pydantic's $defs.
     for ref in refs(doc):
         assert not ref.startswith("#/$defs"), ref

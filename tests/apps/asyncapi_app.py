@@ -1,8 +1,9 @@
 """An app with every model and body kind, for the AsyncAPI document tests.
 
-Nested models, validation constraints, a discriminated union, a dataclass, two models of one
-name, patterns (plain and with character classes), sharded channels, a group-less stream, names
-AsyncAPI cannot take as they are, and text no YAML reader may misread.
+Nested, recursive and generic models, validation constraints, a discriminated union, a
+dataclass, two models of one name, a type without a JSON Schema, patterns (plain and with
+character classes), sharded channels, a group-less stream, names AsyncAPI cannot take as they
+are, and text no YAML reader may misread.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import enum
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, GetCoreSchemaHandler
+from pydantic_core import core_schema
 
 from aioredq import App, Message
 
@@ -76,6 +78,31 @@ class Ping:
     port: int = 6379
 
 
+class Tree(BaseModel):
+    """A recursive model."""
+
+    name: str
+    children: list[Tree] = []
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next: str | None = None
+
+
+class Opaque:
+    """A body type with a custom validator and no JSON Schema."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_plain_validator_function(lambda value: value)
+
+
 @app.task("orders", concurrency=4, max_attempts=3)
 async def place_order(order: Order, message: Message) -> None:
     """Place an order.
@@ -115,7 +142,7 @@ async def audit(entry: dict[str, str]) -> None:
 
 
 @app.stream("clicks", start="earliest")
-async def clicks(entry):  # type: ignore[no-untyped-def]  # an unannotated body: Any
+async def clicks(entry):  # type: ignore[no-untyped-def]  # no annotation: the body is Any
     pass
 
 
@@ -146,4 +173,19 @@ async def positions(position: tuple[float, float]) -> None:
 
 @app.subscribe("numbers")
 async def anything(body: Any) -> None:
+    pass
+
+
+@app.task("trees")
+async def tree(tree: Tree) -> None:
+    pass
+
+
+@app.task("pages")
+async def page(page: Page[Item]) -> None:
+    pass
+
+
+@app.task("opaque")
+async def opaque(body: Opaque) -> None:
     pass
