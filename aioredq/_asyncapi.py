@@ -129,6 +129,7 @@ def _servers(app: App) -> dict[str, Any]:
             "protocol": "redis",
             "description": f"Redis server on the Unix socket {target.socket_path}, "
             f"database {target.db}",
+            "bindings": _redis_bindings(),
         }
         return {"redis": unix}
     servers: dict[str, Any] = {}

@@ -246,17 +246,30 @@ def test_info_servers_and_no_password() -> None:
     [
         ("memory://", None),
         (
-            "rediss://:pw@[::1]:7000/0",
+            "rediss://:hunter2@[::1]:7000/0",
             {"redis": {"host": "[::1]:7000", "protocol": "rediss"}},
         ),
         (
-            "redis+cluster://u:pw@a:7000,b:7001",
+            "redis+cluster://u:hunter2@a:7000,b:7001",
             {
                 "redis-0": {"host": "a:7000", "protocol": "redis"},
                 "redis-1": {"host": "b:7001", "protocol": "redis"},
             },
         ),
-        ("unix:///run/redis.sock?db=2&password=pw", {"redis": {"host": "localhost"}}),
+        (
+            "unix:///run/redis.sock?db=2&password=hunter2",
+            {"redis": {"host": "localhost", "pathname": "/run/redis.sock"}},
+        ),
+        (
+            "redis+sentinel://:hunter2@s1:26379,s2:26380/mymaster/1?sentinel_password=hunter2",
+            {
+                "redis-0": {
+                    "host": "s1:26379",
+                    "description": "Redis Sentinel (master 'mymaster'), database 1",
+                },
+                "redis-1": {"host": "s2:26380"},
+            },
+        ),
     ],
 )
 def test_servers_from_the_url(url: str, servers: dict[str, Any] | None) -> None:
@@ -268,7 +281,7 @@ def test_servers_from_the_url(url: str, servers: dict[str, Any] | None) -> None:
 
     doc = asyncapi_document(app)
     text = json.dumps(doc)
-    assert "pw" not in text
+    assert "hunter2" not in text
     if servers is None:
         assert "servers" not in doc
         assert "memory://" in doc["info"]["description"]
