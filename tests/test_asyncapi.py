@@ -347,10 +347,15 @@ def test_yaml_is_block_yaml() -> None:
 
 
 def test_docs_command_prints_json_and_writes_yaml(tmp_path: Path) -> None:
-    done = run_cli("docs", APPS["every_kind"], "--title", "T", "--version", "9")
+    url = "redis://:hunter2@elsewhere:7777/5"
+    done = run_cli("docs", APPS["every_kind"], "--title", "T", "--version", "9", "--url", url)
     assert done.returncode == 0, done.stderr
+    assert "hunter2" not in done.stdout
     doc = json.loads(done.stdout)
-    assert doc == asyncapi_document(load(APPS["every_kind"]), title="T", version="9")
+    expected = asyncapi_document(load(APPS["every_kind"]), title="T", version="9")
+    assert doc.pop("servers")["redis"]["host"] == "elsewhere:7777"
+    expected.pop("servers")
+    assert doc == expected
     out = tmp_path / "doc.yaml"
     done = run_cli("docs", APPS["quickstart"], "--yaml", "--out", str(out))
     assert done.returncode == 0, done.stderr
