@@ -278,9 +278,47 @@ def _acl(args: list[str]) -> int:
     return 0
 
 
+def _docs(args: list[str]) -> int:
+    """``aioredq docs MODULE:ATTR [--yaml] [--out FILE]``: the app's AsyncAPI document."""
+    import json
+
+    from ._asyncapi import asyncapi_document
+    from ._yaml import to_yaml
+
+    p = _Parser(
+        prog=f"{PROG} docs",
+        description="Print the AsyncAPI 3.0.0 document of the app's handlers "
+        "(channels, receive operations, payload JSON Schemas).",
+    )
+    p.add_argument("app", metavar="MODULE:ATTR", help="the App, e.g. myproject.worker:app")
+    p.add_argument("--url", help="Redis URL for the servers section (no password is shown)")
+    p.add_argument("--yaml", action="store_true", help="YAML instead of JSON")
+    p.add_argument("--out", metavar="FILE", help="write the document to FILE")
+    p.add_argument("--title", help="the document's title (default: the module name)")
+    p.add_argument("--version", help="the document's version (default 0.1.0)")
+    ns = p.parse_args(args)
+    app = load_app(ns.app)
+    if ns.url:
+        app.set_url(ns.url)
+    title = ns.title or ns.app.partition(":")[0]
+    doc = asyncapi_document(app, title=title, version=ns.version)
+    text = to_yaml(doc) if ns.yaml else json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    if ns.out is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        with open(ns.out, "w", encoding="utf-8") as out:
+            out.write(text)
+    except OSError as exc:
+        raise UsageError(f"cannot write {ns.out}: {exc.strerror or exc}") from None
+    return 0
+
+
 def _main(args: list[str]) -> int:
     if args and args[0] == "acl":
         return _acl(args[1:])
+    if args and args[0] == "docs":
+        return _docs(args[1:])
     if args and args[0] == "inspect":
         from ._inspect import inspect_command
 
