@@ -278,9 +278,39 @@ def _acl(args: list[str]) -> int:
     return 0
 
 
+def _dashboard(args: list[str]) -> int:
+    """``aioredq dashboard MODULE:ATTR [--host H] [--port P] [--token T]``: serve the web page."""
+    p = _Parser(
+        prog=f"{PROG} dashboard",
+        description="Serve the dashboard: live figures, charts and dead letters in a browser. "
+        "Without --token (or $AIOREDQ_DASHBOARD_TOKEN) it is read-only.",
+    )
+    _add_common(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=8080, help="port to listen on (default 8080)")
+    p.add_argument("--token", default=None, help="the token that allows requeue and purge")
+    ns = p.parse_args(args)
+    try:
+        import uvicorn
+    except ImportError:
+        raise UsageError("the dashboard needs uvicorn: pip install 'aioredq[dashboard]'") from None
+    token = ns.token or os.environ.get("AIOREDQ_DASHBOARD_TOKEN") or None
+    app = _prepare(ns)
+    asyncio.run(_check_reachable(app))
+    log_handler = logging.StreamHandler()
+    log_handler.setFormatter(LineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level="INFO", handlers=[log_handler])
+    mode = "changes need the token" if token else "read-only: no token"
+    log.info("dashboard of %s on http://%s:%d/ (%s)", app.target.safe_url, ns.host, ns.port, mode)
+    uvicorn.run(app.dashboard(token), host=ns.host, port=ns.port, log_level="warning")
+    return 0
+
+
 def _main(args: list[str]) -> int:
     if args and args[0] == "acl":
         return _acl(args[1:])
+    if args and args[0] == "dashboard":
+        return _dashboard(args[1:])
     if args and args[0] == "inspect":
         from ._inspect import inspect_command
 
