@@ -17,6 +17,8 @@ import redis.asyncio
 from fastapi import FastAPI
 
 from aioredq import App
+from aioredq._dashboard import _sections
+from aioredq._dashboard._sections import Section
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "the-token"
@@ -263,3 +265,32 @@ def test_the_command_without_uvicorn_is_one_line_and_exit_2(redis_url: str) -> N
     assert done.stderr.strip().splitlines() == [
         "aioredq: error: the dashboard needs uvicorn: pip install 'aioredq[dashboard]'"
     ]
+
+
+async def test_a_feature_section_shows_only_when_the_app_has_it(
+    app: App, monkeypatch: pytest.MonkeyPatch, redis_client: redis.asyncio.Redis
+) -> None:
+    async def read(app: App, client: Any) -> Any:
+        return {"flag": await client.get("flag")}
+
+    async def flip(app: App, client: Any, data: dict[str, Any]) -> Any:
+        return {"set": await client.set("flag", str(data["to"]))}
+
+    has = {"feature": True}
+    section = Section("demo", "Demo", lambda a: has["feature"], read, {"flip": flip})
+    monkeypatch.setattr(_sections, "SECTIONS", [section])
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    async with client(app.dashboard(TOKEN)) as c:
+        assert (await c.get("/api/session")).json()["sections"] == [
+            {"name": "demo", "title": "Demo"}
+        ]
+        assert (await c.get("/api/section/demo")).json() == {"flag": None}
+        r = await c.post("/api/section/demo/flip", json={"to": 1}, headers=SAME_ORIGIN)
+        assert r.status_code == 401
+        r = await c.post("/api/section/demo/flip", json={"to": 1}, headers=bearer)
+        assert r.json() == {"set": True}
+        assert await redis_client.get("flag") == b"1"
+        assert (await c.post("/api/section/demo/nope", json={}, headers=bearer)).status_code == 404
+        has["feature"] = False
+        assert (await c.get("/api/session")).json()["sections"] == []
+        assert (await c.get("/api/section/demo")).status_code == 404

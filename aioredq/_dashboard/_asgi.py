@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 from .._app import App
 from .._connection import translated
 from .._exceptions import AioredqError
-from . import _letters
+from . import _letters, _sections
 from ._sampler import Sampler
 
 Scope = dict[str, Any]
@@ -108,6 +108,10 @@ class Dashboard:
                 await self._json(send, await self._figures(scope))
             elif path == "/api/dead":
                 await self._json(send, await self._dead_page(scope))
+            elif path.startswith("/api/section/"):
+                section = self._section(path[13:])
+                client = self.app.connection.command
+                await self._json(send, await self._redis(lambda: section.read(self.app, client)))
             else:
                 raise _Refused(404, "not found")
             return
@@ -128,10 +132,17 @@ class Dashboard:
             assert isinstance(data, dict)
         except (ValueError, AssertionError):
             raise _Refused(400, "expected a JSON object") from None
+        client = self.app.connection.command
+        if path.startswith("/api/section/"):
+            feature, _, verb = path[13:].partition("/")
+            action = self._section(feature).actions.get(verb)
+            if action is None:
+                raise _Refused(404, "not found")
+            await self._json(send, await self._redis(lambda: action(self.app, client, data)))
+            return
         name = data.get("handler")
         if not isinstance(name, str):
             raise _Refused(400, "'handler' must be a handler's name")
-        client = self.app.connection.command
         if path == "/api/requeue":
             ids = data.get("ids")
             if ids is not None and not (
@@ -146,6 +157,12 @@ class Dashboard:
         await self._json(send, result)
 
     # reading ------------------------------------------------------------------------------
+    def _section(self, name: str) -> _sections.Section:
+        section = _sections.find(self.app, name)
+        if section is None:
+            raise _Refused(404, "not found")
+        return section
+
     async def _figures(self, scope: Scope) -> dict[str, Any]:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         try:
@@ -175,11 +192,12 @@ class Dashboard:
             raise _Refused(400, "'start' must be >= 0")
         cursor = query.get("cursor", [None])[0] or None
         client = self.app.connection.command
-        return await self._redis(
+        page: dict[str, Any] = await self._redis(
             lambda: _letters.page(client, self.app, name, start=start, cursor=cursor, size=size)
         )
+        return page
 
-    async def _redis(self, call: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    async def _redis(self, call: Callable[[], Awaitable[Any]]) -> Any:
         try:
             return await translated("dashboard", call)
         except _letters.NotFound as exc:
@@ -219,6 +237,7 @@ class Dashboard:
             # Readable only by same-origin script (no CORS): a cross-site page cannot learn it.
             "csrf": None if sid is None else self._sign("c" + sid),
             "url": self.app.target.safe_url,
+            "sections": [{"name": x.name, "title": x.title} for x in _sections.available(self.app)],
         }
 
     def _authorise(self, scope: Scope) -> None:

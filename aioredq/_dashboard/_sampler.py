@@ -68,9 +68,9 @@ class Sampler:
         except Exception as exc:  # a page must keep working through anything Redis says
             self.error = f"{type(exc).__name__}: {exc}"
             return
-        self.rows, self.error, self.at = rows, None, time.time()
+        self.rows, self.error, self.at = rows, None, round(time.time(), 3)
         stats = self.app.stats().handlers
-        sample: dict[str, Any] = {"t": round(self.at, 3), "h": {}}
+        sample: dict[str, Any] = {"t": self.at, "h": {}}
         for row in rows:
             own = stats.get(row["name"])
             sample["h"][row["name"]] = {

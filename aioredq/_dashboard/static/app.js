@@ -253,6 +253,35 @@
     loadDead();
   }
 
+  // feature sections (shown only when the app has the feature) --------------------------
+  async function loadSection(info, host) {
+    const body = host.querySelector("div");
+    const ctx = {
+      writable: canWrite(),
+      post: (action, data) => api("api/section/" + encodeURIComponent(info.name) + "/" + encodeURIComponent(action), data || {}),
+      reload: () => loadSection(info, host),
+      cell, button,
+    };
+    try {
+      const data = await api("api/section/" + encodeURIComponent(info.name));
+      const render = (window.aioredqSections || {})[info.name];
+      if (render) render(body, data, ctx);
+      else body.replaceChildren(cell("pre", JSON.stringify(data, null, 2)));
+    } catch (err) {
+      body.replaceChildren(cell("p", err.message, "error"));
+    }
+  }
+
+  function addSections() {
+    for (const info of state.session.sections || []) {
+      const host = cell("section");
+      host.dataset.section = info.name;
+      host.append(cell("h2", info.title), cell("div"));
+      $("dead").before(host);
+      loadSection(info, host);
+    }
+  }
+
   function wire() {
     $("dead-refresh").addEventListener("click", loadDead);
     $("older").addEventListener("click", () => {
@@ -269,5 +298,5 @@
   }
 
   wire();
-  loadSession().catch((err) => { $("status").textContent = err.message; }).finally(poll);
+  loadSession().then(addSections).catch((err) => { $("status").textContent = err.message; }).finally(poll);
 })();
