@@ -189,6 +189,18 @@ async def test_queue_letters_come_in_pages_newest_first(
         assert last.json()["more"] is False
 
 
+async def test_letters_another_program_wrote_show_as_text(
+    app: App, redis_client: redis.asyncio.Redis
+) -> None:
+    await redis_client.lpush("{jobs}:dead", b"\xff\xfe not json", b"x" * 5000)
+    async with client(app.dashboard()) as c:
+        page = (await c.get("/api/dead", params={"handler": "job"})).json()
+    long, raw = page["letters"]
+    assert long["id"] is None and long["body"]["more"] == 5000 + 3 - 2000
+    assert raw["body"]["text"] == repr(b"\xff\xfe not json")
+    assert raw["error"]["text"] == "(not a JSON letter)"
+
+
 async def test_stream_letters_come_in_pages_of_the_handlers_group(
     app: App, redis_client: redis.asyncio.Redis
 ) -> None:
