@@ -138,10 +138,14 @@
       item.append(swatch, document.createTextNode(name));
       legend.push(item);
     });
+    // The x axis spans what the ring holds (at least a minute, at most 15): a dashboard that
+    // started a moment ago does not squeeze its few samples against the right edge.
+    const first = samples.length ? samples[0].t : now;
+    const start = Math.max(now - WINDOW, Math.min(first, now - 60));
     const draw = window.aioredqCharts.draw;
-    draw($("chart-processed"), series.processed, now - WINDOW, now);
-    draw($("chart-failed"), series.failed, now - WINDOW, now);
-    draw($("chart-backlog"), series.backlog, now - WINDOW, now);
+    draw($("chart-processed"), series.processed, start, now);
+    draw($("chart-failed"), series.failed, start, now);
+    draw($("chart-backlog"), series.backlog, start, now);
     $("legend").replaceChildren(...legend);
   }
 

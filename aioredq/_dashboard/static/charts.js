@@ -30,7 +30,9 @@
       const label = el("text", { x: L - 4, y: y(max * f) + 4, class: "axis", "text-anchor": "end" }, svg);
       label.textContent = fmt(max * f);
     }
-    for (const [t, text, anchor] of [[t0, "-15 min", "start"], [t1, "now", "end"]]) {
+    const span = t1 - t0;
+    const ago = span >= 120 ? "-" + Math.round(span / 60) + " min" : "-" + Math.round(span) + " s";
+    for (const [t, text, anchor] of [[t0, ago, "start"], [t1, "now", "end"]]) {
       const label = el("text", { x: x(t), y: H - 4, class: "axis", "text-anchor": anchor }, svg);
       label.textContent = text;
     }
