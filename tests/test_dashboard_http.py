@@ -14,9 +14,10 @@ import httpx
 import pytest
 import pytest_asyncio
 import redis.asyncio
+from _waiting import until, until_redis
 from fastapi import FastAPI
 
-from aioredq import App
+from aioredq import App, Reject
 from aioredq._dashboard import _sections
 from aioredq._dashboard._sections import Section
 
@@ -306,3 +307,34 @@ async def test_a_feature_section_shows_only_when_the_app_has_it(
         has["feature"] = False
         assert (await c.get("/api/session")).json()["sections"] == []
         assert (await c.get("/api/section/demo")).status_code == 404
+
+
+async def test_a_streams_dead_letter_is_requeued_by_its_id_and_handled(redis_url: str) -> None:
+    app = App(redis_url)
+    failing, handled = True, []
+
+    @app.stream("orders", group="billing", start="earliest")
+    async def bill(body: dict[str, str]) -> None:
+        if failing:
+            raise Reject("not yet")
+        handled.append(body["n"])
+
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    async with app, client(app.dashboard(TOKEN)) as c:
+        await app.append("orders", {"n": "1"})
+        await app.append("orders", {"n": "2"})
+        letters = lambda: c.get("/api/dead", params={"handler": "bill"})  # noqa: E731
+
+        async def dead_count() -> int:
+            return len((await letters()).json()["letters"])
+
+        await until_redis(dead_count, 2, "two dead letters")
+        newest = (await letters()).json()["letters"][0]
+        assert newest["error"]["text"].startswith("Reject: not yet")
+        failing = False
+        r = await c.post(
+            "/api/requeue", json={"handler": "bill", "ids": [newest["id"]]}, headers=bearer
+        )
+        assert r.json() == {"requeued": 1, "skipped": [], "missing": []}
+        await until(lambda: handled == ["2"], "the requeued letter handled")
+        assert await dead_count() == 1
