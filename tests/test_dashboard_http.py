@@ -119,6 +119,7 @@ async def test_changes_need_the_token_and_the_csrf_token(
         assert (await c.post("/api/purge", json=purge, headers=wrong)).status_code == 401
         r = await c.post("/login", data={"token": "nope"}, headers=SAME_ORIGIN)
         assert r.status_code == 401 and "set-cookie" not in r.headers
+        assert "Wrong token." in r.text
         csrf = await login(c)
         # The cookie alone is not enough: a cross-site form would carry it.
         r = await c.post("/api/purge", json=purge, headers=SAME_ORIGIN)

@@ -35,6 +35,11 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
+WRONG_TOKEN = (
+    b'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>aioredq dashboard</title>'
+    b'<link rel="stylesheet" href="static/app.css"></head><body><main><section><p class="error">'
+    b'Wrong token.</p><p><a href="./">Back to the dashboard</a></p></section></main></body></html>'
+)
 STATIC = {
     "app.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
@@ -267,7 +272,9 @@ class Dashboard:
             raise _Refused(403, "read-only dashboard: there is nothing to log in to")
         given = parse_qs(body.decode("utf-8", "replace")).get("token", [""])[0]
         if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self.token.encode()):
-            raise _Refused(401, "wrong token")
+            # The login form's answer is a page, not JSON: a person reads it.
+            await self._send(send, 401, WRONG_TOKEN, "text/html; charset=utf-8")
+            return
         sid = secrets.token_urlsafe(18)
         cookie = f"{COOKIE}={sid}.{self._sign('s' + sid)}; Path={root}/; HttpOnly; SameSite=Strict"
         if scope.get("scheme") == "https":
