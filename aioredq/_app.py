@@ -601,6 +601,13 @@ class App:
         async with self:
             yield
 
+    def dashboard(self, token: str | None = None, *, interval: float = 1.0) -> Any:
+        """The dashboard as an ASGI app (``api.mount("/aioredq", app.dashboard())``):
+        read-only without ``token``; figures read once per ``interval`` for every open page."""
+        from ._dashboard import Dashboard
+
+        return Dashboard(self, token=token, interval=interval)
+
     async def run(self, *, only: Sequence[str] | None = None) -> None:
         """Run until cancelled, SIGINT or SIGTERM, then stop gracefully. After the first
         signal the default handlers are restored, so a second one exits at once."""

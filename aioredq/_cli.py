@@ -6,6 +6,8 @@ python -m aioredq inspect MODULE:ATTR [--url URL] [--json] [--watch]
 python -m aioredq dead MODULE:ATTR NAME [--show N [--full] | --requeue [--all | ID ...]
                                         | --purge [--yes]]
 python -m aioredq acl MODULE:ATTR [--user NAME]
+python -m aioredq docs MODULE:ATTR [--yaml] [--out FILE]
+python -m aioredq dashboard MODULE:ATTR [--host 127.0.0.1] [--port 8080] [--token T]
 
 Every error a user can cause is one line on stderr, never a traceback (``--log-level DEBUG``
 adds it): exit status 2 for what the user must change (a bad MODULE:ATTR or option, a bad URL
@@ -50,6 +52,8 @@ other commands:
   aioredq inspect MODULE:ATTR [--url URL] [--json] [--watch]
   aioredq dead MODULE:ATTR NAME [--show N [--full] | --requeue [--all | ID ...] | --purge [--yes]]
   aioredq acl MODULE:ATTR [--user NAME]
+  aioredq docs MODULE:ATTR [--yaml] [--out FILE]
+  aioredq dashboard MODULE:ATTR [--host 127.0.0.1] [--port 8080] [--token T]
 """
 
 
@@ -314,11 +318,41 @@ def _docs(args: list[str]) -> int:
     return 0
 
 
+def _dashboard(args: list[str]) -> int:
+    """``aioredq dashboard MODULE:ATTR [--host H] [--port P] [--token T]``: serve the web page."""
+    p = _Parser(
+        prog=f"{PROG} dashboard",
+        description="Serve the dashboard: live figures, charts and dead letters in a browser. "
+        "Without --token (or $AIOREDQ_DASHBOARD_TOKEN) it is read-only.",
+    )
+    _add_common(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=8080, help="port to listen on (default 8080)")
+    p.add_argument("--token", default=None, help="the token that allows requeue and purge")
+    ns = p.parse_args(args)
+    try:
+        import uvicorn
+    except ImportError:
+        raise UsageError("the dashboard needs uvicorn: pip install 'aioredq[dashboard]'") from None
+    token = ns.token or os.environ.get("AIOREDQ_DASHBOARD_TOKEN") or None
+    app = _prepare(ns)
+    asyncio.run(_check_reachable(app))
+    log_handler = logging.StreamHandler()
+    log_handler.setFormatter(LineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level="INFO", handlers=[log_handler])
+    mode = "changes need the token" if token else "read-only: no token"
+    log.info("dashboard of %s on http://%s:%d/ (%s)", app.target.safe_url, ns.host, ns.port, mode)
+    uvicorn.run(app.dashboard(token), host=ns.host, port=ns.port, log_level="warning")
+    return 0
+
+
 def _main(args: list[str]) -> int:
     if args and args[0] == "acl":
         return _acl(args[1:])
     if args and args[0] == "docs":
         return _docs(args[1:])
+    if args and args[0] == "dashboard":
+        return _dashboard(args[1:])
     if args and args[0] == "inspect":
         from ._inspect import inspect_command
 

@@ -1,0 +1,184 @@
+"""The dashboard in a real browser (Debian's chromium driven by Playwright), with a worker and
+the ``dashboard`` command running as processes against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from _servers import free_port
+
+from aioredq import App
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = "tests.apps.dashboard_app:app"
+TOKEN = "s3cret-token"
+XSS = "fail <img src=x onerror=alert(1)>"
+WAIT = 30.0
+
+CHROMIUM = shutil.which("chromium")
+try:
+    from playwright.sync_api import Page, expect, sync_playwright
+except ImportError:  # pragma: no cover - depends on the machine
+    sync_playwright = None
+pytestmark = [
+    pytest.mark.skipif(
+        sync_playwright is None, reason="playwright is not installed (pip install playwright)"
+    ),
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="no chromium on PATH (Debian: apt-get install chromium)"
+    ),
+]
+
+
+def eventually(condition: Callable[[], Any], what: str) -> Any:
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    pytest.fail(f"timed out after {WAIT:.0f} s waiting for {what}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def services(redis_url: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A worker (failing ``fail...`` bodies while the flag file exists) and the dashboard."""
+    flag, out = tmp_path / "failing", tmp_path / "handled.txt"
+    flag.touch()
+    out.touch()
+    env = {**os.environ, "DASHBOARD_APP_FAIL": str(flag), "DASHBOARD_APP_OUT": str(out)}
+    port = free_port()
+    py = [sys.executable, "-m", "aioredq"]
+    logs = (tmp_path / "worker.log").open("w"), (tmp_path / "dashboard.log").open("w")
+    worker = subprocess.Popen([*py, APP, "--url", redis_url], cwd=ROOT, env=env, stderr=logs[0])
+    dash = subprocess.Popen(
+        [*py, "dashboard", APP, "--url", redis_url, "--port", str(port), "--token", TOKEN],
+        cwd=ROOT,
+        env=env,
+        stderr=logs[1],
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"{base}/api/session", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        eventually(up, "the dashboard to answer")
+        yield {"base": base, "flag": flag, "out": out, "url": redis_url}
+    finally:
+        _stop(dash)
+        _stop(worker)
+        for log in logs:
+            log.close()
+
+
+@pytest.fixture
+def page(tmp_path: Path) -> Iterator[Page]:
+    assert sync_playwright is not None
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            context = browser.new_context(viewport={"width": 1400, "height": 1100})
+            page = context.new_page()
+            dialogs: list[str] = []
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            page.dialogs = dialogs  # type: ignore[attr-defined]
+            yield page
+        finally:
+            browser.close()
+
+
+def _figure(page: Page, handler: str, figure: str) -> str:
+    cell = page.locator(f'#handlers tr[data-handler="{handler}"] td[data-figure="{figure}"]')
+    return str(cell.text_content() or "")
+
+
+def test_the_page_at_work(services: dict[str, Any], page: Page, tmp_path: Path) -> None:
+    r = redis.Redis.from_url(services["url"])
+    page.goto(services["base"] + "/")
+    expect(page.locator('#handlers tr[data-handler="job"]')).to_be_visible()
+    expect(page.locator("#mode")).to_have_text("read-only until you log in")
+    page.screenshot(path=str(tmp_path / "1-loaded.png"), full_page=True)
+
+    # Figures change as messages flow: dead letters appear (the XSS body among them).
+    async def produce() -> None:
+        async with App(services["url"]) as app:
+            for i in range(5):
+                await app.enqueue("dash-jobs", f"fail {i}")
+            await app.enqueue("dash-jobs", XSS)
+            for i in range(30):
+                await app.enqueue("dash-jobs", f"ok {i}")
+            for i in range(10):
+                await app.append("dash-events", {"n": str(i)})
+
+    # In a thread of its own: Playwright's sync API keeps an event loop in this one.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, produce()).result()
+    eventually(lambda: _figure(page, "job", "dead") == "6", "the page to show 6 dead letters")
+    eventually(lambda: "ok 29" in services["out"].read_text(), "the worker to handle the rest")
+
+    # A purge without the token is refused, and offers nothing to click.
+    page.locator('#handlers tr[data-handler="job"] button').click()
+    expect(page.locator("#letters tbody tr")).to_have_count(6)
+    assert page.locator("#purge").is_hidden()
+    status = page.evaluate(
+        """async () => (await fetch("api/purge", {method: "POST",
+            headers: {"Content-Type": "application/json"},
+            body: JSON.stringify({handler: "job"})})).status"""
+    )
+    assert status == 401
+    assert r.llen("{dash-jobs}:dead") == 6
+
+    # The XSS body shows as text, and nothing ran.
+    expect(page.locator("#letters pre", has_text="<img src=x onerror=alert(1)>")).to_have_count(1)
+    assert page.locator("#letters img").count() == 0
+    assert page.dialogs == []  # type: ignore[attr-defined]
+
+    # Log in, requeue one letter by clicking: it is handled once failing is off.
+    page.fill('#login input[name="token"]', TOKEN)
+    page.click("#login button")
+    expect(page.locator("#mode")).to_have_text("logged in")
+    services["flag"].unlink()
+    page.locator('#handlers tr[data-handler="job"] button').click()
+    row = page.locator("#letters tbody tr", has_text="fail 2")
+    row.get_by_role("button", name="Requeue").click()
+    expect(page.locator("#dead-message")).to_have_text("requeued 1")
+    eventually(lambda: "fail 2" in services["out"].read_text(), "the requeued letter handled")
+    expect(page.locator("#letters tbody tr")).to_have_count(5)
+    eventually(lambda: _figure(page, "job", "dead") == "5", "the page to show 5 dead letters")
+    eventually(lambda: page.locator("#chart-backlog path").count() >= 2, "the charts to draw lines")
+    page.screenshot(path=str(tmp_path / "2-at-work.png"), full_page=True)
+
+    # Purge, after the in-page confirmation.
+    page.click("#purge")
+    expect(page.locator("#confirm-text")).to_contain_text("Delete every dead letter of job")
+    assert r.llen("{dash-jobs}:dead") == 5  # nothing happens before confirming
+    page.click("#confirm-yes")
+    expect(page.locator("#dead-message")).to_have_text("purged 5")
+    assert r.llen("{dash-jobs}:dead") == 0
+    eventually(lambda: _figure(page, "job", "dead") == "0", "the page to show no dead letters")
+    page.screenshot(path=str(tmp_path / "3-purged.png"), full_page=True)
