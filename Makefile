@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench soak clean
+.PHONY: demo test lint typecheck pytest browser bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,7 +26,16 @@ typecheck: $(STAMP)
 # test, so it is shared by one process only.
 PYTEST_JOBS ?= $(if $(AIOREDQ_TEST_URL),0,3)
 
-pytest: $(STAMP)
+# The dashboard's browser tests drive Debian's chromium. Where we may (root, apt-get, and not
+# AIOREDQ_NO_APT=1) it is installed once; elsewhere those tests skip and say why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || [ -n "$$AIOREDQ_NO_APT" ] || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
+	echo "chromium is not installed: the dashboard's browser tests will be skipped"
+
+pytest: $(STAMP) browser
 	$(BIN)/pytest -n $(PYTEST_JOBS)
 
 test: lint typecheck pytest
