@@ -9,13 +9,11 @@ from ssl import SSLContext
 from . import _observer
 from ._connection import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT
 from ._exceptions import ConfigurationError
-from ._producer import TRANSPORT_CACHE
-from ._registry import DEFAULT_BACKOFF
 from ._runner import NOTHING_TO_RUN, Runner
 from ._stats import Stats
 from ._url import parse_url, resolve_url
 
-__all__ = ["DEFAULT_BACKOFF", "NOTHING_TO_RUN", "TRANSPORT_CACHE", "App"]
+__all__ = ["NOTHING_TO_RUN", "App"]
 
 
 class App(Runner):

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from ._app import NOTHING_TO_RUN, App
-from ._exceptions import AioredqError, ConfigurationError
+from ._exceptions import AioredqError, ConfigurationError, UsageError
 from ._logging import LineFormatter
 from ._loop import loop_name
 from ._loop import run as run_loop
@@ -51,10 +51,6 @@ other commands:
   aioredq dead MODULE:ATTR NAME [--show N [--full] | --requeue [--all | ID ...] | --purge [--yes]]
   aioredq acl MODULE:ATTR [--user NAME]
 """
-
-
-class UsageError(Exception):
-    """Bad command-line input: one line on stderr, exit 2."""
 
 
 class _Parser(argparse.ArgumentParser):

@@ -19,10 +19,16 @@ from ._handlers import (
     subscribe_spec,
     task_spec,
 )
+from ._options import (
+    DEFAULT_BACKOFF,
+    STREAM_OPTIONS,
+    SUBSCRIBE_OPTIONS,
+    TASK_OPTIONS,
+    defaults,
+)
 from ._stats import Counters
 
 H = TypeVar("H", bound=Handler)
-DEFAULT_BACKOFF = Backoff()
 
 
 class Registry:
@@ -211,30 +217,6 @@ def _named(decorator: str, what: str, name: object) -> None:
         )
 
 
-_TASK_DEFAULTS: dict[str, Any] = {
-    "concurrency": 16,
-    "max_attempts": 5,
-    "backoff": DEFAULT_BACKOFF,
-    "lease": 30.0,
-    "batch": 100,
-}
-
-
-_STREAM_DEFAULTS: dict[str, Any] = {
-    "group": None,
-    "concurrency": 16,
-    "max_deliveries": 5,
-    "backoff": DEFAULT_BACKOFF,
-    "lease": 30.0,
-    "maxlen": None,
-    "start": "latest",
-    "lag_warning": 1000,
-    "batch": 100,
-    "max_age": None,
-}
-_SUBSCRIBE_DEFAULTS: dict[str, Any] = {
-    "pattern": None,
-    "sharded": False,
-    "buffer": 1000,
-    "concurrency": 1,
-}
+_TASK_DEFAULTS = defaults(TASK_OPTIONS)
+_STREAM_DEFAULTS = defaults(STREAM_OPTIONS)
+_SUBSCRIBE_DEFAULTS = defaults(SUBSCRIBE_OPTIONS)
