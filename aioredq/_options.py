@@ -26,26 +26,28 @@ def _common(concurrency: int) -> tuple[Option, ...]:
     return (Option("concurrency", "int", concurrency, "handler calls running at once"),)
 
 
-_RELIABLE = (
+_RETRY = (
     Option("backoff", "Backoff", DEFAULT_BACKOFF, "delay before a retry"),
     Option("lease", "float", 30.0, "how long a silent consumer keeps its in-flight messages"),
-    Option("batch", "int", 100, "most messages fetched per round trip"),
 )
+_BATCH = Option("batch", "int", 100, "most messages fetched per round trip")
 
 TASK_OPTIONS: tuple[Option, ...] = (
     *_common(16),
     Option("max_attempts", "int", 5, "deliveries before dead-lettering, crashes included"),
-    *_RELIABLE,
+    *_RETRY,
+    _BATCH,
 )
 
 STREAM_OPTIONS: tuple[Option, ...] = (
     Option("group", "str | None", None, "consumer group; without one the handler tails"),
     *_common(16),
     Option("max_deliveries", "int", 5, "deliveries before dead-lettering, crashes included"),
-    *_RELIABLE,
+    *_RETRY,
     Option("maxlen", "int | None", None, "MAXLEN ~ on every append made through the app"),
-    Option("start", 'Literal["latest", "earliest"]', "latest", "where a new group starts"),
+    Option("start", "Literal['latest', 'earliest']", "latest", "where a new group starts"),
     Option("lag_warning", "int", 1000, "log a warning when the group's lag is above this"),
+    _BATCH,
     Option("max_age", "float | None", None, "seconds: MINID ~ on every append through the app"),
 )
 
