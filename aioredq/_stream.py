@@ -228,7 +228,7 @@ class GroupConsumer(_StreamBase):
         due = self._due_retries(room)
         if due:
             try:
-                entries = await self.transport.claim_own(due)
+                entries = await self.transport.retry(due)
             except BaseException:
                 now = time.monotonic()  # still ours and due: try them again next time
                 for entry_id in due:
@@ -266,7 +266,7 @@ class GroupConsumer(_StreamBase):
         """Claim other consumers' entries idle for longer than the lease, walking the cursor
         to the end (across calls when there is not room for all of them at once)."""
         while True:
-            cursor, entries, deleted, own = await self.transport.autoclaim(
+            cursor, entries, deleted, own = await self.transport.recover(
                 self.lease_ms, self._cursor, count, max(count, CLAIM_SCAN)
             )
             self._cursor = cursor
@@ -287,7 +287,7 @@ class GroupConsumer(_StreamBase):
             # is taken back, as a new delivery.
             strays = [i for i in own if i not in self._in_flight]
             if strays:
-                entries += await self.transport.claim_own(strays)
+                entries += await self.transport.retry(strays)
             fresh = [e for e in entries if e.id not in self._in_flight]
             if fresh:
                 log.warning(
@@ -439,7 +439,7 @@ class GroupConsumer(_StreamBase):
             started = job.id in self._started
             self._started.discard(job.id)
             released.append((job.id, job.deliveries if started else job.deliveries - 1))
-        await self.transport.release(released)
+        await self.transport.handback(released)
 
     def retry_soon(self, job: Entry) -> None:
         self._started.discard(job.id)
@@ -456,7 +456,7 @@ class GroupConsumer(_StreamBase):
         # deliveries still count.
         waiting = [(entry_id, self._in_flight.get(entry_id, 1)) for _, entry_id in self._retry_heap]
         self._retry_heap.clear()
-        await self.transport.release(waiting)
+        await self.transport.handback(waiting)
         await self.transport.leave()
 
 
