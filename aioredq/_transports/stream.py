@@ -18,6 +18,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from . import keys
+from .lua import NOW as _NOW
 from .queue import HEARTBEAT
 
 # Every command a stream consumer or producer sends, its scripts' included (see queue.COMMANDS).
@@ -33,11 +34,6 @@ COMMANDS = (
 # delivery time as now - IDLE and resets it to now when that is negative, so the value must
 # stay far below the epoch in ms (one year is ~3e10 ms, the epoch ~1.7e12 ms).
 RELEASED_IDLE_MS = 365 * 24 * 3600 * 1000
-
-_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
 
 _OWNED = """
 local function owned(id)
