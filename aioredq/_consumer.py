@@ -18,9 +18,9 @@ from anyio.abc import TaskStatus
 
 from ._backoff import Backoff
 from ._codec import DecodeError
-from ._connection import BLOCKING_SOCKET_TIMEOUT, is_connection_error
+from ._connection import BLOCKING_SOCKET_TIMEOUT, Connection, is_connection_error
 from ._exceptions import ConnectError, Reject, Retry
-from ._handlers import Handler
+from ._handlers import Handler, StreamSpec, TaskSpec
 from ._message import Message
 from ._outage import Outage
 from ._pool import Pool
@@ -77,15 +77,18 @@ class Consumer(abc.ABC, Generic[J]):
     def __init__(
         self,
         handler: Handler,
+        conn: Connection,
         *,
-        concurrency: int,
-        capacity: int,
-        batch: int,
         counters: Counters,
-        url: str,
         outage: Outage | None = None,
     ) -> None:
+        spec = handler.spec
+        assert isinstance(spec, (TaskSpec, StreamSpec))
+        concurrency, batch = spec.concurrency, spec.batch
+        capacity = concurrency + batch
+        url = conn.target.safe_url
         self.handler = handler
+        self.conn = conn
         self.counters = counters
         self.pool: Pool[J] = Pool(concurrency, capacity, self.process, self._process_failed)
         # Fetch when a good part of a batch fits: a busy consumer then reads in large batches

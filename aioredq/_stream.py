@@ -78,18 +78,8 @@ class _StreamBase(Consumer[Entry]):
         wakeup: asyncio.Event | None,
         outage: Outage | None = None,
     ) -> None:
-        spec = handler.spec
-        super().__init__(
-            handler,
-            concurrency=spec.concurrency,
-            capacity=spec.concurrency + spec.batch,
-            batch=spec.batch,
-            counters=counters,
-            url=conn.target.safe_url,
-            outage=outage,
-        )
-        self.spec = spec
-        self.conn = conn
+        super().__init__(handler, conn, counters=counters, outage=outage)
+        self.spec = spec = handler.spec
         self.transport = StreamTransport(conn.bookkeeping, handler.key, spec.group, consumer)
         self._wakeup = wakeup
         self._codec = handler.codec

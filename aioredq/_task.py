@@ -77,18 +77,8 @@ class TaskConsumer(Consumer[Job]):
         wakeup: asyncio.Event | None,
         outage: Outage | None = None,
     ) -> None:
-        spec = handler.spec
-        super().__init__(
-            handler,
-            concurrency=spec.concurrency,
-            capacity=spec.concurrency + spec.batch,
-            batch=spec.batch,
-            counters=counters,
-            url=conn.target.safe_url,
-            outage=outage,
-        )
-        self.spec = spec
-        self.conn = conn
+        super().__init__(handler, conn, counters=counters, outage=outage)
+        self.spec = spec = handler.spec
         self.transport = QueueTransport(conn.bookkeeping, handler.key, consumer)
         self.lease = spec.lease
         self.lease_ms = int(spec.lease * 1000)
