@@ -12,7 +12,8 @@ from typing import Any
 
 from ._codec import DecodeError, decode_fields_raw
 from ._connection import BLOCK_SECONDS, Connection
-from ._consumer import ACK, Again, Consumer, Dead, error_text, log
+from ._consumer import Consumer, log
+from ._decisions import ACK, Again, Dead, error_text
 from ._handlers import StreamHandler
 from ._message import Message
 from ._outage import Outage

@@ -33,7 +33,8 @@ from typing import Any
 
 from ._codec import DecodeError, TaskItem, envelope_metadata, parse_task_item
 from ._connection import BLOCK_SECONDS, Connection, is_connection_error
-from ._consumer import ACK, Again, Consumer, Dead, log
+from ._consumer import Consumer, log
+from ._decisions import ACK, Again, Dead
 from ._handlers import TaskHandler
 from ._message import Message
 from ._outage import Outage

@@ -20,6 +20,8 @@ LAYERS: dict[int, set[str]] = {
         "_stream",
         "_subscribe",
         "_consumer",
+        "_calls",
+        "_decisions",
         "_outcomes",
         "_stream_outcomes",
         "_pool",
