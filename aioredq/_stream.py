@@ -14,6 +14,7 @@ from ._codec import DecodeError, decode_fields_raw
 from ._connection import BLOCK_SECONDS, Connection
 from ._consumer import Consumer, log
 from ._decisions import ACK, Again, Dead, error_text
+from ._group_checks import GroupChecks
 from ._handlers import StreamHandler
 from ._message import Message
 from ._outage import Outage
@@ -31,9 +32,6 @@ from ._transports.stream import (
 )
 
 MEMORY_POLL = 0.05
-LAG_CHECK_SECONDS = 10.0
-LAG_WARN_EVERY = 60.0
-PRUNE_MIN_SECONDS = 2.0
 # Pending entries one claiming call looks at (it claims at most a batch of them).
 CLAIM_SCAN = 100
 
@@ -155,9 +153,7 @@ class GroupConsumer(_StreamBase):
         # The newest entry known to be delivered to the group: where a deleted group or
         # stream is recreated, so entries appended meanwhile are not skipped.
         self._resume = "0-0"
-        self._next_lag_check = 0.0
-        self._next_lag_warning = 0.0
-        self._next_prune = 0.0
+        self._group_checks = GroupChecks(self.transport, self.spec, self._seen)
 
     async def start(self) -> None:
         start_id = "$" if self.spec.start == "latest" else "0"
@@ -386,40 +382,11 @@ class GroupConsumer(_StreamBase):
                     len(lost),
                 )
             self.renewed()
-            now = time.monotonic()
-            if now >= self._next_lag_check:
-                self._next_lag_check = now + LAG_CHECK_SECONDS
-                await self._check_lag(now)
-            if now >= self._next_prune:
-                self._next_prune = now + max(self.spec.lease, PRUNE_MIN_SECONDS)
-                removed = await self.transport.prune_consumers(self.lease_ms)
-                if removed:
-                    log.info(
-                        "stream %r group %r: removed dead consumers %s",
-                        self.handler.key,
-                        self.spec.group,
-                        ", ".join(removed),
-                    )
+            await self._group_checks.run(time.monotonic())
         except Exception as exc:
             # The group or stream is gone: the fetch loop recreates it.
             if not is_nogroup(exc):
                 raise
-
-    async def _check_lag(self, now: float) -> None:
-        info = await self.transport.group_info()
-        if info is None:
-            return
-        self._seen(position(info))
-        lag = await self.transport.lag(info, self.spec.lag_warning + 1)
-        if lag > self.spec.lag_warning and now >= self._next_lag_warning:
-            self._next_lag_warning = now + LAG_WARN_EVERY
-            log.warning(
-                "stream %r group %r: lag %d is over %d; add consumers or concurrency",
-                self.handler.key,
-                self.spec.group,
-                lag,
-                self.spec.lag_warning,
-            )
 
     async def handback(self, jobs: list[Entry]) -> None:
         # Fetched but not finished: claimable by others at once. A delivery whose handler

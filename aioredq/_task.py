@@ -37,6 +37,7 @@ from ._consumer import Consumer, log
 from ._decisions import ACK, Again, Dead
 from ._handlers import TaskHandler
 from ._message import Message
+from ._orphans import OrphanScan
 from ._outage import Outage
 from ._outcomes import Outcomes
 from ._stats import Counters
@@ -47,11 +48,6 @@ MEMORY_POLL = 0.05
 # Consumers back off up to 5 s between reconnect attempts; wait that long after an outage
 # before declaring anyone dead, so live consumers are not robbed for having been cut off too.
 OUTAGE_GRACE = 6.0
-# Orphaned processing lists are looked for with one SCAN step (this many keys) at most this
-# often; a list is recovered once seen unregistered for longer than the lease (a live
-# consumer whose registration was deleted registers again within a second).
-ORPHAN_SCAN_EVERY = 5.0
-ORPHAN_SCAN_COUNT = 500
 
 
 @dataclass(slots=True, eq=False)
@@ -98,9 +94,7 @@ class TaskConsumer(Consumer[Job]):
         self._recover_after: float | None = 0.0  # None: in an outage
         self._fetch_problem: str | None = None
         self._aside = keys.dead(handler.key) + ":"  # where FETCH keeps oversized items
-        self._scan_cursor = 0
-        self._scan_at = 0.0
-        self._suspects: dict[str, float] = {}  # unregistered processing lists: first seen
+        self._orphans = OrphanScan(self.transport, spec.lease)
 
     async def start(self) -> None:
         # Register before the first fetch: a script Redis refuses (an ACL user without
@@ -349,45 +343,7 @@ class TaskConsumer(Consumer[Job]):
                 self.handler.key,
                 moved,
             )
-        await self._recover_orphans()
-
-    async def _recover_orphans(self) -> None:
-        """One SCAN step, now and then: processing lists whose consumer is not registered
-        at all (its registration deleted, or lost to a crash before it was written) are
-        recovered once they have stayed so for longer than the lease."""
-        now = time.monotonic()
-        if now < self._scan_at:
-            return
-        self._scan_at = now + min(ORPHAN_SCAN_EVERY, self.spec.lease)
-        try:
-            cursor, names = await self.transport.scan_processing(
-                self._scan_cursor, ORPHAN_SCAN_COUNT
-            )
-        except Exception:
-            self._scan_cursor = 0  # e.g. the slot moved: its cursor means nothing elsewhere
-            raise
-        self._scan_cursor = cursor
-        names = [n for n in names if n != self.transport.consumer]
-        loose = set(await self.transport.unregistered(names))
-        for name in names:
-            if name not in loose:
-                self._suspects.pop(name, None)
-        ripe = [n for n in loose if now - self._suspects.setdefault(n, now) > self.spec.lease]
-        if len(self._suspects) > 10 * ORPHAN_SCAN_COUNT:  # bounded, whatever the keyspace
-            self._suspects = {n: t for n, t in self._suspects.items() if n in loose}
-        if not ripe:
-            return
-        moved = await self.transport.recover_lists(ripe)
-        for name in ripe:
-            self._suspects.pop(name, None)
-        if moved:
-            log.warning(
-                "queue %r: moved %d item(s) of %d orphaned processing list(s) (no registered "
-                "consumer) back to the queue",
-                self.handler.key,
-                moved,
-                len(ripe),
-            )
+        await self._orphans.step()
 
     # stopping ----------------------------------------------------------------------------
     async def handback(self, jobs: list[Job]) -> None:

@@ -23,6 +23,8 @@ LAYERS: dict[int, set[str]] = {
         "_calls",
         "_decisions",
         "_outcomes",
+        "_group_checks",
+        "_orphans",
         "_stream_outcomes",
         "_pool",
         "_startup",
