@@ -39,6 +39,7 @@ class Consumer(Calls, Decider[J]):
     # Set by consumers whose messages are leased: their upkeep renews the lease and says so
     # with ``renewed()``.
     lease: float | None = None
+    lease_ms: int = 0
 
     def __init__(
         self,
@@ -78,6 +79,12 @@ class Consumer(Calls, Decider[J]):
         self._stop_at: float | None = None
         self._shutdown_timeout = 0.0
         self._fetching: asyncio.Timeout | None = None
+
+    def _leased(self, lease: float) -> None:
+        """Hold messages under a lease of ``lease`` seconds, renewed by upkeep well within it."""
+        self.lease = lease
+        self.lease_ms = int(lease * 1000)
+        self.upkeep_interval = min(lease / 3, 1.0)
 
     # to implement ------------------------------------------------------------------------
     @abc.abstractmethod

@@ -133,9 +133,7 @@ class GroupConsumer(_StreamBase):
         super().__init__(
             handler, conn, consumer=consumer, counters=counters, wakeup=wakeup, outage=outage
         )
-        self.lease = self.spec.lease
-        self.lease_ms = int(self.spec.lease * 1000)
-        self.upkeep_interval = min(self.spec.lease / 3, 1.0)
+        self._leased(self.spec.lease)
         # Entries this consumer holds (id -> delivery count): queued, running, waiting for a
         # retry, or finished with their ack or dead letter not yet written. Upkeep keeps every
         # one of them fresh so no other consumer takes them, whatever the writes' trouble.

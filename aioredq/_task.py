@@ -77,9 +77,7 @@ class TaskConsumer(Consumer[Job]):
         super().__init__(handler, conn, counters=counters, outage=outage)
         self.spec = spec = handler.spec
         self.transport = QueueTransport(conn.bookkeeping, handler.key, consumer)
-        self.lease = spec.lease
-        self.lease_ms = int(spec.lease * 1000)
-        self.upkeep_interval = min(spec.lease / 3, 1.0)
+        self._leased(self.spec.lease)
         self._wakeup = wakeup
         self._fetches = 0
         self._seq = 0
