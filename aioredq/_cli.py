@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from ._app import NOTHING_TO_RUN, App
-from ._exceptions import AioredqError, ConfigurationError
+from ._exceptions import AioredqError, ConfigurationError, UsageError
 from ._logging import LineFormatter
 from ._loop import loop_name
 from ._loop import run as run_loop
@@ -55,10 +55,6 @@ other commands:
   aioredq docs MODULE:ATTR [--yaml] [--out FILE]
   aioredq dashboard MODULE:ATTR [--host 127.0.0.1] [--port 8080] [--token T]
 """
-
-
-class UsageError(Exception):
-    """Bad command-line input: one line on stderr, exit 2."""
 
 
 class _Parser(argparse.ArgumentParser):

@@ -8,84 +8,54 @@ import abc
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import anyio
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
-from ._backoff import Backoff
-from ._codec import DecodeError
-from ._connection import BLOCKING_SOCKET_TIMEOUT, is_connection_error
-from ._exceptions import ConnectError, Reject, Retry
-from ._handlers import Handler
-from ._message import Message
+from ._calls import Calls
+from ._connection import BLOCKING_SOCKET_TIMEOUT, Connection
+from ._decisions import Decider
+from ._handlers import Handler, StreamSpec, TaskSpec
 from ._outage import Outage
 from ._pool import Pool
 from ._stats import Counters
 
 J = TypeVar("J")
 log = logging.getLogger("aioredq")
-# The longest a heartbeat or a settle may wait for its reply (shorter for short leases): then
-# its connection is dropped and the call tried again on another, long before the lease lapses.
-MAX_CALL_DEADLINE = 5.0
 # A consumer whose lease went unrenewed for this part of it starts no new work.
 PAUSE_AFTER = 0.5
 # After ``shutdown_timeout``: the time left for the last acks, handback and deregistration
 # (cancelled handlers get half of it to end).
 FINAL_WRITES = 0.5
-FIRST_TRY = 0.1
 
 
-class NoReply(ConnectError):
-    """A call to Redis got no reply by its deadline (a silent connection, or time ran out)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Ack:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Again:
-    delay: float
-
-
-@dataclass(frozen=True, slots=True)
-class Dead:
-    error: str
-
-
-Decision = Ack | Again | Dead
-ACK = Ack()
-
-
-def error_text(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
-class Consumer(abc.ABC, Generic[J]):
+class Consumer(Calls, Decider[J]):
     """One handler's consumer. Subclasses speak to their transport; this class runs the loops."""
 
     upkeep_interval: float = 1.0
     # Set by consumers whose messages are leased: their upkeep renews the lease and says so
     # with ``renewed()``.
     lease: float | None = None
+    lease_ms: int = 0
 
     def __init__(
         self,
         handler: Handler,
+        conn: Connection,
         *,
-        concurrency: int,
-        capacity: int,
-        batch: int,
         counters: Counters,
-        url: str,
         outage: Outage | None = None,
     ) -> None:
+        spec = handler.spec
+        assert isinstance(spec, (TaskSpec, StreamSpec))
+        concurrency, batch = spec.concurrency, spec.batch
+        capacity = concurrency + batch
+        url = conn.target.safe_url
         self.handler = handler
+        self.conn = conn
         self.counters = counters
         self.pool: Pool[J] = Pool(concurrency, capacity, self.process, self._process_failed)
         # Fetch when a good part of a batch fits: a busy consumer then reads in large batches
@@ -109,6 +79,12 @@ class Consumer(abc.ABC, Generic[J]):
         self._stop_at: float | None = None
         self._shutdown_timeout = 0.0
         self._fetching: asyncio.Timeout | None = None
+
+    def _leased(self, lease: float) -> None:
+        """Hold messages under a lease of ``lease`` seconds, renewed by upkeep well within it."""
+        self.lease = lease
+        self.lease_ms = int(lease * 1000)
+        self.upkeep_interval = min(lease / 3, 1.0)
 
     # to implement ------------------------------------------------------------------------
     @abc.abstractmethod
@@ -152,13 +128,6 @@ class Consumer(abc.ABC, Generic[J]):
                 self._fetching.reschedule(min(when, self._fetching.when() or when))
         self.stop.set()
         self.pool.stop_waiting()  # a fetch loop waiting for room sees the stop at once
-
-    @property
-    def call_deadline(self) -> float:
-        """How long a heartbeat or a settle waits for Redis before it is tried again."""
-        if self.lease is None:
-            return MAX_CALL_DEADLINE
-        return min(max(self.lease / 3, 0.1), MAX_CALL_DEADLINE)
 
     def renewed(self) -> None:
         """Called by ``upkeep`` once the lease is renewed: it runs from the upkeep's start."""
@@ -217,74 +186,6 @@ class Consumer(abc.ABC, Generic[J]):
             what=f"handing back {len(interrupted)} interrupted message(s)",
         )
         await self._retrying(self.leave, until=end, what="deregistering")
-
-    async def _failed(
-        self, exc: Exception, trouble: Outage, wake: asyncio.Event | None = None
-    ) -> None:
-        """Log (once per spell) and pause after a failed call (ended early by ``wake``)."""
-        if is_connection_error(exc):
-            await self.outage.failed(exc, trouble, wake)
-        else:
-            await trouble.failed(exc, wake=wake)
-
-    def _worked(self, trouble: Outage) -> None:
-        if self.outage.active:
-            self.outage.ok(trouble)
-        if trouble.active:
-            trouble.ok()
-
-    async def _bounded(self, call: Callable[[], Awaitable[Any]], deadline: float) -> None:
-        """``call`` with a deadline: past it, the call's connection is dropped (redis-py
-        disconnects a cancelled call) and the caller tries again on another one."""
-        try:
-            async with asyncio.timeout(deadline):
-                await call()
-        except TimeoutError as exc:
-            raise NoReply(f"no reply from Redis within {deadline:.2g}s") from exc
-
-    async def _retrying(
-        self,
-        call: Callable[[], Any],
-        until: float | None = None,
-        *,
-        refused_is_fatal: bool = False,
-        what: str = "",
-    ) -> None:
-        """Call until it succeeds; with ``until`` (a ``time.monotonic()`` instant), give up
-        then, whether Redis refuses, fails or does not answer, and say so. The first attempt
-        gets ``FIRST_TRY`` seconds at least, so a stop with no time left still tries once."""
-        last: Exception | None = None  # the last error other than running out of time
-        tries = 0
-        while True:
-            left = None if until is None else until - time.monotonic()
-            if left is not None and left <= 0 and tries:
-                log.warning(
-                    "%s: stopping: gave up %s at the shutdown timeout (%s); the lease "
-                    "returns that work to the others",
-                    self.what,
-                    what,
-                    error_text(last) if last is not None else "no time left",
-                )
-                return
-            tries += 1
-            try:
-                if left is None:
-                    await call()
-                else:
-                    await self._bounded(call, max(left, 0.0 if tries > 1 else FIRST_TRY))
-            except Exception as exc:
-                if refused_is_fatal and not is_connection_error(exc):
-                    raise
-                if not isinstance(exc, NoReply) or last is None:
-                    last = exc
-                if until is None:
-                    await self._failed(exc, self._settle_trouble)
-                else:
-                    with anyio.move_on_after(max(0.0, until - time.monotonic())):
-                        await self._failed(exc, self._settle_trouble)
-            else:
-                self._worked(self._settle_trouble)
-                return
 
     async def _fetch_loop(self) -> None:
         while not self.stop.is_set():
@@ -391,91 +292,3 @@ class Consumer(abc.ABC, Generic[J]):
         failing this way ends in the dead letters instead of looping."""
         log.exception("%s: internal error while processing a message", self.handler.name)
         self.retry_soon(job)
-
-    # running the handler -----------------------------------------------------------------
-    @abc.abstractmethod
-    def decode(self, job: J) -> Any:
-        """The handler's body for ``job``; raise DecodeError when it cannot be had."""
-
-    @abc.abstractmethod
-    def message(self, job: J) -> Message:
-        """The ``Message`` of ``job``: built only for a handler that asks for one."""
-
-    async def execute(
-        self, job: J, msg_id: str, attempt: int, max_attempts: int, backoff: Backoff
-    ) -> Decision:
-        """Decode, run the handler and decide: ack, run again after a delay, or dead-letter."""
-        counters = self.counters
-        counters.received += 1
-        if attempt > max_attempts:
-            return self._dead_letter(
-                msg_id,
-                attempt,
-                f"AttemptsExceeded: delivered {attempt} times without completing "
-                f"(limit {max_attempts}); the consumer may have crashed while running it",
-            )
-        try:
-            body = self.decode(job)
-        except DecodeError as exc:
-            return self._dead_letter(msg_id, attempt, str(exc))
-        handler = self.handler
-        started = time.perf_counter()
-        try:
-            if handler.message_param is None:
-                await handler.func(body)
-            else:
-                await handler.func(body, **{handler.message_param: self.message(job)})
-        except Retry as exc:
-            outcome: Decision = Again(backoff.delay(attempt) if exc.delay is None else exc.delay)
-            error = "Retry: the handler asked for a retry"
-            raised: BaseException = exc
-        except Reject as exc:
-            counters.latencies.append(time.perf_counter() - started)
-            counters.failed += 1
-            return self._dead_letter(msg_id, attempt, f"Reject: {exc.reason}")
-        except Exception as exc:
-            outcome = Again(backoff.delay(attempt))
-            error = error_text(exc)
-            raised = exc
-        except asyncio.CancelledError as exc:
-            current = asyncio.current_task()
-            if current is None or current.cancelling():
-                raise  # we are being cancelled (shutdown): not the handler's outcome
-            # A cancellation leaking out of the handler's own work: a failure like another.
-            outcome = Again(backoff.delay(attempt))
-            error = "CancelledError: the handler raised CancelledError"
-            raised = exc
-        else:
-            counters.latencies.append(time.perf_counter() - started)
-            counters.succeeded += 1
-            return ACK
-        counters.latencies.append(time.perf_counter() - started)
-        counters.failed += 1
-        if attempt >= max_attempts:
-            return self._dead_letter(msg_id, attempt, error)
-        counters.retried += 1
-        assert isinstance(outcome, Again)
-        log.warning(
-            "handler=%s key=%s id=%s attempt=%d/%d failed: %s; retrying in %.2fs",
-            handler.name,
-            handler.key,
-            msg_id,
-            attempt,
-            max_attempts,
-            error,
-            outcome.delay,
-            exc_info=raised if log.isEnabledFor(logging.DEBUG) else None,
-        )
-        return outcome
-
-    def _dead_letter(self, msg_id: str, attempt: int, error: str) -> Dead:
-        self.counters.dead_lettered += 1
-        log.error(
-            "handler=%s key=%s id=%s attempt=%d dead-lettered: %s",
-            self.handler.name,
-            self.handler.key,
-            msg_id,
-            attempt,
-            error,
-        )
-        return Dead(error)

@@ -12,6 +12,7 @@ import anyio
 
 from ._app import App
 from ._connection import translated
+from ._exceptions import UsageError
 from ._handlers import Handler, StreamHandler, SubscribeHandler
 from ._transports import dead
 
@@ -20,8 +21,6 @@ SHOW_CHARS = 300
 
 
 def _usage(message: str) -> Exception:
-    from ._cli import UsageError
-
     return UsageError(message)
 
 

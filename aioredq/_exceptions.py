@@ -64,3 +64,8 @@ class Reject(Exception):
     def __init__(self, reason: str = "rejected") -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class UsageError(Exception):
+    """Bad command-line input: one line on stderr, exit 2. Raised by the commands' modules
+    (``inspect``, ``dead``) as well as by the CLI's parser, hence defined down here."""

@@ -5,10 +5,10 @@ from __future__ import annotations
 import inspect
 import math
 import typing
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from ._backoff import Backoff
 from ._codec import (
@@ -23,10 +23,39 @@ from ._codec import (
 from ._exceptions import ConfigurationError, InvalidBody
 from ._message import Kind, Message
 
-if TYPE_CHECKING:
-    from ._app import App
-
 HandlerFunc = Callable[..., Awaitable[Any]]
+
+
+class Producing(Protocol):
+    """What a handler needs of its app to send to its own key (``App`` is one)."""
+
+    max_body_bytes: int
+
+    async def enqueue(
+        self,
+        queue: str,
+        body: Any,
+        *,
+        delay: float = ...,
+        at: datetime | None = ...,
+        headers: dict[str, str] | None = ...,
+    ) -> str: ...
+
+    async def enqueue_many(
+        self, queue: str, bodies: Iterable[Any], *, delay: float = ..., at: datetime | None = ...
+    ) -> list[str]: ...
+
+    async def append(self, stream: str, body: Any, *, maxlen: int | None = ...) -> str: ...
+
+    async def append_many(
+        self, stream: str, bodies: Iterable[Any], *, maxlen: int | None = ...
+    ) -> list[str]: ...
+
+    async def publish(self, channel: str, body: Any, *, sharded: bool = ...) -> int: ...
+
+    async def publish_many(
+        self, channel: str, bodies: Iterable[Any], *, sharded: bool = ...
+    ) -> int: ...
 
 
 def _positive_int(value: object, what: str, where: str) -> int:
@@ -94,7 +123,7 @@ class Handler:
 
     kind: Kind
 
-    def __init__(self, app: App, func: HandlerFunc, spec: Spec, key: str) -> None:
+    def __init__(self, app: Producing, func: HandlerFunc, spec: Spec, key: str) -> None:
         self.app = app
         self.func = func
         self.spec = spec

@@ -67,7 +67,7 @@ class _Collector:
             return stats, None
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import GaugeMetricFamily
 
         if self.closed:
             return
@@ -78,72 +78,85 @@ class _Collector:
             future.cancel()
             log.debug("metrics: no sample from the event loop: %r", exc)
             return
-        handlers = stats.handlers.values()
-        for counter in COUNTERS:
-            family = CounterMetricFamily(
-                f"aioredq_messages_{counter}",
-                f"Messages {counter.replace('_', ' ')} by this process",
-                labels=LABELS,
-            )
-            for s in handlers:
-                family.add_metric([s.name, s.kind, s.key], getattr(s, counter))
-            yield family
-        latency = GaugeMetricFamily(
-            "aioredq_handler_latency_seconds",
-            "Handler run time over its last runs (at most 4096) in this process; quantile 1 is "
-            "the maximum",
-            labels=[*LABELS, "quantile"],
-        )
-        for s in handlers:
-            if s.latency.count:
-                for q, value in (
-                    ("0.5", s.latency.p50),
-                    ("0.99", s.latency.p99),
-                    ("1", s.latency.max),
-                ):
-                    latency.add_metric([s.name, s.kind, s.key, q], value)
-        yield latency
+        yield from _process_families(stats)
         up = GaugeMetricFamily("aioredq_redis_up", "1 if the Redis figures could be read")
         up.add_metric([], 0 if rows is None else 1)
         yield up
-        if rows is None:
-            return
-        for gauge, doc in GAUGES.items():
-            figure = GaugeMetricFamily(f"aioredq_{gauge}", doc, labels=LABELS)
-            for row in rows:
-                if row[gauge] is not None:
-                    figure.add_metric([row["name"], row["kind"], row["key"]], row[gauge])
-            yield figure
-        consumers = GaugeMetricFamily(
-            "aioredq_consumers",
-            "Consumers registered on the queue or group, alive (lease current) or dead",
-            labels=[*LABELS, "state"],
-        )
-        oldest = GaugeMetricFamily(
-            "aioredq_oldest_pending_seconds",
-            "Age of the oldest message not finished yet (waiting or in progress): from its "
-            "stream entry id, or its task envelope's enqueued_at",
+        if rows is not None:
+            yield from _redis_families(rows)
+
+
+def _process_families(stats: Stats) -> Iterator[Any]:
+    """This process's counters and handler latencies."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    handlers = stats.handlers.values()
+    for counter in COUNTERS:
+        family = CounterMetricFamily(
+            f"aioredq_messages_{counter}",
+            f"Messages {counter.replace('_', ' ')} by this process",
             labels=LABELS,
         )
-        unreadable = GaugeMetricFamily(
-            "aioredq_figure_unreadable",
-            "1 for each figure Redis refused to give at this scrape (a key of the wrong type, "
-            "a command the ACL denies); the figure's own gauge is absent",
-            labels=[*LABELS, "figure"],
-        )
+        for s in handlers:
+            family.add_metric([s.name, s.kind, s.key], getattr(s, counter))
+        yield family
+    latency = GaugeMetricFamily(
+        "aioredq_handler_latency_seconds",
+        "Handler run time over its last runs (at most 4096) in this process; quantile 1 is "
+        "the maximum",
+        labels=[*LABELS, "quantile"],
+    )
+    for s in handlers:
+        if s.latency.count:
+            for q, value in (
+                ("0.5", s.latency.p50),
+                ("0.99", s.latency.p99),
+                ("1", s.latency.max),
+            ):
+                latency.add_metric([s.name, s.kind, s.key, q], value)
+    yield latency
+
+
+def _redis_families(rows: list[dict[str, Any]]) -> Iterator[Any]:
+    """The figures read from Redis, one labelled sample per handler."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    for gauge, doc in GAUGES.items():
+        figure = GaugeMetricFamily(f"aioredq_{gauge}", doc, labels=LABELS)
         for row in rows:
-            labels = [row["name"], row["kind"], row["key"]]
-            if row["consumers"] is not None:
-                for state in ("alive", "dead"):
-                    consumers.add_metric([*labels, state], row["consumers"][state])
-            if row["oldest_pending_s"] is not None:
-                oldest.add_metric(labels, row["oldest_pending_s"])
-            for figure, reason in row.get("errors", {}).items():
-                unreadable.add_metric([*labels, figure], 1)
-                log.debug("metrics: %s of %r unreadable: %s", figure, row["name"], reason)
-        yield consumers
-        yield oldest
-        yield unreadable
+            if row[gauge] is not None:
+                figure.add_metric([row["name"], row["kind"], row["key"]], row[gauge])
+        yield figure
+    consumers = GaugeMetricFamily(
+        "aioredq_consumers",
+        "Consumers registered on the queue or group, alive (lease current) or dead",
+        labels=[*LABELS, "state"],
+    )
+    oldest = GaugeMetricFamily(
+        "aioredq_oldest_pending_seconds",
+        "Age of the oldest message not finished yet (waiting or in progress): from its "
+        "stream entry id, or its task envelope's enqueued_at",
+        labels=LABELS,
+    )
+    unreadable = GaugeMetricFamily(
+        "aioredq_figure_unreadable",
+        "1 for each figure Redis refused to give at this scrape (a key of the wrong type, "
+        "a command the ACL denies); the figure's own gauge is absent",
+        labels=[*LABELS, "figure"],
+    )
+    for row in rows:
+        labels = [row["name"], row["kind"], row["key"]]
+        if row["consumers"] is not None:
+            for state in ("alive", "dead"):
+                consumers.add_metric([*labels, state], row["consumers"][state])
+        if row["oldest_pending_s"] is not None:
+            oldest.add_metric(labels, row["oldest_pending_s"])
+        for figure, reason in row.get("errors", {}).items():
+            unreadable.add_metric([*labels, figure], 1)
+            log.debug("metrics: %s of %r unreadable: %s", figure, row["name"], reason)
+    yield consumers
+    yield oldest
+    yield unreadable
 
 
 @contextlib.asynccontextmanager

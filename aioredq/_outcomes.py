@@ -87,7 +87,7 @@ class Outcomes:
     async def _write_apart(self, acks: list[bytes], retries: Retries, dead: Letters) -> Written:
         written: list[bytes] = []
         if acks:
-            await self._transport.settle(acks, [], [])
+            await self._transport.ack(acks)
             written += acks
         refused_retries: Retries = []
         refused_dead: Letters = []

@@ -12,7 +12,9 @@ from typing import Any
 
 from ._codec import DecodeError, decode_fields_raw
 from ._connection import BLOCK_SECONDS, Connection
-from ._consumer import ACK, Again, Consumer, Dead, error_text, log
+from ._consumer import Consumer, log
+from ._decisions import ACK, Again, Dead, error_text
+from ._group_checks import GroupChecks
 from ._handlers import StreamHandler
 from ._message import Message
 from ._outage import Outage
@@ -30,9 +32,6 @@ from ._transports.stream import (
 )
 
 MEMORY_POLL = 0.05
-LAG_CHECK_SECONDS = 10.0
-LAG_WARN_EVERY = 60.0
-PRUNE_MIN_SECONDS = 2.0
 # Pending entries one claiming call looks at (it claims at most a batch of them).
 CLAIM_SCAN = 100
 
@@ -78,18 +77,8 @@ class _StreamBase(Consumer[Entry]):
         wakeup: asyncio.Event | None,
         outage: Outage | None = None,
     ) -> None:
-        spec = handler.spec
-        super().__init__(
-            handler,
-            concurrency=spec.concurrency,
-            capacity=spec.concurrency + spec.batch,
-            batch=spec.batch,
-            counters=counters,
-            url=conn.target.safe_url,
-            outage=outage,
-        )
-        self.spec = spec
-        self.conn = conn
+        super().__init__(handler, conn, counters=counters, outage=outage)
+        self.spec = spec = handler.spec
         self.transport = StreamTransport(conn.bookkeeping, handler.key, spec.group, consumer)
         self._wakeup = wakeup
         self._codec = handler.codec
@@ -144,9 +133,7 @@ class GroupConsumer(_StreamBase):
         super().__init__(
             handler, conn, consumer=consumer, counters=counters, wakeup=wakeup, outage=outage
         )
-        self.lease = self.spec.lease
-        self.lease_ms = int(self.spec.lease * 1000)
-        self.upkeep_interval = min(self.spec.lease / 3, 1.0)
+        self._leased(self.spec.lease)
         # Entries this consumer holds (id -> delivery count): queued, running, waiting for a
         # retry, or finished with their ack or dead letter not yet written. Upkeep keeps every
         # one of them fresh so no other consumer takes them, whatever the writes' trouble.
@@ -164,9 +151,7 @@ class GroupConsumer(_StreamBase):
         # The newest entry known to be delivered to the group: where a deleted group or
         # stream is recreated, so entries appended meanwhile are not skipped.
         self._resume = "0-0"
-        self._next_lag_check = 0.0
-        self._next_lag_warning = 0.0
-        self._next_prune = 0.0
+        self._group_checks = GroupChecks(self.transport, self.spec, self._seen)
 
     async def start(self) -> None:
         start_id = "$" if self.spec.start == "latest" else "0"
@@ -228,7 +213,7 @@ class GroupConsumer(_StreamBase):
         due = self._due_retries(room)
         if due:
             try:
-                entries = await self.transport.claim_own(due)
+                entries = await self.transport.retry(due)
             except BaseException:
                 now = time.monotonic()  # still ours and due: try them again next time
                 for entry_id in due:
@@ -266,7 +251,7 @@ class GroupConsumer(_StreamBase):
         """Claim other consumers' entries idle for longer than the lease, walking the cursor
         to the end (across calls when there is not room for all of them at once)."""
         while True:
-            cursor, entries, deleted, own = await self.transport.autoclaim(
+            cursor, entries, deleted, own = await self.transport.recover(
                 self.lease_ms, self._cursor, count, max(count, CLAIM_SCAN)
             )
             self._cursor = cursor
@@ -287,7 +272,7 @@ class GroupConsumer(_StreamBase):
             # is taken back, as a new delivery.
             strays = [i for i in own if i not in self._in_flight]
             if strays:
-                entries += await self.transport.claim_own(strays)
+                entries += await self.transport.retry(strays)
             fresh = [e for e in entries if e.id not in self._in_flight]
             if fresh:
                 log.warning(
@@ -395,40 +380,11 @@ class GroupConsumer(_StreamBase):
                     len(lost),
                 )
             self.renewed()
-            now = time.monotonic()
-            if now >= self._next_lag_check:
-                self._next_lag_check = now + LAG_CHECK_SECONDS
-                await self._check_lag(now)
-            if now >= self._next_prune:
-                self._next_prune = now + max(self.spec.lease, PRUNE_MIN_SECONDS)
-                removed = await self.transport.prune_consumers(self.lease_ms)
-                if removed:
-                    log.info(
-                        "stream %r group %r: removed dead consumers %s",
-                        self.handler.key,
-                        self.spec.group,
-                        ", ".join(removed),
-                    )
+            await self._group_checks.run(time.monotonic())
         except Exception as exc:
             # The group or stream is gone: the fetch loop recreates it.
             if not is_nogroup(exc):
                 raise
-
-    async def _check_lag(self, now: float) -> None:
-        info = await self.transport.group_info()
-        if info is None:
-            return
-        self._seen(position(info))
-        lag = await self.transport.lag(info, self.spec.lag_warning + 1)
-        if lag > self.spec.lag_warning and now >= self._next_lag_warning:
-            self._next_lag_warning = now + LAG_WARN_EVERY
-            log.warning(
-                "stream %r group %r: lag %d is over %d; add consumers or concurrency",
-                self.handler.key,
-                self.spec.group,
-                lag,
-                self.spec.lag_warning,
-            )
 
     async def handback(self, jobs: list[Entry]) -> None:
         # Fetched but not finished: claimable by others at once. A delivery whose handler
@@ -439,7 +395,7 @@ class GroupConsumer(_StreamBase):
             started = job.id in self._started
             self._started.discard(job.id)
             released.append((job.id, job.deliveries if started else job.deliveries - 1))
-        await self.transport.release(released)
+        await self.transport.handback(released)
 
     def retry_soon(self, job: Entry) -> None:
         self._started.discard(job.id)
@@ -456,7 +412,7 @@ class GroupConsumer(_StreamBase):
         # deliveries still count.
         waiting = [(entry_id, self._in_flight.get(entry_id, 1)) for _, entry_id in self._retry_heap]
         self._retry_heap.clear()
-        await self.transport.release(waiting)
+        await self.transport.handback(waiting)
         await self.transport.leave()
 
 

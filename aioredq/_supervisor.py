@@ -76,36 +76,9 @@ def supervise(child_args: list[str], workers: int) -> int:
     while not received:
         now = time.monotonic()
         for worker in pool:
-            if worker.proc is None:
-                if now >= worker.restart_at:
-                    _spawn(worker, child_args, env, received)
-                    assert worker.proc is not None
-                    log.info("worker %d restarted (pid %d)", worker.index, worker.proc.pid)
-                continue
-            code = worker.proc.poll()
-            if code is None:
-                continue
-            ran = now - worker.started_at
-            if code == CONFIGURATION_ERROR:
-                log.error(
-                    "worker %d (pid %d) exited with status 2 (see its error above): "
-                    "restarting cannot fix that; stopping",
-                    worker.index,
-                    worker.proc.pid,
-                )
-                status = CONFIGURATION_ERROR
+            status = _tend(worker, now, child_args, env, received)
+            if status:
                 break
-            worker.failures = 1 if ran >= RESTART_RESET else worker.failures + 1
-            delay = RESTART_BACKOFF.delay(worker.failures)
-            log.warning(
-                "worker %d (pid %d) %s after %.1f s; restarting it in %g s",
-                worker.index,
-                worker.proc.pid,
-                _how(code),
-                ran,
-                delay,
-            )
-            worker.proc, worker.restart_at = None, now + delay
         if status:
             break
         time.sleep(POLL_SECONDS)
@@ -119,6 +92,43 @@ def supervise(child_args: list[str], workers: int) -> int:
     if not failed:
         return 0
     return 128 - failed[0] if failed[0] < 0 else failed[0]
+
+
+def _tend(
+    worker: _Worker, now: float, child_args: list[str], env: dict[str, str], received: list[int]
+) -> int:
+    """Restart ``worker`` when due, or note that it exited; returns CONFIGURATION_ERROR when
+    it exited with one (restarting cannot fix that), else 0."""
+    if worker.proc is None:
+        if now >= worker.restart_at:
+            _spawn(worker, child_args, env, received)
+            assert worker.proc is not None
+            log.info("worker %d restarted (pid %d)", worker.index, worker.proc.pid)
+        return 0
+    code = worker.proc.poll()
+    if code is None:
+        return 0
+    ran = now - worker.started_at
+    if code == CONFIGURATION_ERROR:
+        log.error(
+            "worker %d (pid %d) exited with status 2 (see its error above): "
+            "restarting cannot fix that; stopping",
+            worker.index,
+            worker.proc.pid,
+        )
+        return CONFIGURATION_ERROR
+    worker.failures = 1 if ran >= RESTART_RESET else worker.failures + 1
+    delay = RESTART_BACKOFF.delay(worker.failures)
+    log.warning(
+        "worker %d (pid %d) %s after %.1f s; restarting it in %g s",
+        worker.index,
+        worker.proc.pid,
+        _how(code),
+        ran,
+        delay,
+    )
+    worker.proc, worker.restart_at = None, now + delay
+    return 0
 
 
 def _spawn(

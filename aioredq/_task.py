@@ -33,9 +33,11 @@ from typing import Any
 
 from ._codec import DecodeError, TaskItem, envelope_metadata, parse_task_item
 from ._connection import BLOCK_SECONDS, Connection, is_connection_error
-from ._consumer import ACK, Again, Consumer, Dead, log
+from ._consumer import Consumer, log
+from ._decisions import ACK, Again, Dead
 from ._handlers import TaskHandler
 from ._message import Message
+from ._orphans import OrphanScan
 from ._outage import Outage
 from ._outcomes import Outcomes
 from ._stats import Counters
@@ -46,11 +48,6 @@ MEMORY_POLL = 0.05
 # Consumers back off up to 5 s between reconnect attempts; wait that long after an outage
 # before declaring anyone dead, so live consumers are not robbed for having been cut off too.
 OUTAGE_GRACE = 6.0
-# Orphaned processing lists are looked for with one SCAN step (this many keys) at most this
-# often; a list is recovered once seen unregistered for longer than the lease (a live
-# consumer whose registration was deleted registers again within a second).
-ORPHAN_SCAN_EVERY = 5.0
-ORPHAN_SCAN_COUNT = 500
 
 
 @dataclass(slots=True, eq=False)
@@ -77,22 +74,10 @@ class TaskConsumer(Consumer[Job]):
         wakeup: asyncio.Event | None,
         outage: Outage | None = None,
     ) -> None:
-        spec = handler.spec
-        super().__init__(
-            handler,
-            concurrency=spec.concurrency,
-            capacity=spec.concurrency + spec.batch,
-            batch=spec.batch,
-            counters=counters,
-            url=conn.target.safe_url,
-            outage=outage,
-        )
-        self.spec = spec
-        self.conn = conn
+        super().__init__(handler, conn, counters=counters, outage=outage)
+        self.spec = spec = handler.spec
         self.transport = QueueTransport(conn.bookkeeping, handler.key, consumer)
-        self.lease = spec.lease
-        self.lease_ms = int(spec.lease * 1000)
-        self.upkeep_interval = min(spec.lease / 3, 1.0)
+        self._leased(self.spec.lease)
         self._wakeup = wakeup
         self._fetches = 0
         self._seq = 0
@@ -107,9 +92,7 @@ class TaskConsumer(Consumer[Job]):
         self._recover_after: float | None = 0.0  # None: in an outage
         self._fetch_problem: str | None = None
         self._aside = keys.dead(handler.key) + ":"  # where FETCH keeps oversized items
-        self._scan_cursor = 0
-        self._scan_at = 0.0
-        self._suspects: dict[str, float] = {}  # unregistered processing lists: first seen
+        self._orphans = OrphanScan(self.transport, spec.lease)
 
     async def start(self) -> None:
         # Register before the first fetch: a script Redis refuses (an ACL user without
@@ -358,45 +341,7 @@ class TaskConsumer(Consumer[Job]):
                 self.handler.key,
                 moved,
             )
-        await self._recover_orphans()
-
-    async def _recover_orphans(self) -> None:
-        """One SCAN step, now and then: processing lists whose consumer is not registered
-        at all (its registration deleted, or lost to a crash before it was written) are
-        recovered once they have stayed so for longer than the lease."""
-        now = time.monotonic()
-        if now < self._scan_at:
-            return
-        self._scan_at = now + min(ORPHAN_SCAN_EVERY, self.spec.lease)
-        try:
-            cursor, names = await self.transport.scan_processing(
-                self._scan_cursor, ORPHAN_SCAN_COUNT
-            )
-        except Exception:
-            self._scan_cursor = 0  # e.g. the slot moved: its cursor means nothing elsewhere
-            raise
-        self._scan_cursor = cursor
-        names = [n for n in names if n != self.transport.consumer]
-        loose = set(await self.transport.unregistered(names))
-        for name in names:
-            if name not in loose:
-                self._suspects.pop(name, None)
-        ripe = [n for n in loose if now - self._suspects.setdefault(n, now) > self.spec.lease]
-        if len(self._suspects) > 10 * ORPHAN_SCAN_COUNT:  # bounded, whatever the keyspace
-            self._suspects = {n: t for n, t in self._suspects.items() if n in loose}
-        if not ripe:
-            return
-        moved = await self.transport.recover_lists(ripe)
-        for name in ripe:
-            self._suspects.pop(name, None)
-        if moved:
-            log.warning(
-                "queue %r: moved %d item(s) of %d orphaned processing list(s) (no registered "
-                "consumer) back to the queue",
-                self.handler.key,
-                moved,
-                len(ripe),
-            )
+        await self._orphans.step()
 
     # stopping ----------------------------------------------------------------------------
     async def handback(self, jobs: list[Job]) -> None:

@@ -151,11 +151,36 @@ def parse_url(url: str, ssl_context: ssl.SSLContext | None = None) -> Target:
         "client_name": query.pop("client_name", None),
     }
     db_text = query.pop("db", None)
-    path = [unquote(p) for p in parts.path.split("/") if p]
-    if name.lower() == "unix":
-        if not parts.path:
+    path = _place(fields, name.lower(), scheme, parts.path, netloc, query, ssl_context, safe)
+    if len(path) > 1:
+        raise ConfigurationError(f"{safe}: unexpected path /{'/'.join(path)}")
+    db = _int("db", db_text if db_text is not None else (path[0] if path else "0"), safe)
+    if scheme == "cluster" and db:
+        raise ConfigurationError(f"{safe}: a cluster has only db 0")
+    for option in SENTINEL_OPTIONS:
+        if option in query:
+            raise ConfigurationError(f"{safe}: {option} applies to redis+sentinel:// only")
+    tls = _tls(query, tls_scheme, ssl_context, safe)
+    return Target(url, scheme, db=db, tls=tls, **fields)
+
+
+def _place(
+    fields: dict[str, Any],
+    name: str,
+    scheme: str,
+    raw_path: str,
+    netloc: str,
+    query: dict[str, str],
+    ssl_context: ssl.SSLContext | None,
+    safe: str,
+) -> list[str]:
+    """Where the server is (a socket, sentinels and a master, or hosts), into ``fields``;
+    returns what is left of the path (the db, if any)."""
+    path = [unquote(p) for p in raw_path.split("/") if p]
+    if name == "unix":
+        if not raw_path:
             raise ConfigurationError(f"{safe}: a unix URL names its socket: unix:///path/to.sock")
-        fields["socket_path"] = unquote(parts.path)
+        fields["socket_path"] = unquote(raw_path)
         path = []
         if ssl_context is not None:
             raise ConfigurationError("ssl= does not apply to unix:// sockets")
@@ -171,16 +196,7 @@ def parse_url(url: str, ssl_context: ssl.SSLContext | None = None) -> Target:
         fields["hosts"] = _hosts(netloc, SENTINEL_PORT, safe, several=True)
     else:
         fields["hosts"] = _hosts(netloc, DEFAULT_PORT, safe, several=scheme == "cluster")
-    if len(path) > 1:
-        raise ConfigurationError(f"{safe}: unexpected path /{'/'.join(path)}")
-    db = _int("db", db_text if db_text is not None else (path[0] if path else "0"), safe)
-    if scheme == "cluster" and db:
-        raise ConfigurationError(f"{safe}: a cluster has only db 0")
-    for option in SENTINEL_OPTIONS:
-        if option in query:
-            raise ConfigurationError(f"{safe}: {option} applies to redis+sentinel:// only")
-    tls = _tls(query, tls_scheme, ssl_context, safe)
-    return Target(url, scheme, db=db, tls=tls, **fields)
+    return path
 
 
 def _query(text: str, safe: str) -> dict[str, str]:

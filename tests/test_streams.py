@@ -671,13 +671,13 @@ async def test_release_touch_and_claim_own_scripts(redis_client: redis.asyncio.R
     assert [e.id for e in entries] == ids and entries[0].fields == {b"n": b"0"}
 
     # CLAIM_OWN counts a new delivery of entries still ours.
-    (again,) = await mine.claim_own([ids[0]])
+    (again,) = await mine.retry([ids[0]])
     assert (again.id, again.fields, again.deliveries) == (ids[0], {b"n": b"0"}, 2)
-    assert await other.claim_own([ids[1]]) == []  # not theirs
+    assert await other.retry([ids[1]]) == []  # not theirs
 
     # RELEASE: idle far past any lease (an IDLE beyond the epoch would reset it to 0), and
     # the delivery count it is given.
-    assert await mine.release([(ids[0], 1), (ids[1], 0)]) == 2
+    assert await mine.handback([(ids[0], 1), (ids[1], 0)]) == 2
     rows = {
         r["message_id"].decode(): r
         for r in await redis_client.xpending_range("s", "g", "-", "+", 10)
@@ -687,7 +687,7 @@ async def test_release_touch_and_claim_own_scripts(redis_client: redis.asyncio.R
     assert rows[ids[2]]["time_since_delivered"] < 60_000
 
     # Another consumer takes the released ones at once (and they count one delivery more).
-    cursor, claimed, deleted, own = await other.autoclaim(30_000, "0-0", 10)
+    cursor, claimed, deleted, own = await other.recover(30_000, "0-0", 10)
     assert (cursor, [(e.id, e.deliveries) for e in claimed], deleted, own) == (
         "0-0",
         [(ids[0], 2), (ids[1], 1)],
@@ -696,7 +696,7 @@ async def test_release_touch_and_claim_own_scripts(redis_client: redis.asyncio.R
     )
     # TOUCH keeps what is still ours and reports what is not.
     assert await mine.touch(ids) == [ids[0], ids[1]]
-    assert await mine.release([(ids[0], 1)]) == 0  # not ours any more
+    assert await mine.handback([(ids[0], 1)]) == 0  # not ours any more
 
 
 @pytest.mark.parametrize("protocol", [2, 3])

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import keys
+from .lua import ATTEMPTS, PUSH_ALL, WRONG
 
 TARGET_FIELD = "aioredq-group"
 PAGE_LETTERS = 1000
@@ -36,35 +37,18 @@ MAX_FIELDS = 2000
 
 _ENVELOPE_PREFIX = b'{"aioredq":1,"attempts":'
 
-_CHECK = """
-local function check(key, want)
-  local t = redis.call('TYPE', key).ok
-  if t ~= want and t ~= 'none' then
-    return redis.error_reply('WRONGTYPE ' .. key .. ' is a ' .. t .. ', not a ' .. want)
-  end
-end
-"""
-
-_PUSH_ALL = """
-local function push_all(key, list)
-  for i = 1, #list, 1000 do
-    redis.call('LPUSH', key, unpack(list, i, math.min(i + 999, #list)))
-  end
-end
-"""
-
 # KEYS: dead list, queue. ARGV: k, flags, the k letters at the tail of the dead list (as LRANGE
 # -k -1 returns them), then the items to push (oldest first). flags has one character per
 # letter: 'r' requeue, 'k' keep (a letter that cannot be read: it moves to the newest end of
 # the dead list, so the walk goes on past it). Returns the number requeued, or -1 when the tail
 # is no longer what the caller read (another run took it): read again.
 REQUEUE_TAIL = (
-    _CHECK
-    + _PUSH_ALL
+    WRONG
+    + PUSH_ALL
     + """
 local k = tonumber(ARGV[1])
-local err = check(KEYS[2], 'list')
-if err then return err end
+local bad = wrong(KEYS[2], 'list')
+if bad then return redis.error_reply(bad) end
 local tail = redis.call('LRANGE', KEYS[1], -k, -1)
 if #tail ~= k then return -1 end
 for i = 1, k do
@@ -72,13 +56,13 @@ for i = 1, k do
 end
 local items = {}
 for i = 3 + k, #ARGV do items[#items + 1] = ARGV[i] end
-push_all(KEYS[2], items)
+push_all('LPUSH', KEYS[2], items)
 redis.call('LTRIM', KEYS[1], 0, -k - 1)
 local keep = {}
 for i = k, 1, -1 do
   if string.sub(ARGV[2], i, i) == 'k' then keep[#keep + 1] = tail[i] end
 end
-push_all(KEYS[1], keep)
+push_all('LPUSH', KEYS[1], keep)
 return #items
 """
 )
@@ -86,10 +70,10 @@ return #items
 # KEYS: dead list, queue. ARGV: letter, item. One letter chosen by id: found from the tail
 # (where the oldest letters are), copied, then removed.
 REQUEUE_ONE = (
-    _CHECK
+    WRONG
     + """
-local err = check(KEYS[2], 'list')
-if err then return err end
+local bad = wrong(KEYS[2], 'list')
+if bad then return redis.error_reply(bad) end
 if not redis.call('LPOS', KEYS[1], ARGV[1], 'RANK', -1) then return 0 end
 redis.call('LPUSH', KEYS[2], ARGV[2])
 redis.call('LREM', KEYS[1], -1, ARGV[1])
@@ -101,15 +85,15 @@ return 1
 # ``body_key``). ARGV: letter. The item goes back with its delivery count at 0 and the letter
 # and the key are removed; 0 when either is gone (another run took it).
 REQUEUE_ASIDE = (
-    _CHECK
+    WRONG
+    + ATTEMPTS
     + """
-local err = check(KEYS[2], 'list')
-if err then return err end
+local bad = wrong(KEYS[2], 'list')
+if bad then return redis.error_reply(bad) end
 if redis.call('TYPE', KEYS[3]).ok ~= 'string' then return 0 end
 if not redis.call('LPOS', KEYS[1], ARGV[1]) then return 0 end
 local item = redis.call('GET', KEYS[3])
-local prefix = '{"aioredq":1,"attempts":'
-local n = string.match(item, '^{"aioredq":1,"attempts":(%d+),')
+local n = attempts_of(item)
 if n then item = prefix .. '0' .. string.sub(item, #prefix + #n + 1) end
 redis.call('LPUSH', KEYS[2], item)
 redis.call('LREM', KEYS[1], 1, ARGV[1])
@@ -121,10 +105,10 @@ return 1
 # KEYS: stream, dead stream. ARGV: target field, group, then per letter: dead id, 2n, n field
 # names and values. Each letter still there is appended (with the target field) and deleted.
 REQUEUE_ENTRIES = (
-    _CHECK
+    WRONG
     + """
-local err = check(KEYS[1], 'stream')
-if err then return err end
+local bad = wrong(KEYS[1], 'stream')
+if bad then return redis.error_reply(bad) end
 local moved = 0
 local i = 3
 while i <= #ARGV do

@@ -138,7 +138,9 @@ class QueueTransport:
         retries: Sequence[tuple[bytes, int]],
         dead: Sequence[tuple[bytes, bytes]],
     ) -> Settled:
-        """Apply a batch of outcomes in one atomic call. A refused retry or dead letter is
+        """Apply a batch of outcomes (acks, retries, dead letters: see ``ack``, ``retry``,
+        ``dead_letter``) in one atomic call, the consumer's unit of throughput. A refused
+        retry or dead letter is
         left in the processing list (the reply says from which one on); the rest is written.
         (One script rather than a pipeline: redis-py 8.1 leaks a pooled connection when a
         pipeline's SCRIPT EXISTS fails, as it does in every outage.)"""
@@ -161,8 +163,26 @@ class QueueTransport:
             None if derr is None else _text(derr),
         )
 
+    async def ack(self, items: Sequence[bytes]) -> Settled:
+        """Ack: LREM each item from this consumer's processing list (SETTLE)."""
+        return await self.settle(items, [], [])
+
+    async def retry(self, retries: Sequence[tuple[bytes, int]]) -> Settled:
+        """Retry: ZADD each item (its attempts already counted) to ``<queue>:delayed`` at now
+        + its delay, then LREM it from the processing list (SETTLE, the zset's type checked
+        first; a refused item stays held)."""
+        return await self.settle([], retries, [])
+
+    async def dead_letter(self, dead: Sequence[tuple[bytes, bytes]]) -> Settled:
+        """Dead letter: LPUSH each letter to ``<queue>:dead``, then LREM the item from the
+        processing list (SETTLE, the dead list's type checked first; a refused item stays
+        held)."""
+        return await self.settle([], [], dead)
+
     async def handback(self, pairs: Sequence[tuple[bytes, bytes]]) -> int:
-        """Put held items back at the head of the queue, first pair taken first again."""
+        """Handback (at a stop): RPUSH held items back at the head of the queue, then LREM
+        them from the processing list, first pair taken first again (HANDBACK, both keys'
+        types checked first); an item no longer held is skipped."""
         if not pairs:
             return 0
         args = [part for pair in pairs for part in pair]
@@ -184,8 +204,10 @@ class QueueTransport:
         return bool(await self._leave(keys=[self.consumers, self.processing], args=[self.consumer]))
 
     async def recover(self, token: str, lock_ms: int) -> int:
-        """Move the work of expired consumers (never this one's) back to the queue; returns
-        the items moved."""
+        """Recovery: find consumers whose lease in ``<queue>:consumers`` expired (never this
+        one) and take the recovery lock (EXPIRED: SET NX PX), then move their processing
+        lists whole to the head of the queue and ZREM them (RECOVER: LMOVE item by item, or
+        RENAME onto an empty queue; types checked first); returns the items moved."""
         expired = await self._expired(
             keys=[self.consumers, self.lock], args=[token, lock_ms, self.consumer]
         )

@@ -8,52 +8,11 @@ OOM, NOPERM) then leaves the item where it was.
 
 from __future__ import annotations
 
-_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
-
-# JSON-quotes a string byte for byte: bytes that are not UTF-8 pass through unchanged, as in
-# Redis's cjson, and the reader takes them back exactly (``parse_task_item`` decodes with
-# surrogateescape). fakeredis's cjson refuses such bytes, so memory:// could not use it.
-# Only ever given items under ``max_body_bytes``: its cost grows with the item.
-_QUOTE = r"""
-local esc = {['"'] = '\\"', ['\\'] = '\\\\'}
-for b = 0, 31 do esc[string.char(b)] = string.format('\\u%04x', b) end
-esc[string.char(127)] = '\\u007f'
-local function quote(s) return '"' .. string.gsub(s, '[%c"\\]', esc) .. '"' end
-"""
-
-# Lua's unpack() stops at a few thousand values; a batch may be larger.
-_PUSH_ALL = """
-local function push_all(cmd, key, list)
-  for i = 1, #list, 1000 do
-    redis.call(cmd, key, unpack(list, i, math.min(i + 999, #list)))
-  end
-end
-"""
-
-# Redis does not undo a script that fails half way, so every script that moves work checks
-# each destination's type first and writes an item's new place before removing the old one:
-# a refused write (WRONGTYPE, OOM, NOPERM) then leaves the item where it was.
-_WRONG = """
-local function wrong(key, want)
-  local t = redis.call('TYPE', key).ok
-  if t == want or t == 'none' then return false end
-  return 'WRONGTYPE ' .. key .. ' is a ' .. t .. ', not a ' .. want
-end
-"""
-
-# What an envelope is, for Lua and for ``parse_task_item`` alike: the exact prefix, 1 to 9
-# digits of delivery count, a comma. Anything else is a foreign item (and gets wrapped).
-_ATTEMPTS = """
-local prefix = '{"aioredq":1,"attempts":'
-local function attempts_of(item)
-  local n = string.match(item, '^{"aioredq":1,"attempts":(%d+),')
-  if n and #n <= 9 then return n end
-  return nil
-end
-"""
+from .lua import ATTEMPTS as _ATTEMPTS
+from .lua import NOW as _NOW
+from .lua import PUSH_ALL as _PUSH_ALL
+from .lua import QUOTE as _QUOTE
+from .lua import WRONG as _WRONG
 
 # KEYS: queue, processing, delayed, consumers, prefix of the keys that keep oversized items
 # ARGV: count, consumer, lease_ms, foreign id prefix, max due items to promote, max_body_bytes

@@ -18,6 +18,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from . import keys
+from .lua import NOW as _NOW
 from .queue import HEARTBEAT
 
 # Every command a stream consumer or producer sends, its scripts' included (see queue.COMMANDS).
@@ -33,11 +34,6 @@ COMMANDS = (
 # delivery time as now - IDLE and resets it to now when that is negative, so the value must
 # stay far below the epoch in ms (one year is ~3e10 ms, the epoch ~1.7e12 ms).
 RELEASED_IDLE_MS = 365 * 24 * 3600 * 1000
-
-_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
 
 _OWNED = """
 local function owned(id)
@@ -399,8 +395,9 @@ class StreamTransport:
 
     # settling ---------------------------------------------------------------------------
     async def ack(self, ids: Sequence[str]) -> None:
-        """XACK ``ids`` in one call. A group or stream deleted meanwhile has nothing left to
-        settle."""
+        """Ack: XACK ``ids`` in one call (they leave the group's pending list; the entries
+        stay in the stream until trimmed). A group or stream deleted meanwhile has nothing
+        left to settle."""
         if not ids:
             return
         try:
@@ -410,7 +407,8 @@ class StreamTransport:
                 raise
 
     async def dead_letter(self, letter: DeadLetter) -> None:
-        """Move one entry to the dead letters (XADD there and XACK here, checked first)."""
+        """Dead letter: XADD the entry with its error to ``<stream>:dead`` and XACK it
+        here, in one script (DEAD) that checks the dead-letter key's type first."""
         try:
             await self._dead(
                 keys=[self.stream, self.dead],
@@ -431,7 +429,10 @@ class StreamTransport:
                 raise
 
     # ownership ---------------------------------------------------------------------------
-    async def claim_own(self, ids: Sequence[str]) -> list[Entry]:
+    async def retry(self, ids: Sequence[str]) -> list[Entry]:
+        """Deliver again entries this consumer holds (those due for a retry, or taken back
+        after a lost read reply): XCLAIM to itself, which counts one more delivery; entries
+        another consumer claimed meanwhile are skipped (CLAIM_OWN)."""
         reply = await self._claim_own(keys=[self.stream], args=[self.group, self.consumer, *ids])
         return [Entry(_text(i), _fields(f), int(n)) for i, f, n in reply]
 
@@ -442,8 +443,10 @@ class StreamTransport:
         lost = await self._touch(keys=[self.stream], args=[self.group, self.consumer, *ids])
         return [_text(i) for i in lost]
 
-    async def release(self, entries: Sequence[tuple[str, int]]) -> int:
-        """Make ``(id, delivery count to keep)`` entries claimable by others at once."""
+    async def handback(self, entries: Sequence[tuple[str, int]]) -> int:
+        """Hand back ``(id, delivery count to keep)`` entries this consumer will not finish
+        (at a stop): XCLAIM to itself with a year's IDLE, so any consumer's recovery claims
+        them at once, and the delivery count kept (RELEASE)."""
         if not entries:
             return 0
         args: list[Any] = [self.group, self.consumer, RELEASED_IDLE_MS]
@@ -451,11 +454,12 @@ class StreamTransport:
             args += [entry_id, max(deliveries, 0)]
         return int(await self._release(keys=[self.stream], args=args))
 
-    async def autoclaim(
+    async def recover(
         self, min_idle_ms: int, cursor: str, count: int, scan: int = 100
     ) -> tuple[str, list[Entry], list[str], list[str]]:
-        """Claim up to ``count`` entries of other consumers idle for ``min_idle_ms``, looking
-        at up to ``scan`` pending entries from ``cursor``; never the caller's own entries.
+        """Recovery (AUTOCLAIM: a walk of XPENDING IDLE, then XCLAIM): claim up to ``count``
+        entries of other consumers idle for ``min_idle_ms``, looking at up to ``scan``
+        pending entries from ``cursor``; never the caller's own entries.
         Returns the next cursor, the claimed entries, the ids deleted from the stream, and
         the ids of the caller's own idle entries (not claimed)."""
         nxt, claimed, deleted, own = await self._autoclaim(

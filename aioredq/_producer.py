@@ -1,0 +1,189 @@
+"""Producing: enqueue, append and publish (and their ``_many`` forms) over the app's pool."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any, TypeVar
+
+from ._codec import check_size, encode_body, encode_envelope, encode_fields, new_ids
+from ._connection import Connection
+from ._handlers import StreamHandler, StreamSpec
+from ._registry import Registry
+from ._transports import pubsub
+from ._transports.queue import QueueTransport
+from ._transports.stream import StreamTransport
+from ._url import Target
+
+TRANSPORT_CACHE = 256
+T = TypeVar("T", QueueTransport, StreamTransport)
+N = TypeVar("N", int, float)
+
+
+class Producer(Registry):
+    """Sends messages: one pooled connection per call in flight, at most ``max_connections``
+    at once; bodies are encoded and bounded by ``max_body_bytes`` before anything is sent."""
+
+    target: Target
+    max_body_bytes: int
+    max_connections: int
+    pool_timeout: float
+    _conn: Connection | None
+    _wakeups: dict[str, asyncio.Event]
+    # Producers' transports by key, for the current client (they hold script objects).
+    _queues: dict[str, QueueTransport]
+    _streams: dict[str, StreamTransport]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._conn = None
+        self._wakeups = {}
+        self._queues = {}
+        self._streams = {}
+
+    @property
+    def connection(self) -> Connection:
+        if self._conn is None:
+            self._conn = Connection(
+                self.target,
+                max_connections=self.max_connections,
+                pool_timeout=self.pool_timeout,
+                consumers=len(self.handlers),
+            )
+        return self._conn
+
+    def _wake(self, key: str) -> None:
+        event = self._wakeups.get(key)
+        if event is not None:
+            event.set()
+
+    async def publish(self, channel: str, body: Any, *, sharded: bool = False) -> int:
+        """Publish ``body`` on ``channel``; returns how many subscribers received it."""
+        return await self.publish_many(channel, [body], sharded=sharded)
+
+    async def publish_many(
+        self, channel: str, bodies: Iterable[Any], *, sharded: bool = False
+    ) -> int:
+        """Publish every body in one round trip; returns the receivers, summed."""
+        payloads = [self._encode(channel, body) for body in bodies]
+        if not payloads:
+            return 0
+        conn = self.connection
+        return await conn.produce(
+            f"publish to {channel!r}",
+            lambda: pubsub.publish(conn.command, channel, payloads, sharded),
+        )
+
+    async def enqueue(
+        self,
+        queue: str,
+        body: Any,
+        *,
+        delay: float = 0,
+        at: datetime | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> str:
+        """Put ``body`` on ``queue`` (after ``delay`` seconds, or at ``at``); returns its id."""
+        return (await self._enqueue(queue, [body], delay=delay, at=at, headers=headers))[0]
+
+    async def enqueue_many(
+        self, queue: str, bodies: Iterable[Any], *, delay: float = 0, at: datetime | None = None
+    ) -> list[str]:
+        """Enqueue every body in one round trip; returns their ids."""
+        return await self._enqueue(queue, list(bodies), delay=delay, at=at, headers=None)
+
+    async def _enqueue(
+        self,
+        queue: str,
+        bodies: list[Any],
+        *,
+        delay: float,
+        at: datetime | None,
+        headers: dict[str, str] | None,
+    ) -> list[str]:
+        if delay < 0:
+            raise ValueError("delay must be >= 0")
+        ids = new_ids(len(bodies))
+        now = time.time()
+        items = [
+            encode_envelope(b, msg_id=i, headers=headers, now=now)
+            for b, i in zip(bodies, ids, strict=True)
+        ]
+        for item in items:
+            check_size(item, self.max_body_bytes, queue)
+        if not items:
+            return []
+        produce = self.connection.produce
+        if at is not None:
+            at_ms = int(at.timestamp() * 1000)
+            await produce(f"enqueue on {queue!r}", lambda: self._queue(queue).push_at(items, at_ms))
+        elif delay > 0:
+            delay_ms = int(delay * 1000)
+            await produce(
+                f"enqueue on {queue!r}", lambda: self._queue(queue).push_delayed(items, delay_ms)
+            )
+        else:
+            await produce(f"enqueue on {queue!r}", lambda: self._queue(queue).push(items))
+        self._wake(queue)
+        return ids
+
+    async def append(self, stream: str, body: Any, *, maxlen: int | None = None) -> str:
+        """Append ``body`` to ``stream``; returns the entry id. Trims with ``MAXLEN ~``."""
+        return (await self.append_many(stream, [body], maxlen=maxlen))[0]
+
+    async def append_many(
+        self, stream: str, bodies: Iterable[Any], *, maxlen: int | None = None
+    ) -> list[str]:
+        """Append every body in one round trip; returns the entry ids."""
+        entries = [encode_fields(body) for body in bodies]
+        for fields in entries:
+            check_size(fields, self.max_body_bytes, stream)
+        if not entries:
+            return []
+        limit = maxlen if maxlen is not None else self._maxlen(stream)
+        max_age = self._max_age(stream)
+        min_ms = None if max_age is None else max(0, int((time.time() - max_age) * 1000))
+        ids = await self.connection.produce(
+            f"append to {stream!r}", lambda: self._stream(stream).append(entries, limit, min_ms)
+        )
+        self._wake(stream)
+        return ids
+
+    def _queue(self, queue: str) -> QueueTransport:
+        return _cached(self._queues, queue, self.connection.command, QueueTransport)
+
+    def _stream(self, stream: str) -> StreamTransport:
+        return _cached(self._streams, stream, self.connection.command, StreamTransport)
+
+    def _max_age(self, stream: str) -> float | None:
+        return self._widest(stream, lambda spec: spec.max_age)
+
+    def _maxlen(self, stream: str) -> int | None:
+        return self._widest(stream, lambda spec: spec.maxlen)
+
+    def _widest(self, stream: str, limit: Callable[[StreamSpec], N | None]) -> N | None:
+        """The most generous retention limit that the handlers of ``stream`` set, or None."""
+        limits = [
+            value
+            for h in self.handlers
+            if isinstance(h, StreamHandler) and h.key == stream and (value := limit(h.spec))
+        ]
+        return max(limits) if limits else None
+
+    def _encode(self, key: str, body: Any) -> bytes:
+        data = encode_body(body)
+        check_size(data, self.max_body_bytes, key)
+        return data
+
+
+def _cached(cache: dict[str, T], key: str, client: Any, make: Callable[[Any, str], T]) -> T:
+    """A producer's transport for ``key`` on ``client`` (transports hold script objects, made
+    once); rebuilt after a reconnect, and the cache stays bounded for names made on the fly."""
+    transport = cache.get(key)
+    if transport is None or transport.client is not client:
+        if len(cache) >= TRANSPORT_CACHE:
+            cache.clear()
+        transport = cache[key] = make(client, key)
+    return transport

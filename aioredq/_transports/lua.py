@@ -1,0 +1,54 @@
+"""The Lua prelude the scripts share: each piece defines one local, prepended to a script
+that uses it (``NOW + WRONG + "..."``). One definition each, so the scripts agree on what a
+type check, an envelope's delivery count and a large push mean."""
+
+from __future__ import annotations
+
+# The server's clock in ms: scripts compare leases and due times with Redis's time, not a
+# worker's.
+NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# JSON-quotes a string byte for byte: bytes that are not UTF-8 pass through unchanged, as in
+# Redis's cjson, and the reader takes them back exactly (``parse_task_item`` decodes with
+# surrogateescape). fakeredis's cjson refuses such bytes, so memory:// could not use it.
+# Only ever given items under ``max_body_bytes``: its cost grows with the item.
+QUOTE = r"""
+local esc = {['"'] = '\\"', ['\\'] = '\\\\'}
+for b = 0, 31 do esc[string.char(b)] = string.format('\\u%04x', b) end
+esc[string.char(127)] = '\\u007f'
+local function quote(s) return '"' .. string.gsub(s, '[%c"\\]', esc) .. '"' end
+"""
+
+# Lua's unpack() stops at a few thousand values; a batch may be larger.
+PUSH_ALL = """
+local function push_all(cmd, key, list)
+  for i = 1, #list, 1000 do
+    redis.call(cmd, key, unpack(list, i, math.min(i + 999, #list)))
+  end
+end
+"""
+
+# Redis does not undo a script that fails half way, so every script that moves work checks
+# each destination's type first and writes an item's new place before removing the old one:
+# a refused write (WRONGTYPE, OOM, NOPERM) then leaves the item where it was.
+WRONG = """
+local function wrong(key, want)
+  local t = redis.call('TYPE', key).ok
+  if t == want or t == 'none' then return false end
+  return 'WRONGTYPE ' .. key .. ' is a ' .. t .. ', not a ' .. want
+end
+"""
+
+# What an envelope is, for Lua and for ``parse_task_item`` alike: the exact prefix, 1 to 9
+# digits of delivery count, a comma. Anything else is a foreign item (and gets wrapped).
+ATTEMPTS = """
+local prefix = '{"aioredq":1,"attempts":'
+local function attempts_of(item)
+  local n = string.match(item, '^{"aioredq":1,"attempts":(%d+),')
+  if n and #n <= 9 then return n end
+  return nil
+end
+"""

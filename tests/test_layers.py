@@ -1,0 +1,155 @@
+"""The package's imports point down (CLI -> App -> consumers -> transports -> connection) and
+never go round in a circle, type-only and function-local imports included."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import aioredq
+
+PACKAGE = Path(aioredq.__file__).parent
+
+# Higher layers may import lower ones, never the reverse. A module not listed (a new one)
+# is held to the no-circle rule only.
+LAYERS: dict[int, set[str]] = {
+    4: {
+        *("__main__", "_cli", "_inspect", "_dead", "_metrics", "_acl", "testing", "_supervisor"),
+        *("_dashboard", "_asyncapi", "_yaml"),
+    },
+    3: {"__init__", "_app", "_runner", "_producer", "_registry", "_observer"},
+    2: {
+        "_task",
+        "_stream",
+        "_subscribe",
+        "_consumer",
+        "_calls",
+        "_decisions",
+        "_outcomes",
+        "_group_checks",
+        "_orphans",
+        "_stream_outcomes",
+        "_pool",
+        "_startup",
+        "_handlers",
+        "_options",
+        "_outage",
+        "_stats",
+    },
+    1: {"_transports"},
+    0: {"_connection", "_url", "_exceptions", "_codec", "_backoff", "_message", "_logging"},
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """The package's modules that ``path`` imports, wherever the import statement stands."""
+    name = _module_name(path)
+    package = name.split(".")[:-1]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                if node.module and node.module.split(".")[0] == "aioredq":
+                    base = node.module.split(".")[1:]
+                else:
+                    continue
+            else:
+                up = package[: len(package) - (node.level - 1)] if node.level > 1 else package
+                base = [*up, *(node.module.split(".") if node.module else [])]
+            target = ".".join(base) or "__init__"
+            found.add(target)
+            for alias in node.names:
+                sub = f"{target}.{alias.name}" if target != "__init__" else alias.name
+                if (PACKAGE / f"{sub.replace('.', '/')}.py").exists():
+                    found.add(sub)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "aioredq":
+                    found.add(".".join(alias.name.split(".")[1:]) or "__init__")
+    found.discard(name)
+    return {m for m in found if _exists(m)}
+
+
+def _exists(module: str) -> bool:
+    path = PACKAGE / module.replace(".", "/")
+    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
+
+
+# The one import that points up, on purpose: ``App.dashboard()`` (a binding name) hands the app
+# to the dashboard, which sits above App like the CLI; it loads on the first call only.
+UPWARD_ON_PURPOSE = {("_app", "_dashboard")}
+
+
+def _graph() -> dict[str, set[str]]:
+    graph = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = _module_name(path)
+        name = name.removesuffix(".__init__") if name != "__init__" else name
+        graph[name] = {t for t in _imports(path) if (name, t) not in UPWARD_ON_PURPOSE}
+    return graph
+
+
+def _layer(module: str) -> int | None:
+    top = module.split(".")[0]
+    for layer, members in LAYERS.items():
+        if top in members or module in members:
+            return layer
+    return None
+
+
+def test_the_import_graph_is_read_from_the_sources() -> None:
+    graph = _graph()
+    assert "_app" in graph["__init__"]
+    assert "_runner" in graph["_app"]
+    assert "_connection" in graph["_outage"]
+    assert "_transports.keys" in graph["_transports.queue"]
+
+
+def test_no_module_imports_a_higher_layer() -> None:
+    upward = [
+        f"{module} (layer {_layer(module)}) imports {target} (layer {_layer(target)})"
+        for module, targets in _graph().items()
+        for target in targets
+        if (low := _layer(module)) is not None
+        and (high := _layer(target)) is not None
+        and high > low
+        and target != "__init__"
+    ]
+    assert upward == []
+
+
+def test_the_imports_have_no_circle() -> None:
+    graph = _graph()
+    # __init__ of a package runs before its modules: importing the package itself from a
+    # module below it is how Python spells "my package" and is not a circle of ours.
+    # Likewise a package's module importing its own package (``from . import _letters``).
+    edges = {
+        m: {t for t in ts if t != "__init__" and not m.startswith(t + ".")}
+        for m, ts in graph.items()
+    }
+    circles: list[list[str]] = []
+    state: dict[str, int] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(edges.get(module, ())):
+            if state.get(target) == 1:
+                circles.append([*path[path.index(target) :], target])
+            elif target not in state:
+                visit(target, [*path, target])
+        state[module] = 2
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module, [module])
+    assert circles == []
+
+
+def test_a_circle_or_an_upward_import_would_be_seen() -> None:
+    assert _layer("_cli") == 4 and _layer("_connection") == 0
+    assert _layer("_transports.queue") == 1
