@@ -409,18 +409,22 @@ class QueueMachine(RuleBasedStateMachine):
 @pytest.mark.timeout(300)  # shrinking a failure can take a while; a pass takes seconds
 def test_queue_scripts_keep_every_message_in_exactly_one_place(redis_url: str) -> None:
     QueueMachine.url = redis_url
-    run_state_machine_as_test(
-        QueueMachine,
-        settings=settings(
-            max_examples=150,
-            stateful_step_count=50,
-            deadline=None,
-            database=None,
-            derandomize=True,  # the same cases every run, so coverage is checked, not hoped for
-            suppress_health_check=[HealthCheck.too_slow],
-        ),
-    )
+    # The runs must reach the cases that matter, or the model proves little. Which runs the
+    # derandomized search makes was seen to differ when other tests ran before in the same
+    # process, so another round with other runs is made while a case is missing.
+    for steps in (50, 60, 70):
+        run_state_machine_as_test(
+            QueueMachine,
+            settings=settings(
+                max_examples=150,
+                stateful_step_count=steps,
+                deadline=None,
+                database=None,
+                derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow],
+            ),
+        )
+        if min(QueueMachine.seen[k] for k in CASES) >= 1:
+            break
     print(f"\nmodel cases: {dict(QueueMachine.seen)}")
-    # The runs must reach the cases that matter, or the model proves little. (How often each is
-    # reached varies with the server's state, e.g. its memory use under maxmemory.)
     assert min(QueueMachine.seen[k] for k in CASES) >= 1, QueueMachine.seen
