@@ -342,46 +342,45 @@ def _dashboard(args: list[str]) -> int:
     return 0
 
 
-def _main(args: list[str]) -> int:
-    if args and args[0] == "acl":
-        return _acl(args[1:])
-    if args and args[0] == "docs":
-        return _docs(args[1:])
-    if args and args[0] == "dashboard":
-        return _dashboard(args[1:])
-    if args and args[0] == "inspect":
-        from ._inspect import inspect_command
+def _inspect(args: list[str]) -> int:
+    """``aioredq inspect MODULE:ATTR [--json] [--watch]``: one row per handler."""
+    from ._inspect import inspect_command
 
-        ns = _inspect_parser().parse_args(args[1:])
-        app = _prepare(ns)
-        return asyncio.run(
-            inspect_command(app, as_json=ns.json, watch=ns.watch, interval=ns.interval)
-        )
-    if args and args[0] == "dead":
-        from ._inspect import dead_command
+    ns = _inspect_parser().parse_args(args)
+    app = _prepare(ns)
+    return asyncio.run(inspect_command(app, as_json=ns.json, watch=ns.watch, interval=ns.interval))
 
-        ns = _dead_parser().parse_args(args[1:])
-        if ns.all and ns.requeue is None:
-            raise UsageError("--all goes with --requeue")
-        if ns.requeue is not None and not ns.requeue and not ns.all:
-            raise UsageError("--requeue needs --all or dead letter IDs")
-        if ns.full and (ns.requeue is not None or ns.purge):
-            raise UsageError("--full goes with --show")
-        if ns.yes and not ns.purge:
-            raise UsageError("--yes goes with --purge")
-        app = _prepare(ns)
-        return asyncio.run(
-            dead_command(
-                app,
-                ns.name,
-                show=ns.show,
-                requeue=ns.requeue,
-                requeue_all=ns.all,
-                purge=ns.purge,
-                full=ns.full,
-                yes=ns.yes,
-            )
+
+def _dead(args: list[str]) -> int:
+    """``aioredq dead MODULE:ATTR NAME [--show N | --requeue ... | --purge]``."""
+    from ._inspect import dead_command
+
+    ns = _dead_parser().parse_args(args)
+    if ns.all and ns.requeue is None:
+        raise UsageError("--all goes with --requeue")
+    if ns.requeue is not None and not ns.requeue and not ns.all:
+        raise UsageError("--requeue needs --all or dead letter IDs")
+    if ns.full and (ns.requeue is not None or ns.purge):
+        raise UsageError("--full goes with --show")
+    if ns.yes and not ns.purge:
+        raise UsageError("--yes goes with --purge")
+    app = _prepare(ns)
+    return asyncio.run(
+        dead_command(
+            app,
+            ns.name,
+            show=ns.show,
+            requeue=ns.requeue,
+            requeue_all=ns.all,
+            purge=ns.purge,
+            full=ns.full,
+            yes=ns.yes,
         )
+    )
+
+
+def _run(args: list[str]) -> int:
+    """``aioredq MODULE:ATTR [...]``: run the app's consumers (or supervise --workers N)."""
     ns = _run_parser().parse_args(args)
     app = _prepare(ns)
     # Unknown names, or nothing at all to run, fail here, before anything starts.
@@ -409,6 +408,20 @@ def _main(args: list[str]) -> int:
     logging.getLogger("redis").setLevel(max(logging.getLogger().level, logging.INFO))
     run_loop(_serve(app, ns.only, supervisor, metrics))
     return 0
+
+
+SUBCOMMANDS = {
+    "inspect": _inspect,
+    "dead": _dead,
+    "acl": _acl,
+    "docs": _docs,
+    "dashboard": _dashboard,
+}
+
+
+def _main(args: list[str]) -> int:
+    command = SUBCOMMANDS.get(args[0]) if args else None
+    return command(args[1:]) if command is not None else _run(args)
 
 
 def _prepare(ns: argparse.Namespace) -> App:
