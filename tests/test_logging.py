@@ -94,3 +94,39 @@ def test_a_forged_message_id_is_one_log_line(redis_url: str, tmp_path: Path) -> 
     retried = [line for line in mentions if "id=id-2" in line]
     assert len(retried) == 2, log  # the failed attempt (traceback under it) and the dead letter
     assert "\x1b" not in log and "\r" not in log and "\u2028" not in log
+
+
+JSON_DEBUG = ("--log-format", "json", "--log-level", "DEBUG")
+
+
+def test_json_log_lines_keep_foreign_text_inside_their_strings(
+    redis_url: str, tmp_path: Path
+) -> None:
+    (tmp_path / "forgeapp.py").write_text(APP_MODULE)
+    client = redis.Redis.from_url(redis_url)
+    client.lpush("forge-retry", forged_envelope(f"id-2{FORGED}"))
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "aioredq", "forgeapp:app", "--url", redis_url, *JSON_DEBUG],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while client.llen("{forge-retry}:dead") < 1:
+            assert time.monotonic() < deadline, "the forged job was not dead-lettered"
+            time.sleep(0.05)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, log = worker.communicate(timeout=60)
+        client.close()
+    records = [json.loads(line) for line in log.splitlines()]  # every line is one object
+    assert "\x1b" not in log and "\r" not in log and "\u2028" not in log
+    failed = [r for r in records if r.get("message_id") == f"id-2{FORGED}"]
+    assert [(r["level"], r["attempt"]) for r in failed] == [("WARNING", 1), ("ERROR", 2)]
+    for record in failed:
+        assert record["logger"] == "aioredq" and record["handler"] == "retried"
+        assert record["key"] == "forge-retry" and record["error"] == f"ValueError: again{FORGED}"
+        assert "trace_id" not in record  # no tracing here
+    assert "Traceback" in failed[0]["exception"]  # DEBUG: the traceback, inside the string
+    assert {"time", "level", "logger", "message"} <= records[0].keys()
