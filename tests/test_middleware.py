@@ -140,9 +140,7 @@ class Tenant:
             raise
         self.produced.append((name, operation, count, "ok"))
 
-    def on_produce(
-        self, name: str, headers: dict[str, str], *, operation: str, count: int
-    ) -> Any:
+    def on_produce(self, name: str, headers: dict[str, str], *, operation: str, count: int) -> Any:
         headers["tenant"] = "acme"
         return self._written(name, operation, count)
 
@@ -211,7 +209,7 @@ async def test_a_plain_hook_and_a_failed_write(redis_url: str, redis_client: Red
     app = App(redis_url, middleware=[Plain(), tenant])
     await redis_client.set("mw-wrong", "a string")
     async with app:
-        with pytest.raises(Exception, match="WRONGTYPE|wrong kind|type"):
+        with pytest.raises(Exception, match=r"WRONGTYPE|wrong kind|type"):
             await app.enqueue("mw-wrong", "x")
     assert hooked == ["mw-wrong"]
     assert tenant.produced[0][:3] == ("mw-wrong", "enqueue", 1)
