@@ -65,19 +65,29 @@ def produce_hook(middleware: object) -> ProduceHook | None:
     return plain
 
 
-@contextlib.contextmanager
 def producing(
     hooks: Sequence[ProduceHook],
     name: str,
     operation: str,
     count: int,
     headers: dict[str, str] | None,
-) -> Iterator[dict[str, str] | None]:
-    """Run every hook on a copy of ``headers`` (the caller's dict is left alone) and yield
-    it; a context manager a hook returns is entered around the write, and sees its error."""
+) -> AbstractContextManager[dict[str, str] | None]:
+    """Run every hook on a copy of ``headers`` (the caller's dict is left alone) and give it
+    to the ``with`` block; a context manager a hook returns is entered around the write, and
+    sees its error. Without hooks: ``headers`` as they are, and no generator to run."""
     if not hooks:
-        yield headers
-        return
+        return contextlib.nullcontext(headers)
+    return _hooked(hooks, name, operation, count, headers)
+
+
+@contextlib.contextmanager
+def _hooked(
+    hooks: Sequence[ProduceHook],
+    name: str,
+    operation: str,
+    count: int,
+    headers: dict[str, str] | None,
+) -> Iterator[dict[str, str] | None]:
     added = dict(headers or {})
     with contextlib.ExitStack() as stack:
         for hook in hooks:
