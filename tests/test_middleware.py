@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -214,6 +215,27 @@ async def test_a_plain_hook_and_a_failed_write(redis_url: str, redis_client: Red
     assert hooked == ["mw-wrong"]
     assert tenant.produced[0][:3] == ("mw-wrong", "enqueue", 1)
     assert tenant.produced[0][3] != "ok"
+
+
+async def test_without_middleware_the_consumer_calls_the_handler_itself(redis_url: str) -> None:
+    """No middleware, no wrapper: the frame that calls the handler is the consumer's own."""
+    app = App(redis_url)
+    callers: list[str] = []
+
+    @app.task("mw-direct")
+    async def job(body: str) -> None:
+        frame = sys._getframe(1)
+        callers.append(frame.f_code.co_name)
+
+    @app.subscribe("mw-direct-c")
+    async def news(body: str) -> None:
+        callers.append(sys._getframe(1).f_code.co_name)
+
+    async with app:
+        await app.enqueue("mw-direct", "x")
+        await app.publish("mw-direct-c", "y")
+        await until(lambda: len(callers) == 2, "both handlers")
+    assert sorted(callers) == ["execute", "run"]  # not a middleware chain's ``innermost``
 
 
 def test_middleware_must_be_an_async_callable() -> None:
