@@ -4,12 +4,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from ssl import SSLContext
 from typing import Any
 
 from . import _observer
 from ._connection import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT
 from ._exceptions import ConfigurationError
+from ._middleware import Middleware
 from ._runner import NOTHING_TO_RUN, Runner
 from ._stats import Stats
 from ._url import parse_url, resolve_url
@@ -31,6 +33,8 @@ class App(Runner):
     at once, one connection each; more wait their turn, at most ``pool_timeout`` seconds,
     then raise ConnectError. Consumers have connections of their own.
     ``shutdown_timeout``: the bound on a whole stop, Redis up or down.
+    ``middleware``: ``async def m(message, call_next)`` around every handler call, the first
+    outermost (see ``add_middleware``).
     """
 
     def __init__(
@@ -43,6 +47,7 @@ class App(Runner):
         ssl: SSLContext | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         pool_timeout: float = DEFAULT_POOL_TIMEOUT,
+        middleware: Iterable[Middleware] = (),
     ) -> None:
         if shutdown_timeout < 0 or connect_timeout < 0 or pool_timeout < 0:
             raise ConfigurationError(
@@ -62,6 +67,8 @@ class App(Runner):
         self.max_body_bytes = max_body_bytes
         self.max_connections = max_connections
         self.pool_timeout = float(pool_timeout)
+        for layer in middleware:
+            self.add_middleware(layer)
 
     def __repr__(self) -> str:
         return f"<App {self.target.safe_url} handlers={[h.name for h in self.handlers]}>"

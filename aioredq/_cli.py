@@ -1,7 +1,7 @@
 """The command line: run an app, inspect its keys, manage dead letters.
 
 python -m aioredq MODULE:ATTR [--url URL] [--only NAME ...] [--workers N] [--log-level L]
-                             [--metrics-port PORT]
+                             [--log-format text|json] [--metrics-port PORT]
 python -m aioredq inspect MODULE:ATTR [--url URL] [--json] [--watch]
 python -m aioredq dead MODULE:ATTR NAME [--show N [--full] | --requeue [--all | ID ...]
                                         | --purge [--yes]]
@@ -32,7 +32,7 @@ from typing import Any, NoReturn
 
 from ._app import NOTHING_TO_RUN, App
 from ._exceptions import AioredqError, ConfigurationError, UsageError
-from ._logging import LineFormatter
+from ._logging import JsonFormatter, LineFormatter
 from ._loop import loop_name
 from ._loop import run as run_loop
 from ._startup import first_error
@@ -119,6 +119,13 @@ def _run_parser() -> _Parser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
         type=str.upper,
         help="DEBUG adds tracebacks to handler failures (default INFO)",
+    )
+    p.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        type=str.lower,
+        help="text lines (default), or one JSON object per line for log shippers",
     )
     p.add_argument(
         "--metrics-port",
@@ -400,7 +407,10 @@ def _run(args: list[str]) -> int:
             _check_ports(ns.metrics_host, range(ns.metrics_port, ns.metrics_port + ns.workers))
         asyncio.run(_check_reachable(app))  # one error line, not one per worker
     handler = logging.StreamHandler()  # one record, one line: foreign text escaped
-    handler.setFormatter(LineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if ns.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(LineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=ns.log_level, handlers=[handler])
     if ns.workers > 1 and supervisor is None:
         return supervise(without_workers(args), ns.workers)

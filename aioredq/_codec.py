@@ -59,6 +59,34 @@ def encode_fields(body: Any) -> dict[str, str | bytes]:
     return {"body": _field_text(plain)}
 
 
+# A reserved stream field: the headers that produce hooks added (tracing's traceparent), as a
+# JSON object. Consumers take it out of the entry's fields, so no handler body includes it.
+HEADERS_FIELD = "aioredq-headers"
+HEADERS_FIELD_BYTES = HEADERS_FIELD.encode()
+
+
+def with_headers(
+    fields: dict[str, str | bytes], headers: Mapping[str, str]
+) -> dict[str, str | bytes]:
+    """Stream ``fields`` with ``headers`` in the reserved field ``HEADERS_FIELD``."""
+    return {**fields, HEADERS_FIELD: json.dumps(dict(headers))}
+
+
+def entry_headers(fields: dict[str, str]) -> dict[str, str]:
+    """Take the reserved ``HEADERS_FIELD`` out of a stream entry's text fields and return the
+    headers it carries (nothing for a field another program wrote that is not a JSON object)."""
+    text = fields.pop(HEADERS_FIELD, None)
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): v if isinstance(v, str) else str(v) for k, v in value.items()}
+
+
 def byte_size(value: str | bytes) -> int:
     """Bytes that ``value`` takes once written (text travels as UTF-8)."""
     if isinstance(value, bytes) or value.isascii():

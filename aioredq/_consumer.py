@@ -19,6 +19,7 @@ from ._calls import Calls
 from ._connection import BLOCKING_SOCKET_TIMEOUT, Connection
 from ._decisions import Decider
 from ._handlers import Handler, StreamSpec, TaskSpec
+from ._middleware import chain
 from ._outage import Outage
 from ._pool import Pool
 from ._stats import Counters
@@ -55,6 +56,7 @@ class Consumer(Calls, Decider[J]):
         capacity = concurrency + batch
         url = conn.target.safe_url
         self.handler = handler
+        self.chain = chain(handler.app.middleware, handler)
         self.conn = conn
         self.counters = counters
         self.pool: Pool[J] = Pool(concurrency, capacity, self.process, self._process_failed)

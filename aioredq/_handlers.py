@@ -31,6 +31,10 @@ class Producing(Protocol):
 
     max_body_bytes: int
 
+    @property
+    def middleware(self) -> Sequence[Any]:
+        """Around every handler call, first = outermost (read when a consumer starts)."""
+
     async def enqueue(
         self,
         queue: str,

@@ -9,9 +9,17 @@ and indents tracebacks, so one record is one line that starts with a timestamp.
 
 from __future__ import annotations
 
+import json
 import logging
+from contextvars import ContextVar
+from datetime import UTC, datetime
 
 LOGGER = "aioredq"
+# The trace id of the handler call under way (set by tracing), for JSON log lines: it stays
+# set in the worker after the call, so the retry or dead-letter line that follows has it too.
+trace_id: ContextVar[str | None] = ContextVar("aioredq_trace_id", default=None)
+# Fields aioredq's records carry (``extra=``) that JSON lines show, in this order.
+FIELDS = ("handler", "key", "message_id", "attempt", "error")
 # C0 and C1 control characters, DEL, and the Unicode line and paragraph separators; tab is kept.
 _SPECIAL = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x20), *range(0x7F, 0xA0)) if c != ord("\t")}
 _SPECIAL |= {ord("\n"): "\\n", ord("\r"): "\\r", 0x2028: "\\u2028", 0x2029: "\\u2029"}
@@ -46,6 +54,34 @@ class LineFormatter(logging.Formatter):
 
     def formatStack(self, stack_info: str) -> str:
         return "\n".join(f"    {escape(line)}" for line in stack_info.splitlines())
+
+
+class JsonFormatter(logging.Formatter):
+    """One record, one JSON object on one line, for log shippers: ``time`` (ISO 8601, UTC),
+    ``level``, ``logger``, ``message``, then ``handler``, ``key``, ``message_id``,
+    ``attempt``, ``error`` and ``trace_id`` where known, and ``exception`` (the traceback).
+    JSON escaping keeps foreign text inside its string: no character of it ends the line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in FIELDS:
+            value = record.__dict__.get(name)
+            if value is not None:
+                line[name] = value
+        current = trace_id.get()
+        if current is not None:
+            line["trace_id"] = current
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        # ensure_ascii: U+2028/U+2029 and every other non-ASCII character travel as \u escapes.
+        return json.dumps(line, ensure_ascii=True, default=str)
 
 
 def install() -> None:

@@ -26,6 +26,10 @@ class Message:
     - ``enqueued_at``: when it was produced (task envelopes; a stream entry's id time), or None.
     - ``fields``: a stream entry's fields as text; ``pattern``: the matching pub/sub pattern;
       ``group``: the stream consumer group.
+    - ``max_attempts``: deliveries allowed before a failure dead-letters (``max_attempts`` /
+      ``max_deliveries``; None for pub/sub, which never retries).
+    - ``headers`` of a stream entry: what produce hooks added (the reserved field
+      ``aioredq-headers``, which ``fields`` and the body never include).
     """
 
     id: str
@@ -39,6 +43,7 @@ class Message:
     fields: dict[str, str] | None = None
     pattern: str | None = None
     group: str | None = None
+    max_attempts: int | None = None
 
     @property
     def queue(self) -> str:

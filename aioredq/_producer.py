@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from ._codec import check_size, encode_body, encode_envelope, encode_fields, new_ids
+from ._codec import (
+    check_size,
+    encode_body,
+    encode_envelope,
+    encode_fields,
+    new_ids,
+    with_headers,
+)
 from ._connection import Connection
 from ._handlers import StreamHandler, StreamSpec
+from ._middleware import Middleware, ProduceHook, check, produce_hook, producing
 from ._registry import Registry
 from ._transports import pubsub
 from ._transports.queue import QueueTransport
@@ -35,9 +43,13 @@ class Producer(Registry):
     # Producers' transports by key, for the current client (they hold script objects).
     _queues: dict[str, QueueTransport]
     _streams: dict[str, StreamTransport]
+    _middleware: list[Middleware]
+    _produce_hooks: list[ProduceHook]
 
     def __init__(self) -> None:
         super().__init__()
+        self._middleware = []
+        self._produce_hooks = []
         self._conn = None
         self._wakeups = {}
         self._queues = {}
@@ -53,6 +65,21 @@ class Producer(Registry):
                 consumers=len(self.handlers),
             )
         return self._conn
+
+    @property
+    def middleware(self) -> Sequence[Middleware]:
+        """Around every handler call, first = outermost (read when a consumer starts)."""
+        return tuple(self._middleware)
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Add ``middleware`` inside those already added (the first added is outermost); its
+        ``on_produce(name, headers)``, if it has one, is called on everything produced.
+        Consumers started before keep the middleware they started with."""
+        check(middleware)
+        hook = produce_hook(middleware)
+        self._middleware.append(middleware)
+        if hook is not None:
+            self._produce_hooks.append(hook)
 
     def _wake(self, key: str) -> None:
         event = self._wakeups.get(key)
@@ -71,10 +98,12 @@ class Producer(Registry):
         if not payloads:
             return 0
         conn = self.connection
-        return await conn.produce(
-            f"publish to {channel!r}",
-            lambda: pubsub.publish(conn.command, channel, payloads, sharded),
-        )
+        # A published payload has no room for headers: what hooks add is not sent.
+        with producing(self._produce_hooks, channel, "publish", len(payloads), None):
+            return await conn.produce(
+                f"publish to {channel!r}",
+                lambda: pubsub.publish(conn.command, channel, payloads, sharded),
+            )
 
     async def enqueue(
         self,
@@ -86,13 +115,16 @@ class Producer(Registry):
         headers: dict[str, str] | None = None,
     ) -> str:
         """Put ``body`` on ``queue`` (after ``delay`` seconds, or at ``at``); returns its id."""
-        return (await self._enqueue(queue, [body], delay=delay, at=at, headers=headers))[0]
+        with producing(self._produce_hooks, queue, "enqueue", 1, headers) as headers:
+            return (await self._enqueue(queue, [body], delay=delay, at=at, headers=headers))[0]
 
     async def enqueue_many(
         self, queue: str, bodies: Iterable[Any], *, delay: float = 0, at: datetime | None = None
     ) -> list[str]:
         """Enqueue every body in one round trip; returns their ids."""
-        return await self._enqueue(queue, list(bodies), delay=delay, at=at, headers=None)
+        items = list(bodies)
+        with producing(self._produce_hooks, queue, "enqueue", len(items), None) as headers:
+            return await self._enqueue(queue, items, delay=delay, at=at, headers=headers)
 
     async def _enqueue(
         self,
@@ -138,16 +170,20 @@ class Producer(Registry):
     ) -> list[str]:
         """Append every body in one round trip; returns the entry ids."""
         entries = [encode_fields(body) for body in bodies]
-        for fields in entries:
-            check_size(fields, self.max_body_bytes, stream)
         if not entries:
             return []
-        limit = maxlen if maxlen is not None else self._maxlen(stream)
-        max_age = self._max_age(stream)
-        min_ms = None if max_age is None else max(0, int((time.time() - max_age) * 1000))
-        ids = await self.connection.produce(
-            f"append to {stream!r}", lambda: self._stream(stream).append(entries, limit, min_ms)
-        )
+        with producing(self._produce_hooks, stream, "append", len(entries), None) as headers:
+            if headers:
+                entries = [with_headers(fields, headers) for fields in entries]
+            for fields in entries:
+                check_size(fields, self.max_body_bytes, stream)
+            limit = maxlen if maxlen is not None else self._maxlen(stream)
+            max_age = self._max_age(stream)
+            min_ms = None if max_age is None else max(0, int((time.time() - max_age) * 1000))
+            ids = await self.connection.produce(
+                f"append to {stream!r}",
+                lambda: self._stream(stream).append(entries, limit, min_ms),
+            )
         self._wake(stream)
         return ids
 

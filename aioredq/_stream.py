@@ -10,7 +10,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from ._codec import DecodeError, decode_fields_raw
+from ._codec import HEADERS_FIELD_BYTES, DecodeError, decode_fields_raw, entry_headers
 from ._connection import BLOCK_SECONDS, Connection
 from ._consumer import Consumer, log
 from ._decisions import ACK, Again, Dead, error_text
@@ -99,10 +99,14 @@ class _StreamBase(Consumer[Entry]):
         size = entry_size(entry.fields)
         if size > self._max_size:
             raise DecodeError(_too_large(size, self._max_size))
-        return self._codec.decode_fields(decode_fields_raw(entry.fields))
+        fields = decode_fields_raw(entry.fields)
+        if HEADERS_FIELD_BYTES in entry.fields:
+            entry_headers(fields)
+        return self._codec.decode_fields(fields)
 
     def message(self, entry: Entry) -> Message:
         fields = decode_fields_raw(entry.fields)
+        headers = entry_headers(fields)
         return Message(
             id=entry.id,
             kind="stream",
@@ -110,9 +114,11 @@ class _StreamBase(Consumer[Entry]):
             channel=self.handler.key,
             attempt=max(entry.deliveries, 1),
             raw=json.dumps(fields).encode(),
+            headers=headers,
             enqueued_at=_entry_time(entry.id),
             fields=fields,
             group=self.spec.group,
+            max_attempts=self.spec.max_deliveries,
         )
 
 

@@ -24,6 +24,7 @@ from ._codec import DecodeError
 from ._connection import Connection, is_connection_error
 from ._handlers import SubscribeHandler
 from ._message import Message
+from ._middleware import chain
 from ._outage import Outage
 from ._pool import Pool
 from ._stats import Counters
@@ -287,6 +288,7 @@ def _runner(sink: _Sink) -> Callable[[Frame], Awaitable[None]]:
     decode = handler.codec.decode_text
     func = handler.func
     message_param = handler.message_param
+    through = chain(handler.app.middleware, handler)
     latencies = counters.latencies
     perf_counter = time.perf_counter
 
@@ -306,19 +308,28 @@ def _runner(sink: _Sink) -> Callable[[Frame], Awaitable[None]]:
                 return
             started = perf_counter()
             try:
-                if message_param is None:
+                if through is not None:
+                    await through(_message(frame), body)
+                elif message_param is None:
                     await func(body)
                 else:
                     await func(body, **{message_param: _message(frame)})
             except Exception as exc:
                 counters.failed += 1
+                channel = text(frame[-2])
                 log.error(
                     "handler=%s channel=%s failed: %s: %s",
                     handler.name,
-                    text(frame[-2]),
+                    channel,
                     type(exc).__name__,
                     exc,
                     exc_info=log.isEnabledFor(logging.DEBUG),
+                    extra={
+                        "handler": handler.name,
+                        "key": channel,
+                        "attempt": 1,
+                        "error": f"{type(exc).__name__}: {exc}",
+                    },
                 )
             else:
                 counters.succeeded += 1

@@ -257,6 +257,7 @@ class TaskConsumer(Consumer[Job]):
             raw=item.original,
             headers=headers,
             enqueued_at=None if enqueued is None else datetime.fromtimestamp(enqueued, UTC),
+            max_attempts=self.spec.max_attempts,
         )
 
     def decode(self, job: Job) -> Any:

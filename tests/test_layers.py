@@ -15,7 +15,7 @@ PACKAGE = Path(aioredq.__file__).parent
 LAYERS: dict[int, set[str]] = {
     4: {
         *("__main__", "_cli", "_inspect", "_dead", "_metrics", "_acl", "testing", "_supervisor"),
-        *("_dashboard", "_asyncapi", "_yaml"),
+        *("_dashboard", "_asyncapi", "_yaml", "otel"),
     },
     3: {"__init__", "_app", "_runner", "_producer", "_registry", "_observer"},
     2: {
@@ -35,6 +35,7 @@ LAYERS: dict[int, set[str]] = {
         "_options",
         "_outage",
         "_stats",
+        "_middleware",
     },
     1: {"_transports"},
     0: {"_connection", "_url", "_exceptions", "_codec", "_backoff", "_message", "_logging"},

@@ -54,35 +54,33 @@ def forged_envelope(queue_id: str) -> str:
     return json.dumps(envelope, separators=(",", ":"))
 
 
-def test_a_forged_message_id_is_one_log_line(redis_url: str, tmp_path: Path) -> None:
+def _worker_log(redis_url: str, tmp_path: Path, queues: list[str], *options: str) -> str:
+    """Run the forging app's worker through the CLI until a forged job is dead-lettered on each
+    of ``queues``; its stderr."""
     (tmp_path / "forgeapp.py").write_text(APP_MODULE)
     client = redis.Redis.from_url(redis_url)
-    client.lpush("forge-jobs", forged_envelope(f"id-1{FORGED}"))
-    client.lpush("forge-retry", forged_envelope(f"id-2{FORGED}"))
+    for n, queue in enumerate(queues, 1):
+        client.lpush(queue, forged_envelope(f"id-{n}{FORGED}"))
     worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "aioredq",
-            "forgeapp:app",
-            "--url",
-            redis_url,
-            "--log-level",
-            "DEBUG",
-        ],
+        [sys.executable, "-m", "aioredq", "forgeapp:app", "--url", redis_url, *options],
         cwd=tmp_path,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
         deadline = time.monotonic() + 30
-        while client.llen("{forge-jobs}:dead") + client.llen("{forge-retry}:dead") < 2:
+        while sum(client.llen(f"{{{q}}}:dead") for q in queues) < len(queues):
             assert time.monotonic() < deadline, "the forged jobs were not dead-lettered"
             time.sleep(0.05)
     finally:
         worker.send_signal(signal.SIGTERM)
         _, log = worker.communicate(timeout=60)
         client.close()
+    return log
+
+
+def test_a_forged_message_id_is_one_log_line(redis_url: str, tmp_path: Path) -> None:
+    log = _worker_log(redis_url, tmp_path, ["forge-jobs", "forge-retry"], "--log-level", "DEBUG")
     lines = log.splitlines()
     # Every line is a record (it starts with a timestamp) or a traceback line under one.
     for line in lines:
@@ -94,3 +92,22 @@ def test_a_forged_message_id_is_one_log_line(redis_url: str, tmp_path: Path) -> 
     retried = [line for line in mentions if "id=id-2" in line]
     assert len(retried) == 2, log  # the failed attempt (traceback under it) and the dead letter
     assert "\x1b" not in log and "\r" not in log and "\u2028" not in log
+
+
+JSON_DEBUG = ("--log-format", "json", "--log-level", "DEBUG")
+
+
+def test_json_log_lines_keep_foreign_text_inside_their_strings(
+    redis_url: str, tmp_path: Path
+) -> None:
+    log = _worker_log(redis_url, tmp_path, ["forge-retry"], *JSON_DEBUG)
+    records = [json.loads(line) for line in log.splitlines()]  # every line is one object
+    assert "\x1b" not in log and "\r" not in log and "\u2028" not in log
+    failed = [r for r in records if r.get("message_id") == f"id-1{FORGED}"]
+    assert [(r["level"], r["attempt"]) for r in failed] == [("WARNING", 1), ("ERROR", 2)]
+    for record in failed:
+        assert record["logger"] == "aioredq" and record["handler"] == "retried"
+        assert record["key"] == "forge-retry" and record["error"] == f"ValueError: again{FORGED}"
+        assert "trace_id" not in record  # no tracing here
+    assert "Traceback" in failed[0]["exception"]  # DEBUG: the traceback, inside the string
+    assert {"time", "level", "logger", "message"} <= records[0].keys()

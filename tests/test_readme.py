@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import types
 from pathlib import Path
+
+from aioredq import Message
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -29,3 +32,27 @@ async def test_the_testing_example_runs() -> None:
     for test in tests:
         await test()
     assert module.sent == ["a@example.com"]
+
+
+async def test_the_middleware_example_runs() -> None:
+    [code, *_] = python_blocks(section("Middleware and tracing"))
+    module = types.ModuleType("readme_middleware_example")
+    exec(compile(code, f"{README}:Middleware and tracing", "exec"), module.__dict__)
+    app = module.app
+    seen: list[tuple[str, str | None]] = []
+
+    @app.task("readme-mw", max_attempts=5)
+    async def job(body: str, message: Message) -> None:
+        seen.append((body, message.headers.get("tenant")))
+        if body == "permanent":
+            raise module.PermanentError("cannot ever work")
+
+    async with app:
+        await app.enqueue("readme-mw", "fine")
+        await app.enqueue("readme-mw", "permanent")
+        for _ in range(2000):
+            if app.stats().handlers["job"].dead_lettered:
+                break
+            await asyncio.sleep(0.01)
+    assert sorted(seen) == [("fine", "acme"), ("permanent", "acme")]  # rejected, not retried
+    assert app.stats().handlers["job"].dead_lettered == 1
