@@ -50,6 +50,7 @@ metrics:
 
 other commands:
   aioredq inspect MODULE:ATTR [--url URL] [--json] [--watch]
+  aioredq pause MODULE:ATTR NAME / aioredq resume MODULE:ATTR NAME
   aioredq dead MODULE:ATTR NAME [--show N [--full] | --requeue [--all | ID ...] | --purge [--yes]]
   aioredq acl MODULE:ATTR [--user NAME]
   aioredq docs MODULE:ATTR [--yaml] [--out FILE]
@@ -342,7 +343,34 @@ def _dashboard(args: list[str]) -> int:
     return 0
 
 
+def _pause(command: str, args: list[str]) -> int:
+    """``aioredq pause|resume MODULE:ATTR NAME``: stop or restart one handler on every worker."""
+    what = "Stop every worker starting" if command == "pause" else "Let every worker start"
+    p = _Parser(
+        prog=f"{PROG} {command}",
+        description=f"{what} the messages of one handler (in-flight ones finish; the state "
+        "lives in Redis, so it outlives restarts).",
+    )
+    _add_common(p)
+    p.add_argument("name", metavar="NAME", help="handler, queue or stream")
+    ns = p.parse_args(args)
+    app = _prepare(ns)
+    app.pause_key(ns.name)  # an unknown name or a pub/sub handler: exit 2 before connecting
+
+    async def switch() -> None:
+        try:
+            await (app.pause if command == "pause" else app.resume)(ns.name)
+        finally:
+            await app.aclose()
+
+    asyncio.run(switch())
+    print(f"{ns.name}: {'paused' if command == 'pause' else 'resumed'}")
+    return 0
+
+
 def _main(args: list[str]) -> int:
+    if args and args[0] in ("pause", "resume"):
+        return _pause(args[0], args[1:])
     if args and args[0] == "acl":
         return _acl(args[1:])
     if args and args[0] == "docs":

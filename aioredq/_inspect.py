@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 import anyio
+from redis.exceptions import ResponseError
 
 from ._app import App
 from ._connection import translated
@@ -33,6 +34,7 @@ COLUMNS = (
     "delayed",
     "dead",
     "subscribers",
+    "paused",
 )
 HEADERS = {"consumers": "consumers(alive/dead)", "oldest_pending_s": "oldest(s)"}
 SHORT_KINDS = {"subscribe": "pubsub"}
@@ -63,6 +65,13 @@ async def figures(app: App, client: Any = None) -> list[dict[str, Any]]:
         else:
             assert isinstance(h, SubscribeHandler)
             data = await admin.subscribe_figures(client, list(h.spec.channels), h.spec.sharded)
+        data["paused"] = None
+        if isinstance(h, TaskHandler | StreamHandler):
+            key = app.pause_key(h.name)
+            try:
+                data["paused"] = bool(await client.exists(key))
+            except ResponseError as exc:  # an ACL without EXISTS: say so, show the rest
+                data.setdefault("errors", {})["paused"] = f"{exc} (key {key!r})"
         rows.append({"name": h.name, "kind": h.kind, "key": h.key, **data})
     return rows
 
@@ -92,6 +101,8 @@ def _cell(row: dict[str, Any], column: str) -> str:
     value = row[column]
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, dict):
         return f"{value['alive']}/{value['dead']}"
     return str(value)

@@ -12,7 +12,7 @@ from typing import Any
 
 from ._codec import DecodeError, decode_fields_raw
 from ._connection import BLOCK_SECONDS, Connection
-from ._consumer import Consumer, log
+from ._consumer import PAUSE_POLL, Consumer, log
 from ._decisions import ACK, Again, Dead, error_text
 from ._group_checks import GroupChecks
 from ._handlers import StreamHandler
@@ -20,6 +20,7 @@ from ._message import Message
 from ._outage import Outage
 from ._stats import Counters
 from ._stream_outcomes import Outcomes
+from ._transports import keys
 from ._transports.dead import TARGET_FIELD, dead_fields
 from ._transports.stream import (
     DeadLetter,
@@ -83,6 +84,21 @@ class _StreamBase(Consumer[Entry]):
         self._wakeup = wakeup
         self._codec = handler.codec
         self._max_size = handler.app.max_body_bytes
+        self._pause_key = keys.paused(handler.key, spec.group)
+        self._pause_checked = -PAUSE_POLL
+        self._paused = False
+
+    async def _pause_wait(self) -> bool:
+        """True (after waiting a little) while this handler is paused: the pause key is read
+        at most every ``PAUSE_POLL`` seconds, so a running consumer pays almost nothing."""
+        now = time.monotonic()
+        if now - self._pause_checked >= PAUSE_POLL:
+            self._paused = bool(await self.conn.bookkeeping.exists(self._pause_key))
+            self._pause_checked = now
+        if self._paused:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), PAUSE_POLL)
+        return self._paused
 
     async def _idle_wait(self) -> None:
         """memory:// only: fakeredis cannot block, so wake on a local append or poll."""
@@ -209,6 +225,8 @@ class GroupConsumer(_StreamBase):
             written.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(written.wait(), BLOCK_SECONDS)
+            return []
+        if await self._pause_wait():
             return []
         due = self._due_retries(room)
         if due:
@@ -423,6 +441,8 @@ class TailConsumer(_StreamBase):
         self._after = await self.transport.last_id() if self.spec.start == "latest" else "0-0"
 
     async def fetch(self, room: int) -> list[Entry]:
+        if await self._pause_wait():
+            return []
         block = int(BLOCK_SECONDS * 1000) if self.conn.can_block else None
         client = self.conn.blocking if self.conn.can_block else self.conn.bookkeeping
         entries = await self.transport.read_tail(

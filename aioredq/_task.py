@@ -33,7 +33,7 @@ from typing import Any
 
 from ._codec import DecodeError, TaskItem, envelope_metadata, parse_task_item
 from ._connection import BLOCK_SECONDS, Connection, is_connection_error
-from ._consumer import Consumer, log
+from ._consumer import PAUSE_POLL, Consumer, log
 from ._decisions import ACK, Again, Dead
 from ._handlers import TaskHandler
 from ._message import Message
@@ -124,6 +124,10 @@ class TaskConsumer(Consumer[Job]):
         )
         self._check_registration(fetched.registered, sent)
         self._check_problem(fetched.problem)
+        if fetched.paused:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), PAUSE_POLL)
+            return []
         if fetched.items:
             return self._adopt(fetched.items)
         await self._block(self._block_time(fetched))

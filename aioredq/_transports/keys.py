@@ -47,3 +47,9 @@ def consumers(name: str, group: str | None = None) -> str:
 
 def recover_lock(name: str, group: str | None = None) -> str:
     return aux(name, "recovering" if group is None else f"recovering:{group}")
+
+
+def paused(name: str, group: str | None = None) -> str:
+    """While this key exists (any value), no worker starts messages of queue ``name`` (or of
+    stream ``name``'s ``group``; without one, of its tail handlers)."""
+    return aux(name, "paused" if group is None else f"paused:{group}")

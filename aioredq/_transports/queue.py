@@ -47,6 +47,7 @@ class Fetched:
     now_ms: int  # server time
     registered: bool  # this consumer was not in the consumers ZSET (first fetch, or expired)
     problem: str | None = None  # what held back part of the work (a wrong-typed key, ...)
+    paused: bool = False  # the queue's pause key exists: nothing was taken
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +76,7 @@ class QueueTransport:
         self.dead = keys.dead(queue)
         self.consumers = keys.consumers(queue)
         self.lock = keys.recover_lock(queue)
+        self.paused = keys.paused(queue)
         self._fetch = client.register_script(FETCH)
         self._settle = client.register_script(SETTLE)
         self._handback = client.register_script(HANDBACK)
@@ -110,6 +112,7 @@ class QueueTransport:
                 self.delayed,
                 self.consumers,
                 keys.dead(self.queue) + ":" + id_prefix,
+                self.paused,
             ],
             args=[count, self.consumer, lease_ms, id_prefix, promote, max_bytes],
         )
@@ -121,6 +124,7 @@ class QueueTransport:
             int(now),
             bool(fresh),
             _text(problem) if problem else None,
+            bool(rest[1]) if len(rest) > 1 else False,
         )
 
     async def wait(self, client: Any, timeout: float) -> None:

@@ -14,11 +14,13 @@ from .lua import PUSH_ALL as _PUSH_ALL
 from .lua import QUOTE as _QUOTE
 from .lua import WRONG as _WRONG
 
-# KEYS: queue, processing, delayed, consumers, prefix of the keys that keep oversized items
+# KEYS: queue, processing, delayed, consumers, prefix of the keys that keep oversized items,
+#       the pause key
 # ARGV: count, consumer, lease_ms, foreign id prefix, max due items to promote, max_body_bytes
 # Returns {items, earliest delayed score or false, server ms, 1 if this consumer was not
-# registered, a problem that held back part of the work or false}. Due delayed items go to
-# the head of the queue (earliest due taken first).
+# registered, a problem that held back part of the work or false, 1 if the queue is paused}.
+# Due delayed items go to the head of the queue (earliest due taken first). While the pause
+# key exists (any type) nothing is taken and nothing moves, but the lease is renewed.
 #
 # An item over max_body_bytes is never copied into the processing list nor sent to the
 # worker: it is moved as it is (one copy, no escaping) into its own string key
@@ -34,6 +36,9 @@ FETCH = (
 local bad = wrong(KEYS[1], 'list') or wrong(KEYS[2], 'list') or wrong(KEYS[4], 'zset')
 if bad then return redis.error_reply(bad) end
 local fresh = redis.call('ZADD', KEYS[4], now + tonumber(ARGV[3]), ARGV[2])
+if KEYS[6] and redis.call('EXISTS', KEYS[6]) == 1 then
+  return {{}, false, tostring(now), fresh, false, 1}
+end
 local delayed_bad = wrong(KEYS[3], 'zset')
 local problem = delayed_bad
 if not delayed_bad then
@@ -74,7 +79,7 @@ if #out > 0 then
   redis.call('LTRIM', KEYS[1], 0, -(#out + 1))
 end
 local nxt = delayed_bad and {} or redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-return {out, nxt[2] or false, tostring(now), fresh, problem}
+return {out, nxt[2] or false, tostring(now), fresh, problem, 0}
 """
 )
 
