@@ -88,6 +88,13 @@ class _StreamBase(Consumer[Entry]):
         self._pause_checked = -PAUSE_POLL
         self._paused = False
 
+    async def _paused_meanwhile(self) -> bool:
+        """After a read that may have blocked past the last look at the pause key: look
+        again (a busy consumer, whose reads return at once, pays nothing more)."""
+        if time.monotonic() - self._pause_checked < PAUSE_POLL:
+            return False
+        return await self._pause_wait()
+
     async def _pause_wait(self) -> bool:
         """True (after waiting a little) while this handler is paused: the pause key is read
         at most every ``PAUSE_POLL`` seconds, so a running consumer pays almost nothing."""
@@ -227,6 +234,13 @@ class GroupConsumer(_StreamBase):
                 await asyncio.wait_for(written.wait(), BLOCK_SECONDS)
             return []
         if await self._pause_wait():
+            unstarted = self.pool.take_unstarted()
+            try:
+                if unstarted:
+                    await self.handback(unstarted)
+            except BaseException:
+                self.pool.put_many(unstarted)  # still ours: run them after all
+                raise
             return []
         due = self._due_retries(room)
         if due:
@@ -263,7 +277,11 @@ class GroupConsumer(_StreamBase):
         entries = await self.transport.read_group(client, count, block)
         if not entries and not self.conn.can_block:
             await self._idle_wait()
-        return self._track(entries)
+        tracked = self._track(entries)
+        if tracked and await self._paused_meanwhile():
+            await self.handback(tracked)  # delivered while paused: uncounted, claimable
+            return []
+        return tracked
 
     async def _claim_abandoned(self, count: int) -> list[Entry]:
         """Claim other consumers' entries idle for longer than the lease, walking the cursor
@@ -448,6 +466,8 @@ class TailConsumer(_StreamBase):
         entries = await self.transport.read_tail(
             client, self._after, min(room, self.spec.batch), block
         )
+        if entries and await self._paused_meanwhile():
+            return []  # read again from the same place once resumed
         if entries:
             self._after = entries[-1].id
         elif not self.conn.can_block:

@@ -125,6 +125,7 @@ class TaskConsumer(Consumer[Job]):
         self._check_registration(fetched.registered, sent)
         self._check_problem(fetched.problem)
         if fetched.paused:
+            await self._hand_back_unstarted()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), PAUSE_POLL)
             return []
@@ -132,6 +133,16 @@ class TaskConsumer(Consumer[Job]):
             return self._adopt(fetched.items)
         await self._block(self._block_time(fetched))
         return []
+
+    async def _hand_back_unstarted(self) -> None:
+        """Paused: what was fetched but not started goes back to the head of the queue, its
+        delivery uncounted (in-flight jobs finish)."""
+        unstarted = self.pool.take_unstarted()
+        try:
+            await self._return(unstarted)
+        except BaseException:
+            self.pool.put_many(unstarted)  # still ours and held: run them after all
+            raise
 
     def _adopt(self, raws: list[bytes]) -> list[Job]:
         self._held.update(raws)
