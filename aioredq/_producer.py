@@ -84,15 +84,30 @@ class Producer(Registry):
         delay: float = 0,
         at: datetime | None = None,
         headers: dict[str, str] | None = None,
+        priority: int = 0,
     ) -> str:
-        """Put ``body`` on ``queue`` (after ``delay`` seconds, or at ``at``); returns its id."""
-        return (await self._enqueue(queue, [body], delay=delay, at=at, headers=headers))[0]
+        """Put ``body`` on ``queue`` (after ``delay`` seconds, or at ``at``); returns its id.
+        ``priority`` 1 to 9 runs before lower ones among waiting jobs (0, the plain list, is
+        the default), through its retries and requeues too."""
+        return (
+            await self._enqueue(
+                queue, [body], delay=delay, at=at, headers=headers, priority=priority
+            )
+        )[0]
 
     async def enqueue_many(
-        self, queue: str, bodies: Iterable[Any], *, delay: float = 0, at: datetime | None = None
+        self,
+        queue: str,
+        bodies: Iterable[Any],
+        *,
+        delay: float = 0,
+        at: datetime | None = None,
+        priority: int = 0,
     ) -> list[str]:
         """Enqueue every body in one round trip; returns their ids."""
-        return await self._enqueue(queue, list(bodies), delay=delay, at=at, headers=None)
+        return await self._enqueue(
+            queue, list(bodies), delay=delay, at=at, headers=None, priority=priority
+        )
 
     async def _enqueue(
         self,
@@ -102,13 +117,16 @@ class Producer(Registry):
         delay: float,
         at: datetime | None,
         headers: dict[str, str] | None,
+        priority: int = 0,
     ) -> list[str]:
         if delay < 0:
             raise ValueError("delay must be >= 0")
+        if type(priority) is not int or not 0 <= priority <= 9:
+            raise ValueError(f"priority must be an int from 0 to 9, not {priority!r}")
         ids = new_ids(len(bodies))
         now = time.time()
         items = [
-            encode_envelope(b, msg_id=i, headers=headers, now=now)
+            encode_envelope(b, msg_id=i, headers=headers, now=now, priority=priority)
             for b, i in zip(bodies, ids, strict=True)
         ]
         for item in items:
@@ -125,7 +143,7 @@ class Producer(Registry):
                 f"enqueue on {queue!r}", lambda: self._queue(queue).push_delayed(items, delay_ms)
             )
         else:
-            await produce(f"enqueue on {queue!r}", lambda: self._queue(queue).push(items))
+            await produce(f"enqueue on {queue!r}", lambda: self._queue(queue).push(items, priority))
         self._wake(queue)
         return ids
 

@@ -53,3 +53,8 @@ def paused(name: str, group: str | None = None) -> str:
     """While this key exists (any value), no worker starts messages of queue ``name`` (or of
     stream ``name``'s ``group``; without one, of its tail handlers)."""
     return aux(name, "paused" if group is None else f"paused:{group}")
+
+
+def priority(queue: str, level: int) -> str:
+    """The list of waiting jobs of priority ``level`` (1 to 9); 0 is the queue itself."""
+    return aux(queue, f"priority:{level}")

@@ -52,3 +52,13 @@ local function attempts_of(item)
   return nil
 end
 """
+
+# The priority (1 to 9) an aioredq envelope carries right after its ``enqueued_at``, or 0 (the
+# plain list): what decides where a retried, handed back or recovered item waits again.
+PRIORITY = r"""
+local function priority_of(item)
+  local p = string.match(item,
+    '^{"aioredq":1,"attempts":%d+,"id":"[^"\\]*","enqueued_at":[%d.]+,"priority":([1-9])[,}]')
+  return p and tonumber(p) or 0
+end
+"""

@@ -34,9 +34,9 @@ from .queue_scripts import (
 # every model under them and fails on any denial, so keep this in step with the code below.
 COMMANDS = (
     *("evalsha", "script|load", "time", "scan", "exists"),
-    *("lpush", "rpush", "blmove", "lmove", "lrem", "llen", "lrange", "lpos", "ltrim"),
+    *("lpush", "rpush", "blmove", "lmove", "lrem", "llen", "lrange", "lpos", "ltrim", "lindex"),
     *("zadd", "zrem", "zrange", "zrangebyscore", "zscore", "zmscore"),
-    *("set", "get", "del", "type", "rename"),
+    *("set", "get", "del", "type"),
 )
 
 
@@ -77,6 +77,7 @@ class QueueTransport:
         self.consumers = keys.consumers(queue)
         self.lock = keys.recover_lock(queue)
         self.paused = keys.paused(queue)
+        self.priorities = [keys.priority(queue, p) for p in range(1, 10)]
         self._fetch = client.register_script(FETCH)
         self._settle = client.register_script(SETTLE)
         self._handback = client.register_script(HANDBACK)
@@ -87,8 +88,10 @@ class QueueTransport:
         self._recover = client.register_script(RECOVER)
 
     # producing ---------------------------------------------------------------------------
-    async def push(self, items: Sequence[bytes]) -> None:
-        await self.client.lpush(self.queue, *items)
+    async def push(self, items: Sequence[bytes], priority: int = 0) -> None:
+        """LPUSH on the queue, or on the list of ``priority`` (1 to 9, items whose envelope
+        carries it)."""
+        await self.client.lpush(self.priorities[priority - 1] if priority else self.queue, *items)
 
     async def push_delayed(self, items: Sequence[bytes], delay_ms: int) -> None:
         await self._enqueue_delayed(keys=[self.delayed], args=[delay_ms, *items])
@@ -113,6 +116,7 @@ class QueueTransport:
                 self.consumers,
                 keys.dead(self.queue) + ":" + id_prefix,
                 self.paused,
+                *self.priorities,
             ],
             args=[count, self.consumer, lease_ms, id_prefix, promote, max_bytes],
         )
@@ -190,7 +194,9 @@ class QueueTransport:
         if not pairs:
             return 0
         args = [part for pair in pairs for part in pair]
-        return int(await self._handback(keys=[self.processing, self.queue], args=args))
+        return int(
+            await self._handback(keys=[self.processing, self.queue, *self.priorities], args=args)
+        )
 
     async def held_count(self) -> int:
         return int(await self.client.llen(self.processing))
@@ -225,7 +231,7 @@ class QueueTransport:
         lists = [keys.processing(self.queue, n) for n in names]
         return int(
             await self._recover(
-                keys=[self.consumers, self.queue, self.lock, *lists],
+                keys=[self.consumers, self.queue, self.lock, *self.priorities, *lists],
                 args=[token, self.consumer, *names],
             )
         )
