@@ -100,6 +100,7 @@ def encode_envelope(
     headers: Mapping[str, str] | None = None,
     now: float | None = None,
     priority: int = 0,
+    dedup: tuple[str, int] | None = None,
 ) -> bytes:
     """A task item: ``{"aioredq":1,"attempts":0,"id":..,"enqueued_at":..,"body":..}``.
 
@@ -111,6 +112,8 @@ def encode_envelope(
     parts = [ENVELOPE_PREFIX, b'0,"id":', to_json(msg_id), b',"enqueued_at":', stamp]
     if priority:
         parts.append(b',"priority":%d' % priority)
+    if dedup is not None:  # (key, ttl ms): the settle script frees the key with it
+        parts += [b',"dedup":', to_json(dedup[0]), b',"dedup_ttl":%d' % dedup[1]]
     if headers:
         parts += [b',"headers":', to_json(dict(headers))]
     if isinstance(body, bytes):

@@ -58,3 +58,8 @@ def paused(name: str, group: str | None = None) -> str:
 def priority(queue: str, level: int) -> str:
     """The list of waiting jobs of priority ``level`` (1 to 9); 0 is the queue itself."""
     return aux(queue, f"priority:{level}")
+
+
+def dedup(queue: str, key: str) -> str:
+    """Holds the id of the job enqueued on ``queue`` with dedup ``key`` until it finishes."""
+    return aux(queue, f"key:{key}")

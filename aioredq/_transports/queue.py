@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import keys
+from .dedup import ENQUEUE_KEYED, free_args, keyed_settle
 from .queue_scripts import (
     ENQUEUE_DELAYED,
     EXPIRED,
@@ -36,7 +37,7 @@ COMMANDS = (
     *("evalsha", "script|load", "time", "scan", "exists"),
     *("lpush", "rpush", "blmove", "lmove", "lrem", "llen", "lrange", "lpos", "ltrim", "lindex"),
     *("zadd", "zrem", "zrange", "zrangebyscore", "zscore", "zmscore"),
-    *("set", "get", "del", "type"),
+    *("set", "get", "del", "type", "pexpire"),
 )
 
 
@@ -80,6 +81,8 @@ class QueueTransport:
         self.priorities = [keys.priority(queue, p) for p in range(1, 10)]
         self._fetch = client.register_script(FETCH)
         self._settle = client.register_script(SETTLE)
+        self._settle_keyed = client.register_script(keyed_settle(SETTLE))
+        self._enqueue_keyed = client.register_script(ENQUEUE_KEYED)
         self._handback = client.register_script(HANDBACK)
         self._enqueue_delayed = client.register_script(ENQUEUE_DELAYED)
         self._heartbeat = client.register_script(HEARTBEAT)
@@ -92,6 +95,32 @@ class QueueTransport:
         """LPUSH on the queue, or on the list of ``priority`` (1 to 9, items whose envelope
         carries it)."""
         await self.client.lpush(self.priorities[priority - 1] if priority else self.queue, *items)
+
+    async def push_keyed(
+        self,
+        item: bytes,
+        msg_id: str,
+        key: str,
+        *,
+        priority: int = 0,
+        delay_ms: int | None = None,
+        at_ms: int | None = None,
+    ) -> str:
+        """Enqueue ``item`` unless a job holds dedup ``key``; the id that holds it."""
+        if delay_ms is not None or at_ms is not None:
+            dest = self.delayed
+        else:
+            dest = self.priorities[priority - 1] if priority else self.queue
+        held = await self._enqueue_keyed(
+            keys=[keys.dedup(self.queue, key), dest],
+            args=[
+                msg_id,
+                item,
+                "" if delay_ms is None else delay_ms,
+                "" if at_ms is None else at_ms,
+            ],
+        )
+        return _text(held)
 
     async def push_delayed(self, items: Sequence[bytes], delay_ms: int) -> None:
         await self._enqueue_delayed(keys=[self.delayed], args=[delay_ms, *items])
@@ -162,7 +191,17 @@ class QueueTransport:
             declared.append(self.delayed)
         if dead:
             declared.append(self.dead)
-        n, rstop, rerr, dstop, derr = await self._settle(keys=declared, args=args)
+        # Finished jobs enqueued with a dedup key free it in the same call (see dedup.py).
+        first_dead = 3 + len(acks) + 2 * len(retries)
+        finished = [(3 + k, item) for k, item in enumerate(acks)]
+        finished += [(first_dead + 2 * j, item) for j, (item, _) in enumerate(dead)]
+        dedup_keys, dedup_args = free_args(self.queue, finished)
+        script = self._settle
+        if dedup_keys:
+            script = self._settle_keyed
+            declared += dedup_keys
+            args += [*dedup_args, len(dedup_keys)]
+        n, rstop, rerr, dstop, derr = await script(keys=declared, args=args)
         return Settled(
             int(n),
             None if rstop is None else int(rstop),
