@@ -189,6 +189,9 @@ def run_under_the_printed_acl(admin: Any, where: str, scheme: str, tmp_path: Pat
             "    await app.enqueue('jobs', 'one')\n"
             "    await app.enqueue('jobs', 'later', delay=0.2)\n"
             "    await app.enqueue_many('jobs', ['reject'])\n"
+            "    await app.enqueue('jobs', 'urgent', priority=7)\n"
+            "    await app.enqueue('jobs', 'keyed', key='k', key_ttl=1)\n"
+            "    await app.enqueue('jobs', 'keyed again', key='k')\n"
             "    await app.enqueue('{tenant}jobs', 't')\n"
             "    await app.append('events', {'n': '1'})\n"
             "    await app.append('events', {'kind': 'reject'})\n"
@@ -207,7 +210,8 @@ def run_under_the_printed_acl(admin: Any, where: str, scheme: str, tmp_path: Pat
             names = [r[0] for r in read_records(out)]
             return (
                 {"job", "tenant_job", "event", "tail", "notice", "mail", "order"} <= set(names)
-                and names.count("job") >= 3  # one, later, and the dead worker's item
+                # one, later, urgent, keyed, and the dead worker's item
+                and names.count("job") >= 5
                 and names.count("event") >= 2  # 1, and the dead worker's entry
                 and admin.llen("{jobs}:dead") == 1
                 and admin.xlen("{events}:dead") == 1
@@ -221,6 +225,11 @@ def run_under_the_printed_acl(admin: Any, where: str, scheme: str, tmp_path: Pat
             ["dead", "aclapp:app", "event", "--show", "5"],
             ["dead", "aclapp:app", "job", "--requeue", "--all"],
             ["dead", "aclapp:app", "event", "--requeue", "--all"],
+            ["pause", "aclapp:app", "job"],
+            ["pause", "aclapp:app", "event"],
+            ["inspect", "aclapp:app", "--json"],
+            ["resume", "aclapp:app", "job"],
+            ["resume", "aclapp:app", "event"],
         ):
             done = cli(*args, cwd=tmp_path, env=env)
             assert done.returncode == 0, (args, done.stdout, done.stderr)
