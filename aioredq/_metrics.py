@@ -33,6 +33,7 @@ GAUGES = {
     "delayed": "Task items waiting for their due time, retries included",
     "dead": "Dead letters, whoever wrote them",
     "subscribers": "Pub/sub subscribers of the handler's channels (PUBSUB NUMSUB)",
+    "paused": "1 while the handler is paused (aioredq pause), 0 otherwise",
 }
 LABELS = ["handler", "kind", "key"]
 SCRAPE_TIMEOUT = 10.0
@@ -125,7 +126,7 @@ def _redis_families(rows: list[dict[str, Any]]) -> Iterator[Any]:
         figure = GaugeMetricFamily(f"aioredq_{gauge}", doc, labels=LABELS)
         for row in rows:
             if row[gauge] is not None:
-                figure.add_metric([row["name"], row["kind"], row["key"]], row[gauge])
+                figure.add_metric([row["name"], row["kind"], row["key"]], float(row[gauge]))
         yield figure
     consumers = GaugeMetricFamily(
         "aioredq_consumers",
