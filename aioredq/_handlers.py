@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from ._backoff import Backoff
+from ._cron import check_schedule
 from ._codec import (
     Codec,
     DecodeError,
@@ -89,6 +90,9 @@ class TaskSpec:
     backoff: Backoff
     lease: float
     batch: int
+    cron: str | None = None
+    tz: str = "UTC"
+    every: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,10 +327,14 @@ def task_spec(
     backoff: object,
     lease: object,
     batch: object,
+    cron: object = None,
+    tz: object = "UTC",
+    every: object = None,
     where: str,
 ) -> TaskSpec:
     if not isinstance(backoff, Backoff):
         raise ConfigurationError(f"{where}: backoff must be an aioredq.Backoff")
+    check_schedule(cron, tz, every, where)
     return TaskSpec(
         queue=_key_name(queue, "queue", where),
         concurrency=_positive_int(concurrency, "concurrency", where),
@@ -334,6 +342,9 @@ def task_spec(
         backoff=backoff,
         lease=_positive_float(lease, "lease", where),
         batch=_positive_int(batch, "batch", where),
+        cron=cron,  # type: ignore[arg-type]  # checked above
+        tz=tz,  # type: ignore[arg-type]
+        every=None if every is None else float(every),  # type: ignore[arg-type]
     )
 
 

@@ -37,6 +37,9 @@ TASK_OPTIONS: tuple[Option, ...] = (
     Option("max_attempts", "int", 5, "deliveries before dead-lettering, crashes included"),
     *_RETRY,
     _BATCH,
+    Option("cron", "str | None", None, "enqueue one job per tick of this cron schedule"),
+    Option("tz", "str", "UTC", "the time zone of cron"),
+    Option("every", "float | None", None, "seconds: enqueue one job per tick this often"),
 )
 
 STREAM_OPTIONS: tuple[Option, ...] = (

@@ -54,8 +54,15 @@ class Registry:
         backoff: Backoff = DEFAULT_BACKOFF,
         lease: float = 30.0,
         batch: int = 100,
+        cron: str | None = None,
+        tz: str = "UTC",
+        every: float | None = None,
     ) -> Callable[[HandlerFunc], TaskHandler]:
-        """Consume the reliable list queue ``queue`` (at-least-once)."""
+        """Consume the reliable list queue ``queue`` (at-least-once).
+
+        ``cron`` (five fields, or six with seconds first, in time zone ``tz``) or ``every``
+        (seconds) also enqueue one job per tick, whose body is the tick's scheduled time,
+        however many apps run the handler."""
         _named("task", "queue", queue)
 
         def decorate(func: HandlerFunc) -> TaskHandler:
@@ -67,6 +74,9 @@ class Registry:
                 backoff=backoff,
                 lease=lease,
                 batch=batch,
+                cron=cron,
+                tz=tz,
+                every=every,
             )
 
         return decorate

@@ -35,6 +35,8 @@ LAYERS: dict[int, set[str]] = {
         "_options",
         "_outage",
         "_stats",
+        "_schedule",
+        "_cron",
     },
     1: {"_transports"},
     0: {"_connection", "_url", "_exceptions", "_codec", "_backoff", "_message", "_logging"},
