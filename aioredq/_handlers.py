@@ -11,7 +11,6 @@ from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from ._backoff import Backoff
-from ._cron import check_schedule
 from ._codec import (
     Codec,
     DecodeError,
@@ -21,6 +20,7 @@ from ._codec import (
     encode_fields,
     parse_task_item,
 )
+from ._cron import check_schedule
 from ._exceptions import ConfigurationError, InvalidBody
 from ._message import Kind, Message
 

@@ -1,9 +1,9 @@
 """Periodic jobs (``@app.task(..., cron=..., tz=...)`` or ``every=seconds``): the scheduler.
 
-Ticks are computed from the schedule alone (``_cron``), so every app running the handler agrees on them; the fire script
-(``_transports/schedule.py``) makes each tick one job. A tick missed while no app ran fires
-once at start (the latest one), not once per missed tick; a schedule never fired before
-starts with the next tick.
+Ticks are computed from the schedule alone (``_cron``), so every app running the handler
+agrees on them; the fire script (``_transports/schedule.py``) makes each tick one job.
+A tick missed while no app ran fires once at start (the latest one), not once per missed
+tick; a schedule never fired before starts with the next tick.
 """
 
 from __future__ import annotations
