@@ -13,6 +13,7 @@ import concurrent.futures
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
 from typing import Any
 
 import anyio
@@ -155,9 +156,22 @@ def _redis_families(rows: list[dict[str, Any]]) -> Iterator[Any]:
         for figure, reason in row.get("errors", {}).items():
             unreadable.add_metric([*labels, figure], 1)
             log.debug("metrics: %s of %r unreadable: %s", figure, row["name"], reason)
+    ticks = GaugeMetricFamily(
+        "aioredq_schedule_tick_seconds",
+        "A periodic handler's next tick and the last one fired (unix time; 'last' absent "
+        "until one fires)",
+        labels=[*LABELS, "tick"],
+    )
+    for row in rows:
+        when = row.get("schedule")
+        for tick in ("next", "last_fired"):
+            if when and when[tick]:
+                stamp = datetime.fromisoformat(when[tick]).timestamp()
+                ticks.add_metric([row["name"], row["kind"], row["key"], tick], stamp)
     yield consumers
     yield oldest
     yield unreadable
+    yield ticks
 
 
 @contextlib.asynccontextmanager

@@ -654,6 +654,7 @@ ROW_KEYS = {
     "oldest_pending_s",
     "subscribers",
     "paused",
+    "schedule",
 }
 
 

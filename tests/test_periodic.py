@@ -186,3 +186,30 @@ def test_bad_schedules_are_refused_when_declared(options: dict, message: str) ->
 
         @app.task("bad", **options)
         async def bad(at: datetime) -> None: ...
+
+
+async def test_inspect_and_metrics_show_the_next_tick_and_the_last_fired(redis_url: str) -> None:
+    from aioredq._inspect import figures, render_table
+    from aioredq._metrics import _redis_families
+
+    app = App(redis_url)
+
+    @app.task("shown", cron="0 * * * *", tz="Europe/Paris")
+    async def hourly(at: datetime) -> None: ...
+
+    try:
+        (row,) = await figures(app)
+        nxt = datetime.fromisoformat(row["schedule"]["next"])
+        assert row["schedule"]["last_fired"] is None
+        assert (nxt.minute, nxt.second) == (0, 0) and 0 < nxt.timestamp() - time.time() <= 3600
+        assert "next tick" in render_table([row]) and "last fired never" in render_table([row])
+        await app.connection.command.hset("{shown}:schedule:hourly", "last", 1767222000000)
+        (row,) = await figures(app)
+        assert datetime.fromisoformat(row["schedule"]["last_fired"]).timestamp() == 1767222000
+        families = {f.name: f for f in _redis_families([row])}
+        samples = {
+            s.labels["tick"]: s.value for s in families["aioredq_schedule_tick_seconds"].samples
+        }
+        assert samples == {"next": nxt.timestamp(), "last_fired": 1767222000}
+    finally:
+        await app.aclose()
