@@ -21,6 +21,7 @@ from ._codec import (
     parse_task_item,
 )
 from ._cron import check_schedule
+from ._rate import Rate, parse_rate
 from ._exceptions import ConfigurationError, InvalidBody
 from ._message import Kind, Message
 
@@ -93,6 +94,7 @@ class TaskSpec:
     cron: str | None = None
     tz: str = "UTC"
     every: float | None = None
+    rate: Rate | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +110,7 @@ class StreamSpec:
     lag_warning: int
     batch: int
     max_age: float | None = None
+    rate: Rate | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,6 +333,7 @@ def task_spec(
     cron: object = None,
     tz: object = "UTC",
     every: object = None,
+    rate: object = None,
     where: str,
 ) -> TaskSpec:
     if not isinstance(backoff, Backoff):
@@ -345,6 +349,7 @@ def task_spec(
         cron=cron,  # type: ignore[arg-type]  # checked above
         tz=tz,  # type: ignore[arg-type]
         every=None if every is None else float(every),  # type: ignore[arg-type]
+        rate=parse_rate(rate, where),
     )
 
 
@@ -361,6 +366,7 @@ def stream_spec(
     lag_warning: object,
     batch: object,
     max_age: object = None,
+    rate: object = None,
     where: str,
 ) -> StreamSpec:
     if group is not None:
@@ -384,6 +390,7 @@ def stream_spec(
         lag_warning=_positive_int(lag_warning, "lag_warning", where),
         batch=_positive_int(batch, "batch", where),
         max_age=age,
+        rate=parse_rate(rate, where),
     )
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar, cast
 
 from ._backoff import Backoff
+from ._rate import Rate
 from ._exceptions import ConfigurationError
 from ._handlers import (
     Handler,
@@ -57,6 +58,7 @@ class Registry:
         cron: str | None = None,
         tz: str = "UTC",
         every: float | None = None,
+        rate: str | Rate | None = None,
     ) -> Callable[[HandlerFunc], TaskHandler]:
         """Consume the reliable list queue ``queue`` (at-least-once).
 
@@ -77,6 +79,7 @@ class Registry:
                 cron=cron,
                 tz=tz,
                 every=every,
+                rate=rate,
             )
 
         return decorate
@@ -100,6 +103,7 @@ class Registry:
         lag_warning: int = 1000,
         batch: int = 100,
         max_age: float | None = None,
+        rate: str | Rate | None = None,
     ) -> Callable[[HandlerFunc], StreamHandler]:
         """Consume the stream ``stream``: in consumer group ``group`` (at-least-once, acked,
         claimed, dead-lettered), or without a group as a tail of new entries.
@@ -122,6 +126,7 @@ class Registry:
                 lag_warning=lag_warning,
                 batch=batch,
                 max_age=max_age,
+                rate=rate,
             )
 
         return decorate

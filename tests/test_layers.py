@@ -39,7 +39,16 @@ LAYERS: dict[int, set[str]] = {
         "_cron",
     },
     1: {"_transports"},
-    0: {"_connection", "_url", "_exceptions", "_codec", "_backoff", "_message", "_logging"},
+    0: {
+        "_connection",
+        "_url",
+        "_exceptions",
+        "_codec",
+        "_backoff",
+        "_message",
+        "_logging",
+        "_rate",
+    },
 }
 
 
