@@ -21,9 +21,9 @@ from ._codec import (
     parse_task_item,
 )
 from ._cron import check_schedule
-from ._rate import Rate, parse_rate
 from ._exceptions import ConfigurationError, InvalidBody
 from ._message import Kind, Message
+from ._rate import Rate, parse_rate
 
 HandlerFunc = Callable[..., Awaitable[Any]]
 

@@ -7,7 +7,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar, cast
 
 from ._backoff import Backoff
-from ._rate import Rate
 from ._exceptions import ConfigurationError
 from ._handlers import (
     Handler,
@@ -27,6 +26,7 @@ from ._options import (
     TASK_OPTIONS,
     defaults,
 )
+from ._rate import Rate
 from ._stats import Counters
 
 H = TypeVar("H", bound=Handler)

@@ -13,7 +13,7 @@ from typing import Any
 from ._codec import DecodeError, decode_fields_raw
 from ._connection import BLOCK_SECONDS, Connection
 from ._consumer import PAUSE_POLL, Consumer, log
-from ._decisions import ACK, Again, Dead, error_text
+from ._decisions import ACK, Again, Dead, Throttle, error_text
 from ._group_checks import GroupChecks
 from ._handlers import StreamHandler
 from ._message import Message
@@ -22,6 +22,7 @@ from ._stats import Counters
 from ._stream_outcomes import Outcomes
 from ._transports import keys
 from ._transports.dead import TARGET_FIELD, dead_fields
+from ._transports.rate import RateWindow
 from ._transports.stream import (
     DeadLetter,
     Entry,
@@ -85,6 +86,10 @@ class _StreamBase(Consumer[Entry]):
         self._codec = handler.codec
         self._max_size = handler.app.max_body_bytes
         self._pause_key = keys.paused(handler.key, spec.group)
+        self._throttle_key = keys.aux(
+            handler.key, "throttled" if spec.group is None else f"throttled:{spec.group}"
+        )
+        self._rate = RateWindow(conn.bookkeeping, handler.key, spec.group)
         self._pause_checked = -PAUSE_POLL
         self._paused = False
 
@@ -100,7 +105,9 @@ class _StreamBase(Consumer[Entry]):
         at most every ``PAUSE_POLL`` seconds, so a running consumer pays almost nothing."""
         now = time.monotonic()
         if now - self._pause_checked >= PAUSE_POLL:
-            self._paused = bool(await self.conn.bookkeeping.exists(self._pause_key))
+            self._paused = bool(
+                await self.conn.bookkeeping.exists(self._pause_key, self._throttle_key)
+            )
             self._pause_checked = now
         if self._paused:
             with contextlib.suppress(TimeoutError):
@@ -274,7 +281,22 @@ class GroupConsumer(_StreamBase):
                 wake = min(wake, self._retry_heap[0][0])
             block = max(1, min(block, int((wake - time.monotonic()) * 1000)))
         client = self.conn.blocking if self.conn.can_block else self.conn.bookkeeping
+        rate, tag, granted = self.spec.rate, "", 0
+        if rate is not None:
+            # Each start is logged in the window before the read; what it does not return
+            # is given back. Fetch only what starts now.
+            count = max(1, min(count, self.pool.size - len(self.pool.running_jobs())))
+            granted, wait_ms, tag = await self._rate.take(
+                rate.limit, rate.per_ms, count, self.transport.consumer
+            )
+            if not granted:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), min(wait_ms / 1000, BLOCK_SECONDS))
+                return []
+            count = granted
         entries = await self.transport.read_group(client, count, block)
+        if rate is not None and len(entries) < granted:
+            await self._rate.give_back(tag, len(entries) + 1, granted)
         if not entries and not self.conn.can_block:
             await self._idle_wait()
         tracked = self._track(entries)
@@ -348,6 +370,13 @@ class GroupConsumer(_StreamBase):
             entry, entry_id, attempt, self.spec.max_deliveries, self.spec.backoff
         )
         self._started.discard(entry_id)
+        if isinstance(decision, Throttle):
+            await self.conn.bookkeeping.set(
+                self._throttle_key, "1", px=max(1, int(decision.delay * 1000))
+            )
+            self._pause_checked = -PAUSE_POLL  # look again before the next read
+            await self.handback([entry])  # claimable at once, its delivery uncounted
+            return
         if decision is ACK:
             self._outcomes.ack(entry_id)
             self.settle_soon()

@@ -37,7 +37,7 @@ COMMANDS = (
     *("evalsha", "script|load", "time", "scan", "exists"),
     *("lpush", "rpush", "blmove", "lmove", "lrem", "llen", "lrange", "lpos", "ltrim", "lindex"),
     *("zadd", "zrem", "zrange", "zrangebyscore", "zscore", "zmscore"),
-    *("set", "get", "del", "type", "pexpire"),
+    *("set", "get", "del", "type", "pexpire", "zcard", "zremrangebyscore"),
 )
 
 
@@ -49,6 +49,7 @@ class Fetched:
     registered: bool  # this consumer was not in the consumers ZSET (first fetch, or expired)
     problem: str | None = None  # what held back part of the work (a wrong-typed key, ...)
     paused: bool = False  # the queue's pause key exists: nothing was taken
+    rate_wait_ms: int | None = None  # the rate allows no start for this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,8 @@ class QueueTransport:
         self.lock = keys.recover_lock(queue)
         self.paused = keys.paused(queue)
         self.priorities = [keys.priority(queue, p) for p in range(1, 10)]
+        self.rate_window = keys.aux(queue, "rate")
+        self.throttled = keys.aux(queue, "throttled")
         self._fetch = client.register_script(FETCH)
         self._settle = client.register_script(SETTLE)
         self._settle_keyed = client.register_script(keyed_settle(SETTLE))
@@ -130,7 +133,13 @@ class QueueTransport:
 
     # consuming ---------------------------------------------------------------------------
     async def fetch(
-        self, count: int, lease_ms: int, id_prefix: str, promote: int, max_bytes: int = 1 << 53
+        self,
+        count: int,
+        lease_ms: int,
+        id_prefix: str,
+        promote: int,
+        max_bytes: int = 1 << 53,
+        rate: tuple[int, int] = (0, 1000),
     ) -> Fetched:
         """Move up to ``count`` items into this consumer's processing list (after promoting
         up to ``promote`` due delayed items), counting the delivery in each, and renew the
@@ -146,8 +155,10 @@ class QueueTransport:
                 keys.dead(self.queue) + ":" + id_prefix,
                 self.paused,
                 *self.priorities,
+                self.rate_window,
+                self.throttled,
             ],
-            args=[count, self.consumer, lease_ms, id_prefix, promote, max_bytes],
+            args=[count, self.consumer, lease_ms, id_prefix, promote, max_bytes, *rate],
         )
         items, nxt, now, fresh, *rest = reply
         problem = rest[0] if rest else None
@@ -158,7 +169,12 @@ class QueueTransport:
             bool(fresh),
             _text(problem) if problem else None,
             bool(rest[1]) if len(rest) > 1 else False,
+            int(rest[2]) if len(rest) > 2 and rest[2] is not None else None,
         )
+
+    async def throttle(self, delay_ms: int) -> None:
+        """Hold every consumer of the queue off for ``delay_ms`` (``RateLimited``)."""
+        await self.client.set(self.throttled, "1", px=max(1, delay_ms))
 
     async def wait(self, client: Any, timeout: float) -> None:
         """Block until the queue has an item, at most ``timeout`` seconds.

@@ -13,18 +13,23 @@ from .lua import NOW as _NOW
 from .lua import PRIORITY as _PRIORITY
 from .lua import PUSH_ALL as _PUSH_ALL
 from .lua import QUOTE as _QUOTE
+from .lua import RATE as _RATE
 from .lua import WRONG as _WRONG
 
 # KEYS: queue, processing, delayed, consumers, prefix of the keys that keep oversized items,
-#       the pause key, the priority lists of priorities 1 to 9
-# ARGV: count, consumer, lease_ms, foreign id prefix, max due items to promote, max_body_bytes
+#       the pause key, the priority lists of priorities 1 to 9, the rate window, the
+#       throttle key
+# ARGV: count, consumer, lease_ms, foreign id prefix, max due items to promote, max_body_bytes,
+#       rate limit (0: none), rate period ms
 # Returns {items, earliest delayed score or false, server ms, 1 if this consumer was not
-# registered, a problem that held back part of the work or false, 1 if the queue is paused}.
-# While the pause key exists (any type) nothing is taken and nothing moves, but the lease is
-# renewed. Due delayed items go to the head of their priority's list (earliest due taken
-# first). Items are taken from the highest priority's list first, the plain queue (priority
-# 0) last: strict priority, so a steady flow of high-priority work starves lower ones. When no
-# priority list exists, one EXISTS is all they cost. A priority list of the wrong type is a
+# registered, a problem that held back part of the work or false, 1 if the queue is paused,
+# ms until the rate allows a start or false}. While the pause key or the throttle key exists
+# (any type) nothing is taken and nothing moves, but the lease is renewed. With a rate, at
+# most what the window leaves room for is taken, and each item taken is logged in it. Due
+# delayed items go to the head of their priority's list (earliest due taken first). Items are
+# taken from the highest priority's list first, the plain queue (priority 0) last: strict
+# priority, so a steady flow of high-priority work starves lower ones. When no priority list
+# exists, one EXISTS is all they cost. A priority list of the wrong type is a
 # problem: it is skipped (as a source and as a destination) and the rest goes on.
 #
 # An item over max_body_bytes is never copied into the processing list nor sent to the
@@ -37,12 +42,15 @@ FETCH = (
     + _WRONG
     + _ATTEMPTS
     + _PRIORITY
+    + _RATE
     + """
+local limit_rate, per = tonumber(ARGV[7]) or 0, tonumber(ARGV[8]) or 1000
 local bad = wrong(KEYS[1], 'list') or wrong(KEYS[2], 'list') or wrong(KEYS[4], 'zset')
+  or (limit_rate > 0 and wrong(KEYS[16], 'zset'))
 if bad then return redis.error_reply(bad) end
 local fresh = redis.call('ZADD', KEYS[4], now + tonumber(ARGV[3]), ARGV[2])
-if redis.call('EXISTS', KEYS[6]) == 1 then
-  return {{}, false, tostring(now), fresh, false, 1}
+if redis.call('EXISTS', KEYS[6], KEYS[17]) > 0 then
+  return {{}, false, tostring(now), fresh, false, 1, false}
 end
 local problem = false
 local lists = {[0] = KEYS[1]}
@@ -70,6 +78,12 @@ for p = 9, 1, -1 do
 end
 sources[#sources + 1] = KEYS[1]
 local limit, count = tonumber(ARGV[6]), tonumber(ARGV[1])
+local rate_wait = false
+if limit_rate > 0 then
+  local room, wait = rate_room(KEYS[16], limit_rate, per, count)
+  count = room
+  if room == 0 then rate_wait = wait end
+end
 local out, trims, stop = {}, {}, false
 for _, source in ipairs(sources) do
   local want = count - #out
@@ -105,9 +119,10 @@ if #out > 0 then
     redis.call('LPUSH', KEYS[2], unpack(out, i, math.min(i + 999, #out)))
   end
   for _, trim in ipairs(trims) do redis.call('LTRIM', trim[1], 0, -(trim[2] + 1)) end
+  if limit_rate > 0 then rate_take(KEYS[16], #out, per, ARGV[4]) end
 end
 local nxt = delayed_bad and {} or redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-return {out, nxt[2] or false, tostring(now), fresh, problem, 0}
+return {out, nxt[2] or false, tostring(now), fresh, problem, 0, rate_wait}
 """
 )
 
