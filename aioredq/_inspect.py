@@ -68,7 +68,7 @@ async def figures(app: App, client: Any = None) -> list[dict[str, Any]]:
             assert isinstance(h, SubscribeHandler)
             data = await admin.subscribe_figures(client, list(h.spec.channels), h.spec.sharded)
         data["paused"] = None
-        data["schedule"] = await _schedule_row(client, h) if isinstance(h, TaskHandler) else None
+        data["schedule"] = await schedule_row(client, h) if isinstance(h, TaskHandler) else None
         if isinstance(h, TaskHandler | StreamHandler):
             key = app.pause_key(h.name)
             try:
@@ -79,7 +79,7 @@ async def figures(app: App, client: Any = None) -> list[dict[str, Any]]:
     return rows
 
 
-async def _schedule_row(client: Any, h: TaskHandler) -> dict[str, Any] | None:
+async def schedule_row(client: Any, h: TaskHandler) -> dict[str, Any] | None:
     """A periodic handler's next tick and the last one fired (ISO 8601), else None."""
     if h.spec.cron is None and h.spec.every is None:
         return None

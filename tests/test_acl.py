@@ -30,7 +30,7 @@ def record(name, body):
     with open(os.environ["ACL_APP_OUT"], "a") as out:
         out.write(json.dumps([name, body]) + "\\n")
 
-@app.task("jobs", lease=0.5, max_attempts=2)
+@app.task("jobs", lease=0.5, max_attempts=2, rate="1000/s")
 async def job(text: str) -> None:
     if text == "reject":
         raise Reject("no")
@@ -40,7 +40,8 @@ async def job(text: str) -> None:
 async def tenant_job(text: str) -> None:
     record("tenant_job", text)
 
-@app.stream("events", group="g", lease=0.5, start="earliest", max_deliveries=2, maxlen=1000)
+@app.stream("events", group="g", lease=0.5, start="earliest", max_deliveries=2, maxlen=1000,
+            rate="1000/s")
 async def event(entry: dict) -> None:
     if entry.get("kind") == "reject":
         raise Reject("no")
