@@ -10,6 +10,7 @@ from ._exceptions import (
     ConnectError,
     InvalidBody,
     MessageTooLarge,
+    RateLimited,
     RedisCommandError,
     Reject,
     Retry,
@@ -17,6 +18,7 @@ from ._exceptions import (
 from ._handlers import Handler, StreamHandler, SubscribeHandler, TaskHandler
 from ._logging import install as _install_log_escaping
 from ._message import Message
+from ._rate import Rate
 from ._stats import HandlerStats, Latency, Stats
 
 __version__ = "0.1.0"
@@ -35,6 +37,8 @@ __all__ = [
     "Latency",
     "Message",
     "MessageTooLarge",
+    "Rate",
+    "RateLimited",
     "RedisCommandError",
     "Reject",
     "Retry",

@@ -11,9 +11,11 @@ from typing import Any
 from . import _observer
 from ._connection import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT
 from ._exceptions import ConfigurationError
+from ._handlers import StreamHandler, TaskHandler
 from ._middleware import Middleware
 from ._runner import NOTHING_TO_RUN, Runner
 from ._stats import Stats
+from ._transports import keys
 from ._url import parse_url, resolve_url
 
 __all__ = ["NOTHING_TO_RUN", "App"]
@@ -90,6 +92,42 @@ class App(Runner):
         except KeyError as exc:
             raise ConfigurationError(exc.args[0]) from None
         return await _observer.lag(self.connection, handler, name)
+
+    def pause_key(self, name: str) -> str:
+        """The Redis key whose presence pauses handler ``name`` (or the handler on queue or
+        stream ``name``): ``{q}:paused`` for a queue, ``{s}:paused:<group>`` for a group."""
+        try:
+            handler = self.handler(name)
+        except KeyError as exc:
+            raise ConfigurationError(exc.args[0]) from None
+        if isinstance(handler, TaskHandler):
+            return keys.paused(handler.key)
+        if isinstance(handler, StreamHandler):
+            return keys.paused(handler.key, handler.spec.group)
+        raise ConfigurationError(
+            f"{handler.name!r} subscribes to pub/sub, which keeps nothing to resume from: "
+            "only task and stream handlers can be paused"
+        )
+
+    async def pause(self, name: str) -> None:
+        """Every worker stops starting the messages of handler ``name`` within about a
+        second, until ``resume``: in-flight ones finish, nothing is lost. The state is a key
+        in Redis (``pause_key``), so it outlives worker restarts, and Redis restarts with
+        persistence. Handlers sharing the queue (or stream and group) pause together."""
+        key = self.pause_key(name)
+        conn = self.connection
+        await conn.produce(f"pause {name!r}", lambda: conn.command.set(key, "1"))
+
+    async def resume(self, name: str) -> None:
+        """Undo ``pause``: workers start ``name``'s messages again within about a second."""
+        key = self.pause_key(name)
+        conn = self.connection
+        await conn.produce(f"resume {name!r}", lambda: conn.command.delete(key))
+
+    async def is_paused(self, name: str) -> bool:
+        key = self.pause_key(name)
+        conn = self.connection
+        return bool(await conn.produce(f"read {key!r}", lambda: conn.command.exists(key)))
 
     def stats(self) -> Stats:
         """A snapshot of every handler's counters and latency in this process."""

@@ -5,6 +5,7 @@ python -m aioredq MODULE:ATTR [--url URL] [--only NAME ...] [--workers N] [--log
 python -m aioredq inspect MODULE:ATTR [--url URL] [--json] [--watch]
 python -m aioredq dead MODULE:ATTR NAME [--show N [--full] | --requeue [--all | ID ...]
                                         | --purge [--yes]]
+python -m aioredq pause|resume MODULE:ATTR NAME
 python -m aioredq acl MODULE:ATTR [--user NAME]
 python -m aioredq docs MODULE:ATTR [--yaml] [--out FILE]
 python -m aioredq dashboard MODULE:ATTR [--host 127.0.0.1] [--port 8080] [--token T]
@@ -27,7 +28,8 @@ import signal
 import socket
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, NoReturn
 
 from ._app import NOTHING_TO_RUN, App
@@ -50,7 +52,9 @@ metrics:
 
 other commands:
   aioredq inspect MODULE:ATTR [--url URL] [--json] [--watch]
+  aioredq pause MODULE:ATTR NAME / aioredq resume MODULE:ATTR NAME
   aioredq dead MODULE:ATTR NAME [--show N [--full] | --requeue [--all | ID ...] | --purge [--yes]]
+  aioredq pause|resume MODULE:ATTR NAME
   aioredq acl MODULE:ATTR [--user NAME]
   aioredq docs MODULE:ATTR [--yaml] [--out FILE]
   aioredq dashboard MODULE:ATTR [--host 127.0.0.1] [--port 8080] [--token T]
@@ -349,6 +353,31 @@ def _dashboard(args: list[str]) -> int:
     return 0
 
 
+def _pause(command: str, args: list[str]) -> int:
+    """``aioredq pause|resume MODULE:ATTR NAME``: stop or restart one handler on every worker."""
+    what = "Stop every worker starting" if command == "pause" else "Let every worker start"
+    p = _Parser(
+        prog=f"{PROG} {command}",
+        description=f"{what} the messages of one handler (in-flight ones finish; the state "
+        "lives in Redis, so it outlives restarts).",
+    )
+    _add_common(p)
+    p.add_argument("name", metavar="NAME", help="handler, queue or stream")
+    ns = p.parse_args(args)
+    app = _prepare(ns)
+    app.pause_key(ns.name)  # an unknown name or a pub/sub handler: exit 2 before connecting
+
+    async def switch() -> None:
+        try:
+            await (app.pause if command == "pause" else app.resume)(ns.name)
+        finally:
+            await app.aclose()
+
+    asyncio.run(switch())
+    print(f"{ns.name}: {'paused' if command == 'pause' else 'resumed'}")
+    return 0
+
+
 def _inspect(args: list[str]) -> int:
     """``aioredq inspect MODULE:ATTR [--json] [--watch]``: one row per handler."""
     from ._inspect import inspect_command
@@ -420,9 +449,11 @@ def _run(args: list[str]) -> int:
     return 0
 
 
-SUBCOMMANDS = {
+SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "inspect": _inspect,
     "dead": _dead,
+    "pause": partial(_pause, "pause"),
+    "resume": partial(_pause, "resume"),
     "acl": _acl,
     "docs": _docs,
     "dashboard": _dashboard,

@@ -127,14 +127,21 @@ def encode_envelope(
     msg_id: str,
     headers: Mapping[str, str] | None = None,
     now: float | None = None,
+    priority: int = 0,
+    dedup: tuple[str, int] | None = None,
 ) -> bytes:
     """A task item: ``{"aioredq":1,"attempts":0,"id":..,"enqueued_at":..,"body":..}``.
 
-    ``headers`` is added when given; ``body_b64`` replaces ``body`` for bytes bodies.
+    ``headers`` is added when given; ``body_b64`` replaces ``body`` for bytes bodies; a
+    ``priority`` above 0 follows ``enqueued_at`` (where the scripts look for it).
     """
     to_json = pydantic_core.to_json
     stamp = b"%.6f" % (time.time() if now is None else now)
     parts = [ENVELOPE_PREFIX, b'0,"id":', to_json(msg_id), b',"enqueued_at":', stamp]
+    if priority:
+        parts.append(b',"priority":%d' % priority)
+    if dedup is not None:  # (key, ttl ms): the settle script frees the key with it
+        parts += [b',"dedup":', to_json(dedup[0]), b',"dedup_ttl":%d' % dedup[1]]
     if headers:
         parts += [b',"headers":', to_json(dict(headers))]
     if isinstance(body, bytes):

@@ -26,6 +26,9 @@ from ._stats import Counters
 
 J = TypeVar("J")
 log = logging.getLogger("aioredq")
+# How often a paused consumer asks Redis again whether it still is: a pause or a resume
+# takes effect within this (plus a blocking read in progress).
+PAUSE_POLL = 0.5
 # A consumer whose lease went unrenewed for this part of it starts no new work.
 PAUSE_AFTER = 0.5
 # After ``shutdown_timeout``: the time left for the last acks, handback and deregistration

@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar
 
 from ._backoff import Backoff
 from ._codec import DecodeError
-from ._exceptions import Reject, Retry
+from ._exceptions import RateLimited, Reject, Retry
 from ._handlers import Handler
 from ._message import Message
 from ._middleware import Chain
@@ -37,7 +37,15 @@ class Dead:
     error: str
 
 
-Decision = Ack | Again | Dead
+@dataclass(frozen=True, slots=True)
+class Throttle:
+    """``RateLimited``: back where it was, its delivery uncounted; the queue or group held
+    off for ``delay`` seconds."""
+
+    delay: float
+
+
+Decision = Ack | Again | Dead | Throttle
 ACK = Ack()
 
 
@@ -89,6 +97,16 @@ class Decider(abc.ABC, Generic[J]):
                 await handler.func(body)
             else:
                 await handler.func(body, **{handler.message_param: self.message(job)})
+        except RateLimited as exc:
+            counters.latencies.append(time.perf_counter() - started)
+            log.warning(
+                "handler=%s key=%s id=%s rate limited: holding every worker off for %.2fs",
+                handler.name,
+                handler.key,
+                msg_id,
+                exc.delay,
+            )
+            return Throttle(exc.delay)
         except Retry as exc:
             outcome = Again(backoff.delay(attempt) if exc.delay is None else exc.delay)
             error = "Retry: the handler asked for a retry"

@@ -69,3 +69,14 @@ class Reject(Exception):
 class UsageError(Exception):
     """Bad command-line input: one line on stderr, exit 2. Raised by the commands' modules
     (``inspect``, ``dead``) as well as by the CLI's parser, hence defined down here."""
+
+
+class RateLimited(Exception):
+    """Raise from a handler (say after an HTTP 429) to put the message back without counting
+    an attempt and pause its whole queue or group, for every worker, for ``delay`` seconds."""
+
+    def __init__(self, delay: float) -> None:
+        if not (isinstance(delay, (int, float)) and 0 < delay < math.inf):
+            raise ValueError(f"RateLimited delay must be a finite number > 0, got {delay!r}")
+        super().__init__(f"rate limited for {delay} s")
+        self.delay = float(delay)

@@ -20,8 +20,10 @@ from ._codec import (
     encode_fields,
     parse_task_item,
 )
+from ._cron import check_schedule
 from ._exceptions import ConfigurationError, InvalidBody
 from ._message import Kind, Message
+from ._rate import Rate, parse_rate
 
 HandlerFunc = Callable[..., Awaitable[Any]]
 
@@ -93,6 +95,10 @@ class TaskSpec:
     backoff: Backoff
     lease: float
     batch: int
+    cron: str | None = None
+    tz: str = "UTC"
+    every: float | None = None
+    rate: Rate | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +114,7 @@ class StreamSpec:
     lag_warning: int
     batch: int
     max_age: float | None = None
+    rate: Rate | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,10 +334,15 @@ def task_spec(
     backoff: object,
     lease: object,
     batch: object,
+    cron: object = None,
+    tz: object = "UTC",
+    every: object = None,
+    rate: object = None,
     where: str,
 ) -> TaskSpec:
     if not isinstance(backoff, Backoff):
         raise ConfigurationError(f"{where}: backoff must be an aioredq.Backoff")
+    check_schedule(cron, tz, every, where)
     return TaskSpec(
         queue=_key_name(queue, "queue", where),
         concurrency=_positive_int(concurrency, "concurrency", where),
@@ -338,6 +350,10 @@ def task_spec(
         backoff=backoff,
         lease=_positive_float(lease, "lease", where),
         batch=_positive_int(batch, "batch", where),
+        cron=cron,  # type: ignore[arg-type]  # checked above
+        tz=tz,  # type: ignore[arg-type]
+        every=None if every is None else float(every),  # type: ignore[arg-type]
+        rate=parse_rate(rate, where),
     )
 
 
@@ -354,6 +370,7 @@ def stream_spec(
     lag_warning: object,
     batch: object,
     max_age: object = None,
+    rate: object = None,
     where: str,
 ) -> StreamSpec:
     if group is not None:
@@ -377,6 +394,7 @@ def stream_spec(
         lag_warning=_positive_int(lag_warning, "lag_warning", where),
         batch=_positive_int(batch, "batch", where),
         max_age=age,
+        rate=parse_rate(rate, where),
     )
 
 

@@ -12,13 +12,16 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 import anyio
+from redis.exceptions import ResponseError
 
 from ._app import App
 from ._connection import translated
 from ._dead import dead_command
 from ._exceptions import AioredqError
 from ._handlers import StreamHandler, SubscribeHandler, TaskHandler
+from ._schedule import describe
 from ._transports import admin
+from ._transports.schedule import ScheduleTransport
 
 COLUMNS = (
     "name",
@@ -33,6 +36,7 @@ COLUMNS = (
     "delayed",
     "dead",
     "subscribers",
+    "paused",
 )
 HEADERS = {"consumers": "consumers(alive/dead)", "oldest_pending_s": "oldest(s)"}
 SHORT_KINDS = {"subscribe": "pubsub"}
@@ -63,8 +67,27 @@ async def figures(app: App, client: Any = None) -> list[dict[str, Any]]:
         else:
             assert isinstance(h, SubscribeHandler)
             data = await admin.subscribe_figures(client, list(h.spec.channels), h.spec.sharded)
+        data["paused"] = None
+        data["schedule"] = await schedule_row(client, h) if isinstance(h, TaskHandler) else None
+        if isinstance(h, TaskHandler | StreamHandler):
+            key = app.pause_key(h.name)
+            try:
+                data["paused"] = bool(await client.exists(key))
+            except ResponseError as exc:  # an ACL without EXISTS: say so, show the rest
+                data.setdefault("errors", {})["paused"] = f"{exc} (key {key!r})"
         rows.append({"name": h.name, "kind": h.kind, "key": h.key, **data})
     return rows
+
+
+async def schedule_row(client: Any, h: TaskHandler) -> dict[str, Any] | None:
+    """A periodic handler's next tick and the last one fired (ISO 8601), else None."""
+    if h.spec.cron is None and h.spec.every is None:
+        return None
+    try:
+        last = await ScheduleTransport(client, h.key, h.name).last()
+    except (ResponseError, ValueError):  # unreadable: shown as never fired
+        last = None
+    return describe(h, last, time.time())
 
 
 def lag_thresholds(app: App) -> dict[str, int]:
@@ -92,6 +115,8 @@ def _cell(row: dict[str, Any], column: str) -> str:
     value = row[column]
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, dict):
         return f"{value['alive']}/{value['dead']}"
     return str(value)
@@ -99,7 +124,8 @@ def _cell(row: dict[str, Any], column: str) -> str:
 
 def _notes(rows: list[dict[str, Any]], thresholds: dict[str, int]) -> list[tuple[str, str]]:
     """(text, kind) lines under the table: a lag over its threshold ("lag"), a figure that
-    could not be read and why ("error")."""
+    could not be read and why ("error"), a periodic handler's next and last tick ("schedule").
+    """
     notes = []
     over = set(lagging(rows, thresholds))
     for row in rows:
@@ -113,6 +139,15 @@ def _notes(rows: list[dict[str, Any]], thresholds: dict[str, int]) -> list[tuple
             )
         for figure, reason in row.get("errors", {}).items():
             notes.append((f"! {row['name']}: {figure} unreadable: {reason}", "error"))
+        if row.get("schedule"):
+            when = row["schedule"]
+            notes.append(
+                (
+                    f"  {row['name']}: next tick {when['next']}, last fired "
+                    f"{when['last_fired'] or 'never'}",
+                    "schedule",
+                )
+            )
     return notes
 
 
@@ -203,7 +238,10 @@ class _RichScreen:
             name = Text(row["name"])
             name.append(f"\n{row['key']}", style="dim")
             table.add_row(name, Text(SHORT_KINDS.get(row["kind"], row["kind"])), *cells)
-        notes = [Text(text, style="red") for text, _ in _notes(rows, self.thresholds)]
+        notes = [
+            Text(text, style="" if kind == "schedule" else "red")
+            for text, kind in _notes(rows, self.thresholds)
+        ]
         if error:
             notes.append(Text(error, style="bold red"))
         self.live.update(Group(table, *notes), refresh=True)

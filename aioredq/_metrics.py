@@ -13,6 +13,7 @@ import concurrent.futures
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
 from typing import Any
 
 import anyio
@@ -33,6 +34,7 @@ GAUGES = {
     "delayed": "Task items waiting for their due time, retries included",
     "dead": "Dead letters, whoever wrote them",
     "subscribers": "Pub/sub subscribers of the handler's channels (PUBSUB NUMSUB)",
+    "paused": "1 while the handler is paused (aioredq pause), 0 otherwise",
 }
 LABELS = ["handler", "kind", "key"]
 SCRAPE_TIMEOUT = 10.0
@@ -125,7 +127,7 @@ def _redis_families(rows: list[dict[str, Any]]) -> Iterator[Any]:
         figure = GaugeMetricFamily(f"aioredq_{gauge}", doc, labels=LABELS)
         for row in rows:
             if row[gauge] is not None:
-                figure.add_metric([row["name"], row["kind"], row["key"]], row[gauge])
+                figure.add_metric([row["name"], row["kind"], row["key"]], float(row[gauge]))
         yield figure
     consumers = GaugeMetricFamily(
         "aioredq_consumers",
@@ -154,9 +156,22 @@ def _redis_families(rows: list[dict[str, Any]]) -> Iterator[Any]:
         for figure, reason in row.get("errors", {}).items():
             unreadable.add_metric([*labels, figure], 1)
             log.debug("metrics: %s of %r unreadable: %s", figure, row["name"], reason)
+    ticks = GaugeMetricFamily(
+        "aioredq_schedule_tick_seconds",
+        "A periodic handler's next tick and the last one fired (unix time; 'last' absent "
+        "until one fires)",
+        labels=[*LABELS, "tick"],
+    )
+    for row in rows:
+        when = row.get("schedule")
+        for tick in ("next", "last_fired"):
+            if when and when[tick]:
+                stamp = datetime.fromisoformat(when[tick]).timestamp()
+                ticks.add_metric([row["name"], row["kind"], row["key"], tick], stamp)
     yield consumers
     yield oldest
     yield unreadable
+    yield ticks
 
 
 @contextlib.asynccontextmanager

@@ -37,6 +37,10 @@ TASK_OPTIONS: tuple[Option, ...] = (
     Option("max_attempts", "int", 5, "deliveries before dead-lettering, crashes included"),
     *_RETRY,
     _BATCH,
+    Option("cron", "str | None", None, "enqueue one job per tick of this cron schedule"),
+    Option("tz", "str", "UTC", "the time zone of cron"),
+    Option("every", "float | None", None, "seconds: enqueue one job per tick this often"),
+    Option("rate", "str | Rate | None", None, "most handler starts per period, every app"),
 )
 
 STREAM_OPTIONS: tuple[Option, ...] = (
@@ -49,6 +53,7 @@ STREAM_OPTIONS: tuple[Option, ...] = (
     Option("lag_warning", "int", 1000, "log a warning when the group's lag is above this"),
     _BATCH,
     Option("max_age", "float | None", None, "seconds: MINID ~ on every append through the app"),
+    Option("rate", "str | Rate | None", None, "most handler starts per period, every app"),
 )
 
 SUBSCRIBE_OPTIONS: tuple[Option, ...] = (

@@ -113,18 +113,87 @@ class Producer(Registry):
         delay: float = 0,
         at: datetime | None = None,
         headers: dict[str, str] | None = None,
+        priority: int = 0,
+        key: str | None = None,
+        key_ttl: float = 0,
     ) -> str:
-        """Put ``body`` on ``queue`` (after ``delay`` seconds, or at ``at``); returns its id."""
+        """Put ``body`` on ``queue`` (after ``delay`` seconds, or at ``at``); returns its id.
+        ``priority`` 1 to 9 runs before lower ones among waiting jobs (0, the plain list, is
+        the default), through its retries and requeues too. With ``key``, nothing is added
+        while a job enqueued with that key is queued, delayed or running (its id is returned
+        instead), nor for ``key_ttl`` seconds after it finished."""
         with producing(self._produce_hooks, queue, "enqueue", 1, headers) as headers:
-            return (await self._enqueue(queue, [body], delay=delay, at=at, headers=headers))[0]
+            if key is not None:
+                return await self._enqueue_keyed(
+                    queue,
+                    body,
+                    key,
+                    key_ttl,
+                    delay=delay,
+                    at=at,
+                    headers=headers,
+                    priority=priority,
+                )
+            return (
+                await self._enqueue(
+                    queue, [body], delay=delay, at=at, headers=headers, priority=priority
+                )
+            )[0]
 
     async def enqueue_many(
-        self, queue: str, bodies: Iterable[Any], *, delay: float = 0, at: datetime | None = None
+        self,
+        queue: str,
+        bodies: Iterable[Any],
+        *,
+        delay: float = 0,
+        at: datetime | None = None,
+        priority: int = 0,
     ) -> list[str]:
         """Enqueue every body in one round trip; returns their ids."""
         items = list(bodies)
         with producing(self._produce_hooks, queue, "enqueue", len(items), None) as headers:
-            return await self._enqueue(queue, items, delay=delay, at=at, headers=headers)
+            return await self._enqueue(
+                queue, items, delay=delay, at=at, headers=headers, priority=priority
+            )
+
+    async def _enqueue_keyed(
+        self,
+        queue: str,
+        body: Any,
+        key: str,
+        key_ttl: float,
+        *,
+        delay: float,
+        at: datetime | None,
+        headers: dict[str, str] | None,
+        priority: int,
+    ) -> str:
+        if not isinstance(key, str) or not key:
+            raise ValueError("key must be a non-empty str")
+        if key_ttl < 0 or delay < 0:
+            raise ValueError("key_ttl and delay must be >= 0")
+        if type(priority) is not int or not 0 <= priority <= 9:
+            raise ValueError(f"priority must be an int from 0 to 9, not {priority!r}")
+        (msg_id,) = new_ids(1)
+        item = encode_envelope(
+            body,
+            msg_id=msg_id,
+            headers=headers,
+            priority=priority,
+            dedup=(key, int(key_ttl * 1000)),
+        )
+        check_size(item, self.max_body_bytes, queue)
+        at_ms = None if at is None else int(at.timestamp() * 1000)
+        delay_ms = int(delay * 1000) if delay > 0 and at is None else None
+        held = await self.connection.produce(
+            f"enqueue on {queue!r}",
+            lambda: self._queue(queue).push_keyed(
+                item, msg_id, key, priority=priority, delay_ms=delay_ms, at_ms=at_ms
+            ),
+        )
+        if held == msg_id:
+            self._wake(queue)
+        return held
 
     async def _enqueue(
         self,
@@ -134,13 +203,16 @@ class Producer(Registry):
         delay: float,
         at: datetime | None,
         headers: dict[str, str] | None,
+        priority: int = 0,
     ) -> list[str]:
         if delay < 0:
             raise ValueError("delay must be >= 0")
+        if type(priority) is not int or not 0 <= priority <= 9:
+            raise ValueError(f"priority must be an int from 0 to 9, not {priority!r}")
         ids = new_ids(len(bodies))
         now = time.time()
         items = [
-            encode_envelope(b, msg_id=i, headers=headers, now=now)
+            encode_envelope(b, msg_id=i, headers=headers, now=now, priority=priority)
             for b, i in zip(bodies, ids, strict=True)
         ]
         for item in items:
@@ -157,7 +229,7 @@ class Producer(Registry):
                 f"enqueue on {queue!r}", lambda: self._queue(queue).push_delayed(items, delay_ms)
             )
         else:
-            await produce(f"enqueue on {queue!r}", lambda: self._queue(queue).push(items))
+            await produce(f"enqueue on {queue!r}", lambda: self._queue(queue).push(items, priority))
         self._wake(queue)
         return ids
 

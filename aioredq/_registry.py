@@ -26,6 +26,7 @@ from ._options import (
     TASK_OPTIONS,
     defaults,
 )
+from ._rate import Rate
 from ._stats import Counters
 
 H = TypeVar("H", bound=Handler)
@@ -54,8 +55,16 @@ class Registry:
         backoff: Backoff = DEFAULT_BACKOFF,
         lease: float = 30.0,
         batch: int = 100,
+        cron: str | None = None,
+        tz: str = "UTC",
+        every: float | None = None,
+        rate: str | Rate | None = None,
     ) -> Callable[[HandlerFunc], TaskHandler]:
-        """Consume the reliable list queue ``queue`` (at-least-once)."""
+        """Consume the reliable list queue ``queue`` (at-least-once).
+
+        ``cron`` (five fields, or six with seconds first, in time zone ``tz``) or ``every``
+        (seconds) also enqueue one job per tick, whose body is the tick's scheduled time,
+        however many apps run the handler."""
         _named("task", "queue", queue)
 
         def decorate(func: HandlerFunc) -> TaskHandler:
@@ -67,6 +76,10 @@ class Registry:
                 backoff=backoff,
                 lease=lease,
                 batch=batch,
+                cron=cron,
+                tz=tz,
+                every=every,
+                rate=rate,
             )
 
         return decorate
@@ -90,6 +103,7 @@ class Registry:
         lag_warning: int = 1000,
         batch: int = 100,
         max_age: float | None = None,
+        rate: str | Rate | None = None,
     ) -> Callable[[HandlerFunc], StreamHandler]:
         """Consume the stream ``stream``: in consumer group ``group`` (at-least-once, acked,
         claimed, dead-lettered), or without a group as a tail of new entries.
@@ -112,6 +126,7 @@ class Registry:
                 lag_warning=lag_warning,
                 batch=batch,
                 max_age=max_age,
+                rate=rate,
             )
 
         return decorate

@@ -21,6 +21,7 @@ from ._exceptions import ConfigurationError, ConnectError
 from ._handlers import Handler, StreamHandler, SubscribeHandler, TaskHandler
 from ._outage import Outage
 from ._producer import Producer
+from ._schedule import Scheduler, schedule_of
 from ._startup import auth_error, connect_refused, first_error, refused_at_start
 from ._stream import GroupConsumer, TailConsumer
 from ._subscribe import Subscriber
@@ -133,6 +134,10 @@ class Runner(Producer):
             }
             if isinstance(h, TaskHandler):
                 c: Any = TaskConsumer(h, conn, **common)
+                schedule = schedule_of(h)
+                if schedule is not None:  # its ticks, fired by every app that runs it
+                    workers.append(Scheduler(h, conn, schedule))
+                    served.append([h])
             elif isinstance(h, StreamHandler):
                 cls = GroupConsumer if h.spec.group is not None else TailConsumer
                 c = cls(h, conn, **common)

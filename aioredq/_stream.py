@@ -12,15 +12,17 @@ from typing import Any
 
 from ._codec import HEADERS_FIELD_BYTES, DecodeError, decode_fields_raw, entry_headers
 from ._connection import BLOCK_SECONDS, Connection
-from ._consumer import Consumer, log
-from ._decisions import ACK, Again, Dead, error_text
+from ._consumer import PAUSE_POLL, Consumer, log
+from ._decisions import ACK, Again, Dead, Throttle, error_text
 from ._group_checks import GroupChecks
 from ._handlers import StreamHandler
 from ._message import Message
 from ._outage import Outage
 from ._stats import Counters
 from ._stream_outcomes import Outcomes
+from ._transports import keys
 from ._transports.dead import TARGET_FIELD, dead_fields
+from ._transports.rate import RateWindow
 from ._transports.stream import (
     DeadLetter,
     Entry,
@@ -83,6 +85,34 @@ class _StreamBase(Consumer[Entry]):
         self._wakeup = wakeup
         self._codec = handler.codec
         self._max_size = handler.app.max_body_bytes
+        self._pause_key = keys.paused(handler.key, spec.group)
+        self._throttle_key = keys.aux(
+            handler.key, "throttled" if spec.group is None else f"throttled:{spec.group}"
+        )
+        self._rate = RateWindow(conn.bookkeeping, handler.key, spec.group)
+        self._pause_checked = -PAUSE_POLL
+        self._paused = False
+
+    async def _paused_meanwhile(self) -> bool:
+        """After a read that may have blocked past the last look at the pause key: look
+        again (a busy consumer, whose reads return at once, pays nothing more)."""
+        if time.monotonic() - self._pause_checked < PAUSE_POLL:
+            return False
+        return await self._pause_wait()
+
+    async def _pause_wait(self) -> bool:
+        """True (after waiting a little) while this handler is paused: the pause key is read
+        at most every ``PAUSE_POLL`` seconds, so a running consumer pays almost nothing."""
+        now = time.monotonic()
+        if now - self._pause_checked >= PAUSE_POLL:
+            self._paused = bool(
+                await self.conn.bookkeeping.exists(self._pause_key, self._throttle_key)
+            )
+            self._pause_checked = now
+        if self._paused:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), PAUSE_POLL)
+        return self._paused
 
     async def _idle_wait(self) -> None:
         """memory:// only: fakeredis cannot block, so wake on a local append or poll."""
@@ -216,6 +246,15 @@ class GroupConsumer(_StreamBase):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(written.wait(), BLOCK_SECONDS)
             return []
+        if await self._pause_wait():
+            unstarted = self.pool.take_unstarted()
+            try:
+                if unstarted:
+                    await self.handback(unstarted)
+            except BaseException:
+                self.pool.put_many(unstarted)  # still ours: run them after all
+                raise
+            return []
         due = self._due_retries(room)
         if due:
             try:
@@ -248,10 +287,29 @@ class GroupConsumer(_StreamBase):
                 wake = min(wake, self._retry_heap[0][0])
             block = max(1, min(block, int((wake - time.monotonic()) * 1000)))
         client = self.conn.blocking if self.conn.can_block else self.conn.bookkeeping
+        rate, tag, granted = self.spec.rate, "", 0
+        if rate is not None:
+            # Each start is logged in the window before the read; what it does not return
+            # is given back. Fetch only what starts now.
+            count = max(1, min(count, self.pool.size - len(self.pool.running_jobs())))
+            granted, wait_ms, tag = await self._rate.take(
+                rate.limit, rate.per_ms, count, self.transport.consumer
+            )
+            if not granted:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), min(wait_ms / 1000, BLOCK_SECONDS))
+                return []
+            count = granted
         entries = await self.transport.read_group(client, count, block)
+        if rate is not None and len(entries) < granted:
+            await self._rate.give_back(tag, len(entries) + 1, granted)
         if not entries and not self.conn.can_block:
             await self._idle_wait()
-        return self._track(entries)
+        tracked = self._track(entries)
+        if tracked and await self._paused_meanwhile():
+            await self.handback(tracked)  # delivered while paused: uncounted, claimable
+            return []
+        return tracked
 
     async def _claim_abandoned(self, count: int) -> list[Entry]:
         """Claim other consumers' entries idle for longer than the lease, walking the cursor
@@ -318,6 +376,13 @@ class GroupConsumer(_StreamBase):
             entry, entry_id, attempt, self.spec.max_deliveries, self.spec.backoff
         )
         self._started.discard(entry_id)
+        if isinstance(decision, Throttle):
+            await self.conn.bookkeeping.set(
+                self._throttle_key, "1", px=max(1, int(decision.delay * 1000))
+            )
+            self._pause_checked = -PAUSE_POLL  # look again before the next read
+            await self.handback([entry])  # claimable at once, its delivery uncounted
+            return
         if decision is ACK:
             self._outcomes.ack(entry_id)
             self.settle_soon()
@@ -429,11 +494,15 @@ class TailConsumer(_StreamBase):
         self._after = await self.transport.last_id() if self.spec.start == "latest" else "0-0"
 
     async def fetch(self, room: int) -> list[Entry]:
+        if await self._pause_wait():
+            return []
         block = int(BLOCK_SECONDS * 1000) if self.conn.can_block else None
         client = self.conn.blocking if self.conn.can_block else self.conn.bookkeeping
         entries = await self.transport.read_tail(
             client, self._after, min(room, self.spec.batch), block
         )
+        if entries and await self._paused_meanwhile():
+            return []  # read again from the same place once resumed
         if entries:
             self._after = entries[-1].id
         elif not self.conn.can_block:

@@ -33,8 +33,8 @@ from typing import Any
 
 from ._codec import DecodeError, TaskItem, envelope_metadata, parse_task_item
 from ._connection import BLOCK_SECONDS, Connection, is_connection_error
-from ._consumer import Consumer, log
-from ._decisions import ACK, Again, Dead
+from ._consumer import PAUSE_POLL, Consumer, log
+from ._decisions import ACK, Again, Dead, Throttle
 from ._handlers import TaskHandler
 from ._message import Message
 from ._orphans import OrphanScan
@@ -114,6 +114,10 @@ class TaskConsumer(Consumer[Job]):
         if self._wakeup is not None:
             self._wakeup.clear()
         count = min(room, self.spec.batch)
+        rate = self.spec.rate
+        if rate is not None:
+            # A start is logged in the rate window when fetched: fetch only what starts now.
+            count = max(1, min(count, self.pool.size - len(self.pool.running_jobs())))
         sent = time.monotonic()
         fetched = await self.transport.fetch(
             count,
@@ -121,13 +125,35 @@ class TaskConsumer(Consumer[Job]):
             f"{self.transport.consumer}:{self._fetches}:",
             count,
             self.handler.app.max_body_bytes,
+            (0, 1000) if rate is None else (rate.limit, rate.per_ms),
         )
         self._check_registration(fetched.registered, sent)
         self._check_problem(fetched.problem)
+        if fetched.paused:
+            await self._hand_back_unstarted()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), PAUSE_POLL)
+            return []
         if fetched.items:
             return self._adopt(fetched.items)
+        if fetched.rate_wait_ms is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self.stop.wait(), min(fetched.rate_wait_ms / 1000, BLOCK_SECONDS)
+                )
+            return []
         await self._block(self._block_time(fetched))
         return []
+
+    async def _hand_back_unstarted(self) -> None:
+        """Paused: what was fetched but not started goes back to the head of the queue, its
+        delivery uncounted (in-flight jobs finish)."""
+        unstarted = self.pool.take_unstarted()
+        try:
+            await self._return(unstarted)
+        except BaseException:
+            self.pool.put_many(unstarted)  # still ours and held: run them after all
+            raise
 
     def _adopt(self, raws: list[bytes]) -> list[Job]:
         self._held.update(raws)
@@ -242,6 +268,11 @@ class TaskConsumer(Consumer[Job]):
             self.outcomes.retries.append((item.raw, max(int(decision.delay * 1000), 1)))
         elif isinstance(decision, Dead):
             self.outcomes.dead.append((item.raw, self._letter(item, decision.error)))
+        elif isinstance(decision, Throttle):
+            await self.transport.throttle(int(decision.delay * 1000))
+            job.started = False  # back uncounted, at the head of its list
+            await self._return([job])
+            return
         self.pool.hold()
         self.settle_soon()
 

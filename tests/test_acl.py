@@ -30,7 +30,7 @@ def record(name, body):
     with open(os.environ["ACL_APP_OUT"], "a") as out:
         out.write(json.dumps([name, body]) + "\\n")
 
-@app.task("jobs", lease=0.5, max_attempts=2)
+@app.task("jobs", lease=0.5, max_attempts=2, rate="1000/s")
 async def job(text: str) -> None:
     if text == "reject":
         raise Reject("no")
@@ -40,7 +40,8 @@ async def job(text: str) -> None:
 async def tenant_job(text: str) -> None:
     record("tenant_job", text)
 
-@app.stream("events", group="g", lease=0.5, start="earliest", max_deliveries=2, maxlen=1000)
+@app.stream("events", group="g", lease=0.5, start="earliest", max_deliveries=2, maxlen=1000,
+            rate="1000/s")
 async def event(entry: dict) -> None:
     if entry.get("kind") == "reject":
         raise Reject("no")
@@ -189,6 +190,9 @@ def run_under_the_printed_acl(admin: Any, where: str, scheme: str, tmp_path: Pat
             "    await app.enqueue('jobs', 'one')\n"
             "    await app.enqueue('jobs', 'later', delay=0.2)\n"
             "    await app.enqueue_many('jobs', ['reject'])\n"
+            "    await app.enqueue('jobs', 'urgent', priority=7)\n"
+            "    await app.enqueue('jobs', 'keyed', key='k', key_ttl=1)\n"
+            "    await app.enqueue('jobs', 'keyed again', key='k')\n"
             "    await app.enqueue('{tenant}jobs', 't')\n"
             "    await app.append('events', {'n': '1'})\n"
             "    await app.append('events', {'kind': 'reject'})\n"
@@ -207,7 +211,8 @@ def run_under_the_printed_acl(admin: Any, where: str, scheme: str, tmp_path: Pat
             names = [r[0] for r in read_records(out)]
             return (
                 {"job", "tenant_job", "event", "tail", "notice", "mail", "order"} <= set(names)
-                and names.count("job") >= 3  # one, later, and the dead worker's item
+                # one, later, urgent, keyed, and the dead worker's item
+                and names.count("job") >= 5
                 and names.count("event") >= 2  # 1, and the dead worker's entry
                 and admin.llen("{jobs}:dead") == 1
                 and admin.xlen("{events}:dead") == 1
@@ -221,6 +226,11 @@ def run_under_the_printed_acl(admin: Any, where: str, scheme: str, tmp_path: Pat
             ["dead", "aclapp:app", "event", "--show", "5"],
             ["dead", "aclapp:app", "job", "--requeue", "--all"],
             ["dead", "aclapp:app", "event", "--requeue", "--all"],
+            ["pause", "aclapp:app", "job"],
+            ["pause", "aclapp:app", "event"],
+            ["inspect", "aclapp:app", "--json"],
+            ["resume", "aclapp:app", "job"],
+            ["resume", "aclapp:app", "event"],
         ):
             done = cli(*args, cwd=tmp_path, env=env)
             assert done.returncode == 0, (args, done.stdout, done.stderr)

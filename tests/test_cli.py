@@ -653,6 +653,8 @@ ROW_KEYS = {
     "consumers",
     "oldest_pending_s",
     "subscribers",
+    "paused",
+    "schedule",
 }
 
 
@@ -693,6 +695,7 @@ def test_inspect_json_reports_what_redis_cli_sees_and_changes_nothing(
     assert job["processing"] == 0
     assert job["consumers"] == {"alive": 0, "dead": 0}
     assert (job["lag"], job["pending"], job["oldest_pending_s"], job["subscribers"]) == (None,) * 4
+    assert job["paused"] is False
 
     group = xinfo_group(redis_url)
     assert (event["kind"], event["key"]) == ("stream", STREAM)

@@ -350,3 +350,38 @@ async def test_the_schema_document_is_a_section(app: App) -> None:
     assert {op["x-aioredq"]["handler"] for op in doc["operations"].values()} == {
         h.name for h in app.handlers
     }
+
+
+async def test_pause_resume_and_schedules_are_sections_behind_the_token(
+    redis_url: str, redis_client: redis.asyncio.Redis
+) -> None:
+    app = make_app(redis_url)
+
+    @app.task("ticks", every=60)
+    async def tick(at: Any) -> None: ...
+
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        async with client(app.dashboard(TOKEN)) as c:
+            names = {s["name"] for s in (await c.get("/api/session")).json()["sections"]}
+            assert {"pause", "schedules"} <= names
+            rows = (await c.get("/api/section/pause")).json()["handlers"]
+            assert {r["name"]: r["paused"] for r in rows} == {
+                "job": False,
+                "event": False,
+                "tick": False,
+            }
+            r = await c.post("/api/section/pause/pause", json={"name": "job"}, headers=SAME_ORIGIN)
+            assert r.status_code == 401 and not await redis_client.exists("{jobs}:paused")
+            r = await c.post("/api/section/pause/pause", json={"name": "job"}, headers=bearer)
+            assert r.json() == {"name": "job", "paused": True}
+            assert await redis_client.exists("{jobs}:paused")
+            r = await c.post("/api/section/pause/pause", json={"name": "news"}, headers=bearer)
+            assert "pub/sub" in r.json()["error"]
+            r = await c.post("/api/section/pause/resume", json={"name": "job"}, headers=bearer)
+            assert not await redis_client.exists("{jobs}:paused")
+            (row,) = (await c.get("/api/section/schedules")).json()["schedules"]
+            assert row["name"] == "tick" and row["schedule"] == "every 60 s"
+            assert row["last_fired"] is None and row["next"]
+    finally:
+        await app.aclose()

@@ -50,8 +50,9 @@ def test_errors_form_one_tree() -> None:
     for name in aioredq.__all__:
         value = getattr(aioredq, name)
         if isinstance(value, type) and issubclass(value, Exception):
-            # Retry and Reject are control flow raised by handlers, not errors aioredq raises.
-            if value in (aioredq.Retry, aioredq.Reject):
+            # Retry, Reject and RateLimited are control flow raised by handlers, not errors
+            # aioredq raises.
+            if value in (aioredq.Retry, aioredq.Reject, aioredq.RateLimited):
                 continue
             assert issubclass(value, aioredq.AioredqError), name
 

@@ -36,9 +36,20 @@ LAYERS: dict[int, set[str]] = {
         "_outage",
         "_stats",
         "_middleware",
+        "_schedule",
+        "_cron",
     },
     1: {"_transports"},
-    0: {"_connection", "_url", "_exceptions", "_codec", "_backoff", "_message", "_logging"},
+    0: {
+        "_connection",
+        "_url",
+        "_exceptions",
+        "_codec",
+        "_backoff",
+        "_message",
+        "_logging",
+        "_rate",
+    },
 }
 
 

@@ -157,6 +157,7 @@ def test_metrics_serve_the_workers_counters_and_the_redis_figures(
     assert value(samples, "aioredq_dead", "event") == r.xlen(f"{{{STREAM}}}:dead") == 1
     assert value(samples, "aioredq_consumers", "event", state="dead") == 0
     assert value(samples, "aioredq_subscribers", "notice") == 1
+    assert value(samples, "aioredq_paused", "job") == value(samples, "aioredq_paused", "event") == 0
     assert not [k for k in samples if k[0] == "aioredq_lag" and ("handler", "job") in k[1]]
 
     # Figures are read at scrape time: a new backlog shows at once.

@@ -1,9 +1,10 @@
 """A model of the reliable queue, checked against the real Lua scripts on the test server.
 
-Hypothesis drives enqueue / fetch / settle (ack, retry, dead) / hand back / crash / recover /
-time passing through ``QueueTransport``, and after every step the keys in Redis must match the
-model exactly: every message is in exactly one of pending, processing, delayed, dead or done,
-in the right order, with the right delivery count.
+Hypothesis drives enqueue (at priorities 0, 2 and 7) / fetch / settle (ack, retry, dead) /
+hand back / crash / recover / time passing through ``QueueTransport``, and after every step
+the keys in Redis must match the model exactly: every message is in exactly one of pending
+(its priority's list), processing, delayed, dead or done, in the right order, with the right
+delivery count.
 
 It also breaks things the way an operator or another program does: any key of the queue (the
 queue, ``{q}:delayed``, ``{q}:dead``, ``{q}:consumers``, a processing list) is replaced by a
@@ -46,12 +47,14 @@ CASES = (
     "refused under maxmemory",
     "fixed a wrong-typed key",
     "due items kept while the queue was broken",
+    "one fetch took from two priorities",
 )
 KINDS = ("queue", "delayed", "dead", "consumers", "processing")
 Q = "q"
 LIVE = 3  # consumers alive at any time: a crashed one is replaced by a new one
 LEASE_MS = 3_600_000  # live consumers never expire by themselves during a run
 LATER_MS = 3_600_000  # a retry delay that never comes due unless time is advanced
+PRIORITIES = (7, 2)  # besides 0 (the queue list), highest first
 
 
 def ident(raw: bytes) -> bytes:
@@ -81,6 +84,8 @@ class QueueMachine(RuleBasedStateMachine):
         self.crashed: set[str] = set()  # expired, not yet recovered
         self.gone: dict[str, list[bytes]] = {}  # recovered; what each held when it crashed
         self.pending: list[bytes] = []  # the queue list, left to right (next taken: last)
+        self.ranked: dict[int, list[bytes]] = {p: [] for p in PRIORITIES}  # {q}:priority:p
+        self.priority: dict[bytes, int] = {}
         self.raws: dict[bytes, bytes] = {}  # message -> its item in a processing list
         self.delayed: dict[bytes, int] = {}  # message -> score
         self.dead: list[bytes] = []
@@ -109,6 +114,11 @@ class QueueMachine(RuleBasedStateMachine):
         self.processing[c] = []
         self.alive.add(c)
 
+    def waiting(self, msg: bytes) -> list[bytes]:
+        """The list ``msg`` waits in: its priority's (the queue list for 0)."""
+        p = self.priority[msg]
+        return self.ranked[p] if p else self.pending
+
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coro)
 
@@ -120,23 +130,25 @@ class QueueMachine(RuleBasedStateMachine):
     @rule(
         kinds=st.lists(st.booleans(), min_size=1, max_size=4),
         payload=st.binary(max_size=6),
+        priority=st.sampled_from([0, 0, *PRIORITIES]),
     )
-    def enqueue(self, kinds: list[bool], payload: bytes) -> None:
+    def enqueue(self, kinds: list[bool], payload: bytes, priority: int) -> None:
         raws = []
         for foreign in kinds:
             self.made += 1
-            if foreign:  # any bytes at all, as another program may push
+            if foreign and not priority:  # any bytes at all, as another program may push
                 raws.append(b"f%d:" % self.made + payload)
             else:
-                raws.append(encode_envelope(payload.hex(), msg_id=new_id()))
-        if self.bad(Q):
+                raws.append(encode_envelope(payload.hex(), msg_id=new_id(), priority=priority))
+        if self.bad(Q) and not priority:
             self.refused(self.t[min(self.alive)].push(raws))
             return
-        self.run(self.t[min(self.alive)].push(raws))
+        self.run(self.t[min(self.alive)].push(raws, priority))
         for raw in raws:
             msg = ident(raw)
             self.attempts[msg] = 0
-            self.pending.insert(0, msg)  # LPUSH a b: b ends leftmost
+            self.priority[msg] = priority
+            self.waiting(msg).insert(0, msg)  # LPUSH a b: b ends leftmost
 
     # consuming ---------------------------------------------------------------------------
     @rule(data=st.data(), count=st.integers(1, 4), later=st.integers(0, 3))
@@ -169,8 +181,14 @@ class QueueMachine(RuleBasedStateMachine):
             self.seen["several due items promoted"] += 1
         for _, msg in due:
             del self.delayed[msg]
-        self.pending.extend(m for _, m in reversed(due))  # earliest due ends rightmost
-        taken = [self.pending.pop() for _ in range(min(count, len(self.pending)))]
+        for _, msg in reversed(due):  # earliest due ends rightmost in its list
+            self.waiting(msg).append(msg)
+        taken = []
+        for waiting in (*(self.ranked[p] for p in PRIORITIES), self.pending):  # highest first
+            while waiting and len(taken) < count:
+                taken.append(waiting.pop())
+        if any(self.priority[m] for m in taken) and any(not self.priority[m] for m in taken):
+            self.seen["one fetch took from two priorities"] += 1
         assert [ident(r) for r in got.items] == taken
         for msg, raw in zip(taken, got.items, strict=True):
             self.attempts[msg] += 1
@@ -288,7 +306,8 @@ class QueueMachine(RuleBasedStateMachine):
             self.processing[c].remove(m)
             if not started[m]:
                 self.attempts[m] -= 1
-        self.pending.extend(reversed(picked))  # the first given is taken first again
+        for m in reversed(picked):  # the first given is taken first again, in its own list
+            self.waiting(m).append(m)
 
     @precondition(
         lambda self: (
@@ -324,7 +343,8 @@ class QueueMachine(RuleBasedStateMachine):
         for dead in sorted(self.crashed):
             self.gone[dead] = [self.raws[m] for m in self.processing[dead]]
             expected += len(self.processing[dead])
-            self.pending.extend(self.processing[dead])  # oldest (rightmost) ends rightmost
+            for m in self.processing[dead]:  # oldest (rightmost) ends rightmost, in its list
+                self.waiting(m).append(m)
             self.processing[dead] = []
         self.crashed.clear()
         assert moved == expected
@@ -387,6 +407,11 @@ class QueueMachine(RuleBasedStateMachine):
         assert [ident(r) for r in pending] == self.pending
         for raw in pending:
             assert attempts_in(raw) == self.attempts[ident(raw)]
+        for p in PRIORITIES:
+            ranked = self.run(self.client.lrange(f"{{{Q}}}:priority:{p}", 0, -1))
+            assert [ident(r) for r in ranked] == self.ranked[p]
+            for raw in ranked:
+                assert attempts_in(raw) == self.attempts[ident(raw)]
         held: list[bytes] = []
         for c in self.t:
             items = self.run(self.client.lrange(self.key(self.t[c].processing), 0, -1))
@@ -397,7 +422,8 @@ class QueueMachine(RuleBasedStateMachine):
         assert sorted(ident(r) for r in delayed) == sorted(self.delayed)
         dead = self.run(self.client.lrange(self.key(t.dead), 0, -1))
         assert dead == [b"dead:" + m for m in self.dead]
-        places = Counter([*self.pending, *held, *self.delayed, *self.dead, *self.done])
+        ranked_all = [m for p in PRIORITIES for m in self.ranked[p]]
+        places = Counter([*self.pending, *ranked_all, *held, *self.delayed, *self.dead, *self.done])
         assert set(places) == set(self.attempts)  # nothing lost
         assert all(n == 1 for n in places.values())  # nothing in two places
         registered = {

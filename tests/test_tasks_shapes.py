@@ -177,6 +177,10 @@ async def test_a_dead_letter_denied_by_acl_holds_back_only_itself(
         "~{jobs}:consumers",
         "~{jobs}:recovering",
         "~{jobs}:dead:*",
+        "~{jobs}:paused",
+        "~{jobs}:priority:*",
+        "~{jobs}:rate",
+        "~{jobs}:throttled",
         "+@all",
     ]
     await redis_client.execute_command("ACL", "SETUSER", user, "reset", *grants)

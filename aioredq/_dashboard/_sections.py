@@ -18,6 +18,9 @@ from typing import Any
 
 from .._app import App
 from .._asyncapi import asyncapi_document
+from .._exceptions import ConfigurationError
+from .._handlers import StreamHandler, TaskHandler
+from .._inspect import schedule_row
 
 Read = Callable[[App, Any], Awaitable[Any]]
 Action = Callable[[App, Any, dict[str, Any]], Awaitable[Any]]
@@ -36,8 +39,63 @@ async def _schema(app: App, client: Any) -> Any:
     return asyncapi_document(app)
 
 
+def _pausable(app: App) -> list[TaskHandler | StreamHandler]:
+    return [h for h in app.handlers if isinstance(h, TaskHandler | StreamHandler)]
+
+
+async def _pauses(app: App, client: Any) -> Any:
+    rows = []
+    for h in _pausable(app):
+        paused = bool(await client.exists(app.pause_key(h.name)))
+        rows.append({"name": h.name, "kind": h.kind, "key": h.key, "paused": paused})
+    return {"handlers": rows}
+
+
+def _switch(on: bool) -> Action:
+    async def switch(app: App, client: Any, data: dict[str, Any]) -> Any:
+        name = data.get("name")
+        try:
+            if not isinstance(name, str):
+                raise ConfigurationError("give the handler's name")
+            key = app.pause_key(name)
+        except ConfigurationError as exc:
+            return {"error": str(exc)}
+        if on:
+            await client.set(key, "1")
+        else:
+            await client.delete(key)
+        return {"name": name, "paused": on}
+
+    return switch
+
+
+async def _schedules(app: App, client: Any) -> Any:
+    rows = []
+    for h in app.handlers:
+        if isinstance(h, TaskHandler) and (when := await schedule_row(client, h)):
+            every, cron = h.spec.every, h.spec.cron
+            rule = f"every {every:g} s" if every is not None else f"{cron} ({h.spec.tz})"
+            rows.append({"name": h.name, "queue": h.key, "schedule": rule, **when})
+    return {"schedules": rows}
+
+
 SECTIONS: list[Section] = [
     Section("schema", "AsyncAPI document", lambda app: bool(app.handlers), _schema),
+    Section(
+        "pause",
+        "Pause and resume",
+        lambda app: bool(_pausable(app)),
+        _pauses,
+        {"pause": _switch(True), "resume": _switch(False)},
+    ),
+    Section(
+        "schedules",
+        "Periodic schedules",
+        lambda app: any(
+            isinstance(h, TaskHandler) and (h.spec.cron or h.spec.every) for h in app.handlers
+        ),
+        _schedules,
+    ),
 ]
 
 

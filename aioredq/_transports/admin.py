@@ -123,14 +123,25 @@ async def task_figures(client: Any, queue: str) -> dict[str, Any]:
     pipe.llen(queue)
     pipe.zcard(keys.delayed(queue))
     pipe.llen(keys.dead(queue))
+    for level in range(1, 10):
+        pipe.llen(keys.priority(queue, level))
     for name in names:
         pipe.llen(keys.processing(queue, name))
-    length, delayed, dead, *processing = await pipe.execute(raise_on_error=False)
+    length, delayed, dead, *rest = await pipe.execute(raise_on_error=False)
+    ranked, processing = rest[:9], rest[9:]
+    # Waiting jobs of every priority count in the length (a wrong-typed list is reported).
+    for level, value in enumerate(ranked, 1):
+        if isinstance(value, ResponseError):
+            row.fail(_reason(value, keys.priority(queue, level)), "length")
+        elif not isinstance(length, ResponseError):
+            length = int(length) + int(value)
     for figure, key, value in (
         ("length", queue, length),
         ("delayed", keys.delayed(queue), delayed),
         ("dead", keys.dead(queue), dead),
     ):
+        if figure in row.errors:
+            continue
         if isinstance(value, ResponseError):
             row.fail(_reason(value, key), figure)
         else:

@@ -47,3 +47,19 @@ def consumers(name: str, group: str | None = None) -> str:
 
 def recover_lock(name: str, group: str | None = None) -> str:
     return aux(name, "recovering" if group is None else f"recovering:{group}")
+
+
+def paused(name: str, group: str | None = None) -> str:
+    """While this key exists (any value), no worker starts messages of queue ``name`` (or of
+    stream ``name``'s ``group``; without one, of its tail handlers)."""
+    return aux(name, "paused" if group is None else f"paused:{group}")
+
+
+def priority(queue: str, level: int) -> str:
+    """The list of waiting jobs of priority ``level`` (1 to 9); 0 is the queue itself."""
+    return aux(queue, f"priority:{level}")
+
+
+def dedup(queue: str, key: str) -> str:
+    """Holds the id of the job enqueued on ``queue`` with dedup ``key`` until it finishes."""
+    return aux(queue, f"key:{key}")

@@ -52,3 +52,37 @@ local function attempts_of(item)
   return nil
 end
 """
+
+# The priority (1 to 9) an aioredq envelope carries right after its ``enqueued_at``, or 0 (the
+# plain list): what decides where a retried, handed back or recovered item waits again.
+PRIORITY = r"""
+local function priority_of(item)
+  local p = string.match(item,
+    '^{"aioredq":1,"attempts":%d+,"id":"[^"\\]*","enqueued_at":[%d.]+,"priority":([1-9])[,}]')
+  return p and tonumber(p) or 0
+end
+"""
+
+# A sliding-window log of handler starts: a zset of one member per start, scored by the
+# server time. ``rate_room`` drops what left the window and says how many more may start now
+# (and, when none may, in how many ms the oldest leaves); ``rate_take`` records ``n`` starts
+# (``tag`` makes the members unique across consumers and calls). At most ``limit`` starts fall
+# in any window of ``per_ms`` plus 5 %, whichever worker made them: the margin absorbs the
+# jitter between a start granted (server clock) and the handler starting in its worker, so
+# that the limit also holds as the workers' clocks measure it, at the cost of running at
+# most ~95 % of it under a backlog.
+RATE = """
+local function rate_room(key, limit, per_ms, want)
+  per_ms = per_ms + math.ceil(per_ms / 20)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - per_ms)
+  local room = math.max(0, math.min(want, limit - redis.call('ZCARD', key)))
+  if room > 0 then return room, 0 end
+  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  return 0, oldest[2] and math.max(1, tonumber(oldest[2]) + per_ms - now + 1) or 1
+end
+local function rate_take(key, n, per_ms, tag)
+  per_ms = per_ms + math.ceil(per_ms / 20)
+  for i = 1, n do redis.call('ZADD', key, now, tag .. i) end
+  if n > 0 then redis.call('PEXPIRE', key, per_ms + 1000) end
+end
+"""

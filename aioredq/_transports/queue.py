@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import keys
+from .dedup import ENQUEUE_KEYED, free_args, keyed_settle
 from .queue_scripts import (
     ENQUEUE_DELAYED,
     EXPIRED,
@@ -34,9 +35,9 @@ from .queue_scripts import (
 # every model under them and fails on any denial, so keep this in step with the code below.
 COMMANDS = (
     *("evalsha", "script|load", "time", "scan", "exists"),
-    *("lpush", "rpush", "blmove", "lmove", "lrem", "llen", "lrange", "lpos", "ltrim"),
+    *("lpush", "rpush", "blmove", "lmove", "lrem", "llen", "lrange", "lpos", "ltrim", "lindex"),
     *("zadd", "zrem", "zrange", "zrangebyscore", "zscore", "zmscore"),
-    *("set", "get", "del", "type", "rename"),
+    *("set", "get", "del", "type", "pexpire", "zcard", "zremrangebyscore"),
 )
 
 
@@ -47,6 +48,8 @@ class Fetched:
     now_ms: int  # server time
     registered: bool  # this consumer was not in the consumers ZSET (first fetch, or expired)
     problem: str | None = None  # what held back part of the work (a wrong-typed key, ...)
+    paused: bool = False  # the queue's pause key exists: nothing was taken
+    rate_wait_ms: int | None = None  # the rate allows no start for this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +78,14 @@ class QueueTransport:
         self.dead = keys.dead(queue)
         self.consumers = keys.consumers(queue)
         self.lock = keys.recover_lock(queue)
+        self.paused = keys.paused(queue)
+        self.priorities = [keys.priority(queue, p) for p in range(1, 10)]
+        self.rate_window = keys.aux(queue, "rate")
+        self.throttled = keys.aux(queue, "throttled")
         self._fetch = client.register_script(FETCH)
         self._settle = client.register_script(SETTLE)
+        self._settle_keyed = client.register_script(keyed_settle(SETTLE))
+        self._enqueue_keyed = client.register_script(ENQUEUE_KEYED)
         self._handback = client.register_script(HANDBACK)
         self._enqueue_delayed = client.register_script(ENQUEUE_DELAYED)
         self._heartbeat = client.register_script(HEARTBEAT)
@@ -85,8 +94,36 @@ class QueueTransport:
         self._recover = client.register_script(RECOVER)
 
     # producing ---------------------------------------------------------------------------
-    async def push(self, items: Sequence[bytes]) -> None:
-        await self.client.lpush(self.queue, *items)
+    async def push(self, items: Sequence[bytes], priority: int = 0) -> None:
+        """LPUSH on the queue, or on the list of ``priority`` (1 to 9, items whose envelope
+        carries it)."""
+        await self.client.lpush(self.priorities[priority - 1] if priority else self.queue, *items)
+
+    async def push_keyed(
+        self,
+        item: bytes,
+        msg_id: str,
+        key: str,
+        *,
+        priority: int = 0,
+        delay_ms: int | None = None,
+        at_ms: int | None = None,
+    ) -> str:
+        """Enqueue ``item`` unless a job holds dedup ``key``; the id that holds it."""
+        if delay_ms is not None or at_ms is not None:
+            dest = self.delayed
+        else:
+            dest = self.priorities[priority - 1] if priority else self.queue
+        held = await self._enqueue_keyed(
+            keys=[keys.dedup(self.queue, key), dest],
+            args=[
+                msg_id,
+                item,
+                "" if delay_ms is None else delay_ms,
+                "" if at_ms is None else at_ms,
+            ],
+        )
+        return _text(held)
 
     async def push_delayed(self, items: Sequence[bytes], delay_ms: int) -> None:
         await self._enqueue_delayed(keys=[self.delayed], args=[delay_ms, *items])
@@ -96,7 +133,13 @@ class QueueTransport:
 
     # consuming ---------------------------------------------------------------------------
     async def fetch(
-        self, count: int, lease_ms: int, id_prefix: str, promote: int, max_bytes: int = 1 << 53
+        self,
+        count: int,
+        lease_ms: int,
+        id_prefix: str,
+        promote: int,
+        max_bytes: int = 1 << 53,
+        rate: tuple[int, int] = (0, 1000),
     ) -> Fetched:
         """Move up to ``count`` items into this consumer's processing list (after promoting
         up to ``promote`` due delayed items), counting the delivery in each, and renew the
@@ -110,8 +153,12 @@ class QueueTransport:
                 self.delayed,
                 self.consumers,
                 keys.dead(self.queue) + ":" + id_prefix,
+                self.paused,
+                *self.priorities,
+                self.rate_window,
+                self.throttled,
             ],
-            args=[count, self.consumer, lease_ms, id_prefix, promote, max_bytes],
+            args=[count, self.consumer, lease_ms, id_prefix, promote, max_bytes, *rate],
         )
         items, nxt, now, fresh, *rest = reply
         problem = rest[0] if rest else None
@@ -121,7 +168,13 @@ class QueueTransport:
             int(now),
             bool(fresh),
             _text(problem) if problem else None,
+            bool(rest[1]) if len(rest) > 1 else False,
+            int(rest[2]) if len(rest) > 2 and rest[2] is not None else None,
         )
+
+    async def throttle(self, delay_ms: int) -> None:
+        """Hold every consumer of the queue off for ``delay_ms`` (``RateLimited``)."""
+        await self.client.set(self.throttled, "1", px=max(1, delay_ms))
 
     async def wait(self, client: Any, timeout: float) -> None:
         """Block until the queue has an item, at most ``timeout`` seconds.
@@ -154,7 +207,17 @@ class QueueTransport:
             declared.append(self.delayed)
         if dead:
             declared.append(self.dead)
-        n, rstop, rerr, dstop, derr = await self._settle(keys=declared, args=args)
+        # Finished jobs enqueued with a dedup key free it in the same call (see dedup.py).
+        first_dead = 3 + len(acks) + 2 * len(retries)
+        finished = [(3 + k, item) for k, item in enumerate(acks)]
+        finished += [(first_dead + 2 * j, item) for j, (item, _) in enumerate(dead)]
+        dedup_keys, dedup_args = free_args(self.queue, finished)
+        script = self._settle
+        if dedup_keys:
+            script = self._settle_keyed
+            declared += dedup_keys
+            args += [*dedup_args, len(dedup_keys)]
+        n, rstop, rerr, dstop, derr = await script(keys=declared, args=args)
         return Settled(
             int(n),
             None if rstop is None else int(rstop),
@@ -186,7 +249,9 @@ class QueueTransport:
         if not pairs:
             return 0
         args = [part for pair in pairs for part in pair]
-        return int(await self._handback(keys=[self.processing, self.queue], args=args))
+        return int(
+            await self._handback(keys=[self.processing, self.queue, *self.priorities], args=args)
+        )
 
     async def held_count(self) -> int:
         return int(await self.client.llen(self.processing))
@@ -221,7 +286,7 @@ class QueueTransport:
         lists = [keys.processing(self.queue, n) for n in names]
         return int(
             await self._recover(
-                keys=[self.consumers, self.queue, self.lock, *lists],
+                keys=[self.consumers, self.queue, self.lock, *self.priorities, *lists],
                 args=[token, self.consumer, *names],
             )
         )

@@ -27,7 +27,8 @@ COMMANDS = (
     *("xadd", "xtrim", "xread", "xreadgroup", "xack", "xrange", "xrevrange"),
     *("xpending", "xclaim", "xautoclaim", "xinfo|groups", "xinfo|consumers"),
     *("xgroup|create", "xgroup|createconsumer", "xgroup|delconsumer"),
-    *("zadd", "zrem", "zscore", "zrangebyscore", "type"),
+    *("zadd", "zrem", "zscore", "zrangebyscore", "type", "exists"),
+    *("zremrangebyscore", "zcard", "zrange", "pexpire", "set"),
 )
 
 # An IDLE for XCLAIM that makes an entry claimable by anyone at once. Redis computes the

@@ -1,0 +1,115 @@
+"""Deduplication keys: one job per key while it is queued, delayed or running; freed when the
+job finishes or is dead-lettered (``key_ttl`` later); atomic across processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio
+from _waiting import until, until_redis
+
+from aioredq import App, Backoff
+
+Redis = redis.asyncio.Redis
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("url_kind", ["redis", "memory"])
+async def test_one_job_per_key_until_it_finishes(url_kind: str, redis_url: str) -> None:
+    app = App(redis_url if url_kind == "redis" else "memory://")
+    runs: list[str] = []
+    release = asyncio.Event()
+
+    @app.task("dd", backoff=Backoff(base=0.05, jitter=False), max_attempts=2)
+    async def job(body: str) -> None:
+        runs.append(body)
+        if body == "fail":
+            raise RuntimeError("no")
+        await release.wait()
+
+    first = await app.enqueue("dd", "a", key="k")
+    assert await app.enqueue("dd", "b", key="k") == first  # queued: nothing added
+    assert await app.enqueue("dd", "c", key="k", delay=5) == first
+    async with app:
+        await until(lambda: runs == ["a"], "the keyed job running")
+        assert await app.enqueue("dd", "d", key="k") == first  # running: still held
+        release.set()
+        # Finished: the key is free again.
+        second = await app.enqueue("dd", "e", key="k")
+        while second == first:
+            await asyncio.sleep(0.02)
+            second = await app.enqueue("dd", "e", key="k")
+        await until(lambda: runs == ["a", "e"], "the second keyed job running")
+
+        # key_ttl holds the key after the job finished.
+        third = await app.enqueue("dd", "f", key="t", key_ttl=60)
+        await until(lambda: runs[-1:] == ["f"], "the ttl job running")
+        await asyncio.sleep(0.3)
+        assert await app.enqueue("dd", "g", key="t") == third
+
+        # A retried job keeps its key; a dead-lettered one frees it.
+        failing = await app.enqueue("dd", "fail", key="x")
+        await until(lambda: runs.count("fail") >= 1, "the failing job's first run")
+        assert await app.enqueue("dd", "h", key="x") in (failing,)
+        await until(lambda: runs.count("fail") == 2, "the failing job's last run")
+        again = failing
+        while again == failing:
+            await asyncio.sleep(0.02)
+            again = await app.enqueue("dd", "fail2", key="x")
+    assert "b" not in runs and "c" not in runs and "d" not in runs and "g" not in runs
+
+
+WORKER = """
+import asyncio, sys
+from aioredq import App
+
+async def main(url, n):
+    app = App(url, max_connections=50)
+    ids = await asyncio.gather(*(app.enqueue("dd4", i, key="once") for i in range(n)))
+    await app.aclose()
+    print(len(set(ids)))
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+
+def test_concurrent_enqueues_of_one_key_from_four_processes_add_one_job(
+    redis_url: str, r: redis.Redis
+) -> None:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, redis_url, "250"],
+            cwd=ROOT,
+            env=dict(os.environ),
+            stdout=subprocess.PIPE,
+        )
+        for _ in range(4)
+    ]
+    outs = [p.communicate(timeout=60)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert [int(o) for o in outs] == [1, 1, 1, 1]  # every call got the same one id
+    assert r.llen("dd4") == 1
+    held = r.get("{dd4}:key:once")
+    assert held is not None and held in r.lindex("dd4", 0)
+
+
+async def test_a_wrong_typed_key_is_refused_and_adds_nothing(
+    redis_url: str, redis_client: Redis
+) -> None:
+    from aioredq import AioredqError
+
+    app = App(redis_url)
+    try:
+        await redis_client.lpush("{dd-bad}:key:k", "x")
+        with pytest.raises(AioredqError, match="WRONGTYPE"):
+            await app.enqueue("dd-bad", "a", key="k")
+        assert await redis_client.exists("dd-bad") == 0
+        await until_redis(lambda: redis_client.llen("{dd-bad}:key:k"), 1, "the foreign list kept")
+    finally:
+        await app.aclose()
