@@ -8,6 +8,7 @@ import os
 import time
 
 import pytest
+import redis.asyncio
 from _waiting import until
 
 from aioredq import App, ConfigurationError, Message, Rate, RateLimited
@@ -51,22 +52,34 @@ async def test_three_consumers_share_one_rate(kind: str, redis_url: str) -> None
         await apps[0].enqueue_many("rated", list(range(total)))
     else:
         await apps[0].append_many("rated-s", [{"n": str(i)} for i in range(total)])
+    # The limit is enforced where the starts are granted: in Redis, on the server's clock, in
+    # the window log (kept for a little over the period, so reading it every 0.2 s sees every
+    # grant). The handlers' own start times follow, late by however long the worker's event
+    # loop took to run them, which on a busy machine can bunch them up.
+    log = "{rated}:rate" if kind == "task" else "{rated-s}:rate:g"
+    probe = redis.asyncio.Redis.from_url(redis_url)
+    grants: dict[bytes, float] = {}
     for app in apps:
         await app.start()
     try:
-        await asyncio.sleep(SECONDS + 0.5)  # the measured span
+        deadline = time.monotonic() + SECONDS + 0.5  # the measured span
+        while time.monotonic() < deadline:
+            grants.update(await probe.zrange(log, 0, -1, withscores=True))
+            await asyncio.sleep(0.2)
     finally:
         for app in apps:
             await app.aclose()
+        await probe.aclose()
     first = min(starts)
     measured = [t for t in starts if t < first + SECONDS]
     per_second = len(measured) / SECONDS
-    steady = [t for t in starts if t >= first + 1]
+    granted = [ms / 1000 for ms in grants.values()]
     print(
-        f"{kind}: {per_second:.1f} starts/s, worst 1 s window {worst_window(starts)}, "
-        f"after the first second {worst_window(steady)}"
+        f"{kind}: {per_second:.1f} starts/s, worst 1 s window of grants {worst_window(granted)}, "
+        f"of handler starts {worst_window(starts)}"
     )
-    assert worst_window(starts) <= rate  # never above it, over any 1 s window
+    assert len(granted) >= len(measured)  # every start was granted in Redis
+    assert worst_window(granted) <= rate  # never above it, over any 1 s window
     assert per_second >= rate * 0.9  # within 10 % below
 
 
