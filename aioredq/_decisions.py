@@ -12,8 +12,9 @@ from typing import Any, Generic, TypeVar
 
 from ._backoff import Backoff
 from ._codec import DecodeError
-from ._exceptions import Reject, Retry
+from ._exceptions import Cancelled, HandlerTimeout, Reject, Retry
 from ._handlers import Handler
+from ._limits import within
 from ._message import Message
 from ._stats import Counters
 
@@ -23,7 +24,7 @@ log = logging.getLogger("aioredq")
 
 @dataclass(frozen=True, slots=True)
 class Ack:
-    pass
+    value: Any = None  # what the handler returned (stored when the task keeps results)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +80,10 @@ class Decider(abc.ABC, Generic[J]):
         started = time.perf_counter()
         try:
             if handler.message_param is None:
-                await handler.func(body)
+                call = handler.func(body)
             else:
-                await handler.func(body, **{handler.message_param: self.message(job)})
+                call = handler.func(body, **{handler.message_param: self.message(job)})
+            value = await within(call, handler.spec.timeout, handler.name)
         except Retry as exc:
             outcome = Again(backoff.delay(attempt) if exc.delay is None else exc.delay)
             error = "Retry: the handler asked for a retry"
@@ -90,7 +92,14 @@ class Decider(abc.ABC, Generic[J]):
             counters.latencies.append(time.perf_counter() - started)
             counters.failed += 1
             return self._dead_letter(msg_id, attempt, f"Reject: {exc.reason}")
+        except Cancelled as exc:
+            counters.latencies.append(time.perf_counter() - started)
+            counters.failed += 1
+            counters.cancelled += 1
+            return self._dead_letter(msg_id, attempt, error_text(exc))
         except Exception as exc:
+            if isinstance(exc, HandlerTimeout):
+                counters.timed_out += 1
             outcome = Again(backoff.delay(attempt))
             error = error_text(exc)
             raised = exc
@@ -105,7 +114,7 @@ class Decider(abc.ABC, Generic[J]):
         else:
             counters.latencies.append(time.perf_counter() - started)
             counters.succeeded += 1
-            return ACK
+            return ACK if value is None else Ack(value)
         counters.latencies.append(time.perf_counter() - started)
         counters.failed += 1
         if attempt >= max_attempts:

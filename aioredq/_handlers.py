@@ -75,6 +75,10 @@ def _positive_float(value: object, what: str, where: str) -> float:
     return float(value)
 
 
+def _optional_seconds(value: object, what: str, where: str) -> float | None:
+    return None if value is None else _positive_float(value, what, where)
+
+
 def _key_name(value: object, what: str, where: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigurationError(f"{where}: {what} must be a non-empty string, got {value!r}")
@@ -89,6 +93,9 @@ class TaskSpec:
     backoff: Backoff
     lease: float
     batch: int
+    timeout: float | None = None
+    result_ttl: float | None = None
+    result_type: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +111,7 @@ class StreamSpec:
     lag_warning: int
     batch: int
     max_age: float | None = None
+    timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +121,7 @@ class SubscribeSpec:
     sharded: bool
     buffer: int
     concurrency: int
+    timeout: float | None = None
 
 
 Spec = TaskSpec | StreamSpec | SubscribeSpec
@@ -323,10 +332,20 @@ def task_spec(
     backoff: object,
     lease: object,
     batch: object,
+    timeout: object = None,
+    result_ttl: object = None,
+    result_type: object = None,
     where: str,
 ) -> TaskSpec:
     if not isinstance(backoff, Backoff):
         raise ConfigurationError(f"{where}: backoff must be an aioredq.Backoff")
+    if result_type is not None:
+        try:
+            Codec(result_type)
+        except Exception as exc:
+            raise ConfigurationError(
+                f"{where}: cannot validate results of type {result_type!r}: {exc}"
+            ) from exc
     return TaskSpec(
         queue=_key_name(queue, "queue", where),
         concurrency=_positive_int(concurrency, "concurrency", where),
@@ -334,6 +353,9 @@ def task_spec(
         backoff=backoff,
         lease=_positive_float(lease, "lease", where),
         batch=_positive_int(batch, "batch", where),
+        timeout=_optional_seconds(timeout, "timeout", where),
+        result_ttl=_optional_seconds(result_ttl, "result_ttl", where),
+        result_type=result_type,
     )
 
 
@@ -350,6 +372,7 @@ def stream_spec(
     lag_warning: object,
     batch: object,
     max_age: object = None,
+    timeout: object = None,
     where: str,
 ) -> StreamSpec:
     if group is not None:
@@ -373,6 +396,7 @@ def stream_spec(
         lag_warning=_positive_int(lag_warning, "lag_warning", where),
         batch=_positive_int(batch, "batch", where),
         max_age=age,
+        timeout=_optional_seconds(timeout, "timeout", where),
     )
 
 
@@ -383,6 +407,7 @@ def subscribe_spec(
     sharded: object,
     buffer: object,
     concurrency: object,
+    timeout: object = None,
     where: str,
 ) -> SubscribeSpec:
     names = tuple(_key_name(c, "channel", where) for c in channels)
@@ -402,4 +427,5 @@ def subscribe_spec(
         sharded=sharded,
         buffer=_positive_int(buffer, "buffer", where),
         concurrency=_positive_int(concurrency, "concurrency", where),
+        timeout=_optional_seconds(timeout, "timeout", where),
     )

@@ -54,6 +54,9 @@ class Registry:
         backoff: Backoff = DEFAULT_BACKOFF,
         lease: float = 30.0,
         batch: int = 100,
+        timeout: float | None = None,
+        result_ttl: float | None = None,
+        result_type: Any = None,
     ) -> Callable[[HandlerFunc], TaskHandler]:
         """Consume the reliable list queue ``queue`` (at-least-once)."""
         _named("task", "queue", queue)
@@ -67,6 +70,9 @@ class Registry:
                 backoff=backoff,
                 lease=lease,
                 batch=batch,
+                timeout=timeout,
+                result_ttl=result_ttl,
+                result_type=result_type,
             )
 
         return decorate
@@ -90,6 +96,7 @@ class Registry:
         lag_warning: int = 1000,
         batch: int = 100,
         max_age: float | None = None,
+        timeout: float | None = None,
     ) -> Callable[[HandlerFunc], StreamHandler]:
         """Consume the stream ``stream``: in consumer group ``group`` (at-least-once, acked,
         claimed, dead-lettered), or without a group as a tail of new entries.
@@ -112,6 +119,7 @@ class Registry:
                 lag_warning=lag_warning,
                 batch=batch,
                 max_age=max_age,
+                timeout=timeout,
             )
 
         return decorate
@@ -128,6 +136,7 @@ class Registry:
         sharded: bool = False,
         buffer: int = 1000,
         concurrency: int = 1,
+        timeout: float | None = None,
     ) -> Callable[[HandlerFunc], SubscribeHandler]:
         """Receive what is published on ``channels`` (or ``pattern``); at-most-once."""
         if channels:
@@ -141,6 +150,7 @@ class Registry:
                 sharded=sharded,
                 buffer=buffer,
                 concurrency=concurrency,
+                timeout=timeout,
             )
 
         return decorate

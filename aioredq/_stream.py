@@ -13,7 +13,7 @@ from typing import Any
 from ._codec import DecodeError, decode_fields_raw
 from ._connection import BLOCK_SECONDS, Connection
 from ._consumer import Consumer, log
-from ._decisions import ACK, Again, Dead, error_text
+from ._decisions import Ack, Again, Dead, error_text
 from ._group_checks import GroupChecks
 from ._handlers import StreamHandler
 from ._message import Message
@@ -312,7 +312,7 @@ class GroupConsumer(_StreamBase):
             entry, entry_id, attempt, self.spec.max_deliveries, self.spec.backoff
         )
         self._started.discard(entry_id)
-        if decision is ACK:
+        if isinstance(decision, Ack):
             self._outcomes.ack(entry_id)
             self.settle_soon()
         elif isinstance(decision, Again):

@@ -22,7 +22,9 @@ from anyio.abc import TaskStatus
 
 from ._codec import DecodeError
 from ._connection import Connection, is_connection_error
+from ._exceptions import HandlerTimeout
 from ._handlers import SubscribeHandler
+from ._limits import within
 from ._message import Message
 from ._outage import Outage
 from ._pool import Pool
@@ -287,6 +289,7 @@ def _runner(sink: _Sink) -> Callable[[Frame], Awaitable[None]]:
     decode = handler.codec.decode_text
     func = handler.func
     message_param = handler.message_param
+    timeout = handler.spec.timeout
     latencies = counters.latencies
     perf_counter = time.perf_counter
 
@@ -307,11 +310,14 @@ def _runner(sink: _Sink) -> Callable[[Frame], Awaitable[None]]:
             started = perf_counter()
             try:
                 if message_param is None:
-                    await func(body)
+                    call = func(body)
                 else:
-                    await func(body, **{message_param: _message(frame)})
+                    call = func(body, **{message_param: _message(frame)})
+                await within(call, timeout, handler.name)
             except Exception as exc:
                 counters.failed += 1
+                if isinstance(exc, HandlerTimeout):
+                    counters.timed_out += 1
                 log.error(
                     "handler=%s channel=%s failed: %s: %s",
                     handler.name,

@@ -34,7 +34,7 @@ from typing import Any
 from ._codec import DecodeError, TaskItem, envelope_metadata, parse_task_item
 from ._connection import BLOCK_SECONDS, Connection, is_connection_error
 from ._consumer import Consumer, log
-from ._decisions import ACK, Again, Dead
+from ._decisions import Ack, Again, Dead
 from ._handlers import TaskHandler
 from ._message import Message
 from ._orphans import OrphanScan
@@ -236,7 +236,7 @@ class TaskConsumer(Consumer[Job]):
         decision = await self.execute(
             job, item.id, item.attempts, self.spec.max_attempts, self.spec.backoff
         )
-        if decision is ACK:
+        if isinstance(decision, Ack):
             self.outcomes.acks.append(item.raw)
         elif isinstance(decision, Again):
             self.outcomes.retries.append((item.raw, max(int(decision.delay * 1000), 1)))
