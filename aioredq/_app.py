@@ -4,17 +4,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from ssl import SSLContext
 from typing import Any
 
 from . import _observer
 from ._connection import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT
 from ._exceptions import ConfigurationError
+from ._handlers import TaskHandler
+from ._results import close_readers, wait_result
 from ._runner import NOTHING_TO_RUN, Runner
 from ._stats import Stats
 from ._url import parse_url, resolve_url
 
 __all__ = ["NOTHING_TO_RUN", "App"]
+
+# ``result_type`` not given: the type declared by the queue's handler in this app, if any.
+_DECLARED: Any = object()
 
 
 class App(Runner):
@@ -83,6 +90,57 @@ class App(Runner):
         except KeyError as exc:
             raise ConfigurationError(exc.args[0]) from None
         return await _observer.lag(self.connection, handler, name)
+
+    async def result(
+        self,
+        queue: str,
+        id: str,
+        *,
+        timeout: float | None = None,
+        result_type: Any = _DECLARED,
+    ) -> Any:
+        """Wait for job ``id`` of ``queue`` to finish and return what its handler returned
+        (validated against ``result_type``, by default the handler's ``result_type=``).
+        Raises JobFailed when the job was dead-lettered, TimeoutError after ``timeout``
+        seconds. Needs ``result_ttl=`` on the queue's handler (wherever it runs)."""
+        if result_type is _DECLARED:
+            handler = self._task_handler(queue)
+            result_type = None if handler is None else handler.spec.result_type
+        async with asyncio.timeout(timeout):
+            return await wait_result(self, queue, id, result_type)
+
+    async def request(
+        self,
+        queue: str,
+        body: Any,
+        *,
+        timeout: float | None = None,
+        result_type: Any = _DECLARED,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        """Enqueue ``body`` and wait for its result (``result``): request/reply over a task
+        queue whose handler keeps results. ``timeout`` bounds the whole call."""
+        handler = self._task_handler(queue)
+        if handler is not None and handler.spec.result_ttl is None:
+            raise ConfigurationError(
+                f"handler {handler.name!r} keeps no results: give it result_ttl= to request"
+            )
+        deadline = None if timeout is None else time.monotonic() + timeout
+        async with asyncio.timeout(timeout):
+            job_id = await self.enqueue(queue, body, headers=headers)
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        return await self.result(queue, job_id, timeout=left, result_type=result_type)
+
+    async def aclose(self) -> None:
+        """Stop (if running) and release the connections."""
+        await close_readers(self)
+        await super().aclose()
+
+    def _task_handler(self, queue: str) -> TaskHandler | None:
+        for handler in self.handlers:
+            if isinstance(handler, TaskHandler) and handler.key == queue:
+                return handler
+        return None
 
     def stats(self) -> Stats:
         """A snapshot of every handler's counters and latency in this process."""

@@ -47,6 +47,16 @@ class Producing(Protocol):
 
     async def append(self, stream: str, body: Any, *, maxlen: int | None = ...) -> str: ...
 
+    async def result(
+        self, queue: str, id: str, *, timeout: float | None = ..., result_type: Any = ...
+    ) -> Any: ...
+
+    async def request(
+        self, queue: str, body: Any, *, timeout: float | None = ..., result_type: Any = ...
+    ) -> Any: ...
+
+    async def cancel(self, queue: str, id: str) -> bool: ...
+
     async def append_many(
         self, stream: str, bodies: Iterable[Any], *, maxlen: int | None = ...
     ) -> list[str]: ...
@@ -212,6 +222,23 @@ class TaskHandler(Handler):
         bodies = list(bodies)
         self._check(bodies)
         return await self.app.enqueue_many(self.key, bodies, delay=delay, at=at)
+
+    async def result(self, id: str, *, timeout: float | None = None) -> Any:
+        """Wait for job ``id`` of this handler's queue (``App.result``)."""
+        return await self.app.result(
+            self.key, id, timeout=timeout, result_type=self.spec.result_type
+        )
+
+    async def request(self, body: Any, *, timeout: float | None = None) -> Any:
+        """Enqueue ``body`` (validated first) and wait for its result (``App.request``)."""
+        self._check([body])
+        return await self.app.request(
+            self.key, body, timeout=timeout, result_type=self.spec.result_type
+        )
+
+    async def cancel(self, id: str) -> bool:
+        """Cancel job ``id`` of this handler's queue (``App.cancel``)."""
+        return await self.app.cancel(self.key, id)
 
     def _decode_as_sent(self, body: Any) -> Any:
         return self.codec.decode_item(parse_task_item(encode_envelope(body, msg_id="", now=0)))

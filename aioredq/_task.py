@@ -34,8 +34,9 @@ from typing import Any
 from ._codec import DecodeError, TaskItem, envelope_metadata, parse_task_item
 from ._connection import BLOCK_SECONDS, Connection, is_connection_error
 from ._consumer import Consumer, log
-from ._decisions import Ack, Again, Dead
+from ._decisions import Ack, Again, Dead, Decision
 from ._handlers import TaskHandler
+from ._keeping import KeepingOutcomes, result_json
 from ._message import Message
 from ._orphans import OrphanScan
 from ._outage import Outage
@@ -43,6 +44,7 @@ from ._outcomes import Outcomes
 from ._stats import Counters
 from ._transports import keys
 from ._transports.queue import Fetched, QueueTransport
+from ._transports.results import ResultTransport
 
 MEMORY_POLL = 0.05
 # Consumers back off up to 5 s between reconnect attempts; wait that long after an outage
@@ -82,7 +84,13 @@ class TaskConsumer(Consumer[Job]):
         self._fetches = 0
         self._seq = 0
         self._token = uuid.uuid4().hex
-        self.outcomes = Outcomes(self.transport, self.settle_soon)
+        self.outcomes: Outcomes = Outcomes(self.transport, self.settle_soon)
+        self._keeping: KeepingOutcomes | None = None
+        if spec.result_ttl is not None:
+            results = ResultTransport(conn.bookkeeping, handler.key, consumer)
+            self.outcomes = self._keeping = KeepingOutcomes(
+                self.transport, results, spec.result_ttl, self.settle_soon
+            )
         self._held: Counter[bytes] = Counter()  # what our processing list should hold
         self._settling = asyncio.Lock()  # settle vs. reconcile: both compare list and _held
         self._reconcile_at = 0.0
@@ -236,6 +244,8 @@ class TaskConsumer(Consumer[Job]):
         decision = await self.execute(
             job, item.id, item.attempts, self.spec.max_attempts, self.spec.backoff
         )
+        if self._keeping is not None:
+            decision = self._keep(item, decision)
         if isinstance(decision, Ack):
             self.outcomes.acks.append(item.raw)
         elif isinstance(decision, Again):
@@ -244,6 +254,24 @@ class TaskConsumer(Consumer[Job]):
             self.outcomes.dead.append((item.raw, self._letter(item, decision.error)))
         self.pool.hold()
         self.settle_soon()
+
+    def _keep(self, item: TaskItem, decision: Decision) -> Decision:
+        """Note the result that settling ``item`` stores beside its ack or dead letter."""
+        assert self._keeping is not None
+        if isinstance(decision, Ack):
+            result = result_json("succeeded", value=decision.value)
+            limit = self.handler.app.max_body_bytes
+            if len(result) <= limit:
+                self._keeping.kept[item.raw] = (item.id, result)
+                return decision
+            decision = self._dead_letter(
+                item.id,
+                item.attempts,
+                f"MessageTooLarge: the result is {len(result)} bytes, over max_body_bytes={limit}",
+            )
+        if isinstance(decision, Dead):
+            self._keeping.kept[item.raw] = (item.id, result_json("dead", error=decision.error))
+        return decision
 
     def message(self, job: Job) -> Message:
         item = job.item
@@ -304,6 +332,10 @@ class TaskConsumer(Consumer[Job]):
     async def settle(self) -> None:
         async with self._settling:
             written, retried = await self.outcomes.write()
+            if self._keeping is not None and written:
+                wake = getattr(self.handler.app, "_wake", None)
+                if wake is not None:  # in-process waiters (memory:// cannot block)
+                    wake(keys.finished(self.handler.key))
             self._release(written)
             self.pool.settled(len(written))
         if any(delay_ms < BLOCK_SECONDS * 1000 for _, delay_ms in retried):

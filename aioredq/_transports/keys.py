@@ -47,3 +47,18 @@ def consumers(name: str, group: str | None = None) -> str:
 
 def recover_lock(name: str, group: str | None = None) -> str:
     return aux(name, "recovering" if group is None else f"recovering:{group}")
+
+
+def result(queue: str, job_id: str) -> str:
+    """String: the outcome of job ``job_id`` (JSON), kept ``result_ttl`` seconds."""
+    return aux(queue, f"result:{job_id}")
+
+
+def finished(queue: str) -> str:
+    """Stream of result keys as they are written (capped): what result waiters read."""
+    return aux(queue, "finished")
+
+
+def cancelled(queue: str) -> str:
+    """ZSET of cancelled job ids: score = when the entry may be forgotten (ms, server time)."""
+    return aux(queue, "cancelled")

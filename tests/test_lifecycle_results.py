@@ -1,0 +1,123 @@
+"""Results (``result_ttl=``), ``app.result`` and ``app.request``, against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import redis.asyncio
+from _waiting import until_redis
+from pydantic import BaseModel
+
+from aioredq import App, Backoff, JobFailed, Reject
+
+FAST = Backoff(0.01, 1, 0.01, jitter=False)
+
+
+class Sum(BaseModel):
+    total: int
+
+
+@pytest.fixture(params=["redis", "memory"])
+def url(request: pytest.FixtureRequest, redis_url: str) -> str:
+    return redis_url if request.param == "redis" else "memory://"
+
+
+async def test_a_request_gets_the_handlers_return_value(url: str) -> None:
+    app = App(url)
+
+    @app.task("adds", result_ttl=60, result_type=Sum)
+    async def add(body: list[int]) -> Sum:
+        return Sum(total=sum(body))
+
+    async with app:
+        assert await app.request("adds", [1, 2, 3], timeout=30) == Sum(total=6)
+        assert await add.request([4, 5], timeout=30) == Sum(total=9)
+        job = await add.enqueue([7])
+        assert await add.result(job, timeout=30) == Sum(total=7)
+        # Waiting for a result already written returns it at once.
+        assert await app.result("adds", job, timeout=30, result_type=None) == {"total": 7}
+
+
+async def test_the_stored_outcome_of_a_succeeded_and_a_dead_job(
+    redis_url: str, redis_client: redis.asyncio.Redis
+) -> None:
+    app = App(redis_url)
+
+    @app.task("outcomes", result_ttl=60, backoff=FAST, max_attempts=1)
+    async def outcome(body: str) -> str:
+        if body == "bad":
+            raise Reject("no thanks")
+        return body.upper()
+
+    async with app:
+        good = await app.enqueue("outcomes", "hi")
+        bad = await app.enqueue("outcomes", "bad")
+        assert await app.result("outcomes", good, timeout=30) == "HI"
+        with pytest.raises(JobFailed) as failed:
+            await app.result("outcomes", bad, timeout=30)
+    assert failed.value.error == "Reject: no thanks"
+    stored = json.loads(await redis_client.get(f"{{outcomes}}:result:{good}"))
+    assert stored["status"] == "succeeded"
+    assert stored["value"] == "HI"
+    assert "finished_at" in stored
+    dead = json.loads(await redis_client.get(f"{{outcomes}}:result:{bad}"))
+    assert dead["status"] == "dead"
+    assert dead["error"] == "Reject: no thanks"
+    assert await redis_client.llen("{outcomes}:dead") == 1
+    assert 0 < await redis_client.pttl(f"{{outcomes}}:result:{good}") <= 60_000
+
+
+async def test_a_result_expires_and_a_waiter_times_out(
+    redis_url: str, redis_client: redis.asyncio.Redis
+) -> None:
+    app = App(redis_url)
+
+    @app.task("brief", result_ttl=0.3)
+    async def brief(body: str) -> str:
+        return body
+
+    async with app:
+        job = await app.enqueue("brief", "x")
+        assert await app.result("brief", job, timeout=30) == "x"
+        await until_redis(
+            lambda: redis_client.exists(f"{{brief}}:result:{job}"), 0, "the result to expire"
+        )
+        with pytest.raises(TimeoutError):
+            await app.result("brief", job, timeout=0.2)
+
+
+async def test_many_concurrent_requests_each_get_their_own_answer(url: str) -> None:
+    app = App(url)
+
+    @app.task("echo", result_ttl=60, concurrency=64)
+    async def echo(body: int) -> int:
+        return body * 2
+
+    async with app:
+        answers = await asyncio.gather(*(app.request("echo", n, timeout=60) for n in range(1000)))
+    assert answers == [n * 2 for n in range(1000)]
+
+
+async def test_a_refused_result_keeps_the_job(
+    redis_url: str, redis_client: redis.asyncio.Redis
+) -> None:
+    app = App(redis_url)
+    runs: list[str] = []
+
+    @app.task("refused", result_ttl=60, backoff=FAST)
+    async def refused(body: str) -> str:
+        runs.append(body)
+        return body
+
+    job_key_holder: list[str] = []
+    async with app:
+        job = await app.enqueue("refused", "x", delay=0.5)
+        key = f"{{refused}}:result:{job}"
+        job_key_holder.append(key)
+        await redis_client.rpush(key, "not a string")  # a wrong-typed result key
+        await until_redis(lambda: asyncio.sleep(0, len(runs) >= 2), True, "a second run")
+        assert await redis_client.type(key) == b"list"
+        await redis_client.delete(key)
+        assert await app.result("refused", job, timeout=30) == "x"
