@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 from ssl import SSLContext
 from typing import Any
 
@@ -13,9 +14,12 @@ from . import _observer
 from ._connection import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT
 from ._exceptions import ConfigurationError
 from ._handlers import TaskHandler
+from ._keeping import result_json
 from ._results import close_readers, wait_result
 from ._runner import NOTHING_TO_RUN, Runner
 from ._stats import Stats
+from ._transports.cancel import cancel as cancel_job
+from ._transports.keys import finished
 from ._url import parse_url, resolve_url
 
 __all__ = ["NOTHING_TO_RUN", "App"]
@@ -130,6 +134,30 @@ class App(Runner):
             job_id = await self.enqueue(queue, body, headers=headers)
         left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
         return await self.result(queue, job_id, timeout=left, result_type=result_type)
+
+    async def cancel(self, queue: str, id: str) -> bool:
+        """Cancel job ``id`` of ``queue``: a job still waiting (queued or delayed) never runs;
+        a running one is interrupted within about a second, wherever it runs. Either way it
+        ends as a dead letter with error ``Cancelled`` (never retried). False when no waiting
+        or running job has that id (unknown, or finished already)."""
+        handler = self._task_handler(queue)
+        ttl = None if handler is None else handler.spec.result_ttl
+        error = f"Cancelled: job {id} was cancelled"
+        conn = self.connection
+        found = await conn.produce(
+            f"cancel job {id!r} of {queue!r}",
+            lambda: cancel_job(
+                conn.command,
+                queue,
+                id,
+                failed_at=datetime.now(UTC).isoformat(),
+                result_ttl_ms=0 if ttl is None else max(int(ttl * 1000), 1),
+                result=result_json("dead", error=error),
+                error=error,
+            ),
+        )
+        self._wake(finished(queue))
+        return found is not None
 
     async def aclose(self) -> None:
         """Stop (if running) and release the connections."""

@@ -50,6 +50,18 @@ class Decider(abc.ABC, Generic[J]):
 
     handler: Handler
     counters: Counters
+    # Ids cancelled by ``app.cancel`` (id -> when the mark is forgotten, server ms), and the
+    # tasks running a handler now, by message id: what a cancel interrupts.
+    cancels: dict[str, float]
+    running: dict[str, asyncio.Task[Any]]
+
+    def cancel_running(self, msg_id: str) -> bool:
+        """Interrupt the handler running message ``msg_id``, if any runs here."""
+        task = self.running.get(msg_id)
+        if task is None:
+            return False
+        task.cancel()
+        return True
 
     @abc.abstractmethod
     def decode(self, job: J) -> Any:
@@ -76,8 +88,13 @@ class Decider(abc.ABC, Generic[J]):
             body = self.decode(job)
         except DecodeError as exc:
             return self._dead_letter(msg_id, attempt, str(exc))
+        if msg_id in self.cancels:
+            return self._cancelled(msg_id, attempt)
         handler = self.handler
         started = time.perf_counter()
+        current = asyncio.current_task()
+        if current is not None:
+            self.running[msg_id] = current
         try:
             if handler.message_param is None:
                 call = handler.func(body)
@@ -85,14 +102,17 @@ class Decider(abc.ABC, Generic[J]):
                 call = handler.func(body, **{handler.message_param: self.message(job)})
             value = await within(call, handler.spec.timeout, handler.name)
         except Retry as exc:
+            self.running.pop(msg_id, None)
             outcome = Again(backoff.delay(attempt) if exc.delay is None else exc.delay)
             error = "Retry: the handler asked for a retry"
             raised: BaseException = exc
         except Reject as exc:
+            self.running.pop(msg_id, None)
             counters.latencies.append(time.perf_counter() - started)
             counters.failed += 1
             return self._dead_letter(msg_id, attempt, f"Reject: {exc.reason}")
         except Cancelled as exc:
+            self.running.pop(msg_id, None)
             counters.latencies.append(time.perf_counter() - started)
             counters.failed += 1
             counters.cancelled += 1
@@ -104,7 +124,11 @@ class Decider(abc.ABC, Generic[J]):
             error = error_text(exc)
             raised = exc
         except asyncio.CancelledError as exc:
-            current = asyncio.current_task()
+            self.running.pop(msg_id, None)
+            if msg_id in self.cancels and current is not None and current.uncancel() == 0:
+                counters.latencies.append(time.perf_counter() - started)
+                counters.failed += 1
+                return self._cancelled(msg_id, attempt)
             if current is None or current.cancelling():
                 raise  # we are being cancelled (shutdown): not the handler's outcome
             # A cancellation leaking out of the handler's own work: a failure like another.
@@ -112,9 +136,17 @@ class Decider(abc.ABC, Generic[J]):
             error = "CancelledError: the handler raised CancelledError"
             raised = exc
         else:
+            if self.running.pop(msg_id, None) is not None and msg_id in self.cancels:
+                # Cancelled, and the handler swallowed it: cancelled all the same.
+                if current is not None and current.cancelling():
+                    current.uncancel()
+                counters.latencies.append(time.perf_counter() - started)
+                counters.failed += 1
+                return self._cancelled(msg_id, attempt)
             counters.latencies.append(time.perf_counter() - started)
             counters.succeeded += 1
             return ACK if value is None else Ack(value)
+        self.running.pop(msg_id, None)
         counters.latencies.append(time.perf_counter() - started)
         counters.failed += 1
         if attempt >= max_attempts:
@@ -143,6 +175,10 @@ class Decider(abc.ABC, Generic[J]):
             exc_info=raised if log.isEnabledFor(logging.DEBUG) else None,
         )
         return outcome
+
+    def _cancelled(self, msg_id: str, attempt: int) -> Dead:
+        self.counters.cancelled += 1
+        return self._dead_letter(msg_id, attempt, f"Cancelled: job {msg_id} was cancelled")
 
     def _dead_letter(self, msg_id: str, attempt: int, error: str) -> Dead:
         self.counters.dead_lettered += 1

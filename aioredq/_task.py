@@ -43,6 +43,7 @@ from ._outage import Outage
 from ._outcomes import Outcomes
 from ._stats import Counters
 from ._transports import keys
+from ._transports.cancel import KEEP_MS, new_cancels
 from ._transports.queue import Fetched, QueueTransport
 from ._transports.results import ResultTransport
 
@@ -101,6 +102,8 @@ class TaskConsumer(Consumer[Job]):
         self._fetch_problem: str | None = None
         self._aside = keys.dead(handler.key) + ":"  # where FETCH keeps oversized items
         self._orphans = OrphanScan(self.transport, spec.lease)
+        self._cancel_seen = 0.0  # the newest cancel mark read (its score)
+        self._cancel_trouble = False
 
     async def start(self) -> None:
         # Register before the first fetch: a script Redis refuses (an ACL user without
@@ -362,6 +365,7 @@ class TaskConsumer(Consumer[Job]):
             raise
         self._check_registration(registered_now, sent)
         self.renewed()
+        await self._check_cancels()
         if self._recover_after is None:
             self._recover_after = time.monotonic() + OUTAGE_GRACE
         if time.monotonic() < self._recover_after:
@@ -374,6 +378,35 @@ class TaskConsumer(Consumer[Job]):
                 moved,
             )
         await self._orphans.step()
+
+    async def _check_cancels(self) -> None:
+        """Read the cancel marks added since the last look and interrupt the jobs they name
+        that run here (a job fetched but not started is refused when its turn comes)."""
+        try:
+            found = await new_cancels(self.transport.client, self.handler.key, self._cancel_seen)
+        except Exception as exc:
+            if is_connection_error(exc):
+                raise
+            if not self._cancel_trouble:
+                self._cancel_trouble = True
+                log.error(
+                    "queue %r: cannot read cancels: %s: %s",
+                    self.handler.key,
+                    type(exc).__name__,
+                    exc,
+                )
+            return
+        self._cancel_trouble = False
+        for job_id, forget_at in found:
+            if job_id in self.cancels:
+                continue
+            self.cancels[job_id] = forget_at
+            self._cancel_seen = max(self._cancel_seen, forget_at)
+            if self.cancel_running(job_id):
+                log.warning("queue %r: job %s cancelled while running", self.handler.key, job_id)
+        stale = [i for i, at in self.cancels.items() if at < self._cancel_seen - KEEP_MS]
+        for job_id in stale:
+            del self.cancels[job_id]
 
     # stopping ----------------------------------------------------------------------------
     async def handback(self, jobs: list[Job]) -> None:
