@@ -18,9 +18,14 @@ from . import keys
 from .lua import NOW as _NOW
 from .lua import WRONG as _WRONG
 
-# Every command the result and cancel paths send (scripts' commands included), for ``aioredq
-# acl``; tests/test_acl.py runs an app that keeps results and cancels under them.
-COMMANDS = ("get", "mget", "set", "xadd", "xread", "xrevrange", "zadd", "zrangebyscore")
+# Every command the cancel path (any task queue) and the result path (a queue that keeps
+# results) send, their scripts' included, for ``aioredq acl``; tests/test_acl.py runs an app
+# that keeps results and cancels under them.
+CANCEL_COMMANDS = (
+    *("type", "lpos", "lrem", "lpush", "llen", "lrange", "set"),
+    *("zadd", "zrangebyscore", "zremrangebyscore", "zcard", "zrange", "zrem"),
+)
+COMMANDS = (*CANCEL_COMMANDS, "get", "mget", "xadd", "xread", "xrevrange")
 FINISHED_MAXLEN = 10_000
 
 # KEYS: processing, delayed, dead, finished stream, then one result key per ack and per dead
