@@ -121,3 +121,27 @@ async def test_a_refused_result_keeps_the_job(
         assert await redis_client.type(key) == b"list"
         await redis_client.delete(key)
         assert await app.result("refused", job, timeout=30) == "x"
+
+
+async def test_inspect_shows_running_jobs_and_results_kept(redis_url: str) -> None:
+    from aioredq._inspect import figures, render_table
+
+    app = App(redis_url)
+    started = asyncio.Event()
+
+    @app.task("seen", result_ttl=60)
+    async def seen(body: str) -> str:
+        if body == "hold":
+            started.set()
+            await asyncio.Event().wait()
+        return body
+
+    async with app:
+        assert await app.request("seen", "done", timeout=30) == "done"
+        held = await app.enqueue("seen", "hold")
+        await asyncio.wait_for(started.wait(), 30)
+        (row,) = await figures(app)
+        assert row["results"] == 1
+        assert [job["id"] for job in row["running"]] == [held]
+        assert row["running"][0]["age_s"] >= 0
+        assert "1 result(s) kept" in render_table([row])
