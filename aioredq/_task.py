@@ -262,16 +262,21 @@ class TaskConsumer(Consumer[Job]):
         """Note the result that settling ``item`` stores beside its ack or dead letter."""
         assert self._keeping is not None
         if isinstance(decision, Ack):
-            result = result_json("succeeded", value=decision.value)
             limit = self.handler.app.max_body_bytes
-            if len(result) <= limit:
-                self._keeping.kept[item.raw] = (item.id, result)
-                return decision
-            decision = self._dead_letter(
-                item.id,
-                item.attempts,
-                f"MessageTooLarge: the result is {len(result)} bytes, over max_body_bytes={limit}",
-            )
+            try:
+                result = result_json("succeeded", value=decision.value)
+            except Exception as exc:  # a value JSON cannot carry
+                error = f"UnserializableResult: {type(exc).__name__}: {exc}"
+            else:
+                if len(result) <= limit:
+                    self._keeping.kept[item.raw] = (item.id, result)
+                    return decision
+                error = (
+                    f"MessageTooLarge: the result is {len(result)} bytes, over "
+                    f"max_body_bytes={limit}"
+                )
+            # The handler ran, but its result cannot be kept: dead, so the waiter learns why.
+            decision = self._dead_letter(item.id, item.attempts, error)
         if isinstance(decision, Dead):
             self._keeping.kept[item.raw] = (item.id, result_json("dead", error=decision.error))
         return decision

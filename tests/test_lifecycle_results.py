@@ -145,3 +145,19 @@ async def test_inspect_shows_running_jobs_and_results_kept(redis_url: str) -> No
         assert [job["id"] for job in row["running"]] == [held]
         assert row["running"][0]["age_s"] >= 0
         assert "1 result(s) kept" in render_table([row])
+
+
+async def test_a_result_too_large_or_not_json_is_a_dead_job(url: str) -> None:
+    app = App(url, max_body_bytes=1000)
+
+    @app.task("big", result_ttl=60, max_attempts=1)
+    async def big(body: str) -> object:
+        return "x" * 2000 if body == "large" else object()
+
+    async with app:
+        with pytest.raises(JobFailed) as large:
+            await app.request("big", "large", timeout=30)
+        with pytest.raises(JobFailed) as odd:
+            await app.request("big", "odd", timeout=30)
+    assert large.value.error.startswith("MessageTooLarge: the result is ")
+    assert odd.value.error.startswith("UnserializableResult: ")
