@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 import redis.asyncio
-from _waiting import until_redis
+from _waiting import until, until_redis
 from pydantic import BaseModel
 
 from aioredq import App, Backoff, JobFailed, Reject
@@ -161,3 +162,30 @@ async def test_a_result_too_large_or_not_json_is_a_dead_job(url: str) -> None:
             await app.request("big", "odd", timeout=30)
     assert large.value.error.startswith("MessageTooLarge: the result is ")
     assert odd.value.error.startswith("UnserializableResult: ")
+
+
+async def test_a_result_refused_by_maxmemory_loses_nothing(fresh_redis: Any) -> None:
+    client = redis.asyncio.Redis.from_url(fresh_redis.url)
+    app = App(fresh_redis.url)
+    runs: list[int] = []
+
+    @app.task("full", result_ttl=60, backoff=FAST)
+    async def full(body: str) -> str:
+        runs.append(1)
+        if len(runs) == 1:  # the first run finds Redis full when it settles
+            await client.config_set("maxmemory-policy", "noeviction")
+            await client.config_set("maxmemory", 1)
+        return body
+
+    try:
+        async with app:
+            job = await app.enqueue("full", "x")
+            await until(lambda: len(runs) == 1, "the first run")
+            held = [k async for k in client.scan_iter("{full}:processing:*")]
+            await until_redis(lambda: client.llen(held[0]), 1, "the job held while refused")
+            await client.config_set("maxmemory", 0)
+            assert await app.result("full", job, timeout=30) == "x"
+        assert len(runs) == 2  # ran again: its first result was never written
+    finally:
+        await client.config_set("maxmemory", 0)
+        await client.aclose()
