@@ -7,7 +7,7 @@ letter. An ack whose result Redis refuses stays in the processing list and becom
 
 from __future__ import annotations
 
-import json
+import base64
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,20 +23,18 @@ REFUSED_RESULT_RETRY_MS = 1000
 def result_json(status: str, *, value: Any = None, error: str | None = None) -> bytes:
     """``{"status", "value" | "error", "finished_at"}``: a str value as a JSON string, bytes
     as text when UTF-8 (else ``value_b64``), anything else as JSON (models through pydantic)."""
-    doc: dict[str, Any] = {"status": status}
+    to_json = pydantic_core.to_json
+    finished = to_json(datetime.now(UTC).isoformat())
     if error is not None:
-        doc["error"] = error
+        part = b'"error":' + to_json(error)
     elif isinstance(value, bytes):
         try:
-            doc["value"] = value.decode()
+            part = b'"value":' + to_json(value.decode())
         except UnicodeDecodeError:
-            import base64
-
-            doc["value_b64"] = base64.b64encode(value).decode()
+            part = b'"value_b64":"' + base64.b64encode(value) + b'"'
     else:
-        doc["value"] = json.loads(pydantic_core.to_json(value))
-    doc["finished_at"] = datetime.now(UTC).isoformat()
-    return json.dumps(doc, separators=(",", ":")).encode()
+        part = b'"value":' + to_json(value)
+    return b'{"status":' + to_json(status) + b"," + part + b',"finished_at":' + finished + b"}"
 
 
 class KeepingOutcomes(Outcomes):

@@ -119,8 +119,7 @@ class Reader:
         for batch in entries:
             for entry_id, fields in batch:
                 last = entry_id
-                key = fields.get(b"key")
-                if key is not None:
+                for key in fields.values():
                     self._wake(key.decode("utf-8", "replace"))
         self._complained = False
         return last

@@ -83,6 +83,6 @@ async def test_request_timeout_cancel_and_a_crash_after_the_return(
         assert runs.count("kill|1") == 1 and runs.count("kill|2") == 1
         announced = await redis_client.xrange("{lc}:finished")
         key = f"{{lc}}:result:{killed}".encode()
-        assert [fields[b"key"] for _, fields in announced].count(key) == 1
+        assert [k for _, fields in announced for k in fields.values()].count(key) == 1
     finally:
         await app.aclose()

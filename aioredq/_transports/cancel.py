@@ -46,7 +46,7 @@ local function settle(item)
   if ARGV[4] ~= '0' then
     redis.call('SET', KEYS[5], ARGV[5], 'PX', ARGV[4])
     if not wrong(KEYS[6], 'stream') then
-      redis.call('XADD', KEYS[6], 'MAXLEN', '~', '10000', '*', 'key', KEYS[5])
+      redis.call('XADD', KEYS[6], 'MAXLEN', '~', '10000', '*', '0', KEYS[5])
     end
   end
   redis.call('LPUSH', KEYS[3], '{"id":' .. quote(ARGV[1]) .. ',"queue":' .. quote(ARGV[2])

@@ -4,8 +4,8 @@ A queue that keeps results settles through ``SETTLE_KEEPING`` instead of ``SETTL
 moves, plus each finished job's outcome written in the same script, so a crash can never leave
 a done job without its result, nor a result for a job that runs again (only an item still held
 by the consumer is settled, and only a settled item gets its result). Each result written is
-announced on the capped stream ``{q}:finished`` (field ``key``), which waiters read with one
-blocking XREAD per queue per process.
+announced on the capped stream ``{q}:finished`` (one entry per settle, each field's value a
+result key), which waiters read with one blocking XREAD per queue per process.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ local acks, retries, ttl, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], A
 local bad = wrong(KEYS[1], 'list')
 if bad then return redis.error_reply(bad) end
 local announce = not wrong(KEYS[4], 'stream')
-local n, refused, rerror = 0, {}, false
+local n, refused, rerror, written = 0, {}, false, {}
 local function keep(key, result)
   local err = wrong(key, 'string')
   if not err then
@@ -54,7 +54,7 @@ local function keep(key, result)
     rerror = err
     return false
   end
-  if announce then redis.pcall('XADD', KEYS[4], 'MAXLEN', '~', cap, '*', 'key', key) end
+  written[#written + 1] = key
   return true
 end
 local k, i = 5, 5
@@ -97,6 +97,16 @@ while i <= #ARGV do
     n = n + 1
   end
   k, i, d = k + 1, i + 3, d + 1
+end
+if announce then
+  for from = 1, #written, 1000 do
+    local fields = {}
+    for j = from, math.min(from + 999, #written) do
+      fields[#fields + 1] = tostring(j - from)
+      fields[#fields + 1] = written[j]
+    end
+    redis.pcall('XADD', KEYS[4], 'MAXLEN', '~', cap, '*', unpack(fields))
+  end
 end
 return {n, refused, rstop, rerr, dstop, derr, rerror}
 """
