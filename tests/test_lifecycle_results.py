@@ -127,7 +127,7 @@ async def test_a_refused_result_keeps_the_job(
 async def test_inspect_shows_running_jobs_and_results_kept(redis_url: str) -> None:
     from aioredq._inspect import figures, render_table
 
-    app = App(redis_url)
+    app = App(redis_url, shutdown_timeout=0.5)
     started = asyncio.Event()
 
     @app.task("seen", result_ttl=60)
