@@ -78,3 +78,33 @@ async def test_a_subscribe_handler_times_out(redis_url: str) -> None:
         await until(lambda: app.stats()["tick"].timed_out == 1, what="the timeout")
         await app.publish("ticks", "fast")
         await until(lambda: got == ["fast"], what="the next message")
+
+
+async def test_a_stream_handler_times_out_and_is_dead_lettered(
+    redis_url: str, redis_client: redis.asyncio.Redis
+) -> None:
+    app = App(redis_url)
+
+    @app.stream("hang-events", group="g", start="earliest", timeout=0.2, max_deliveries=1)
+    async def hang_event(entry: dict[str, str]) -> None:
+        await asyncio.Event().wait()
+
+    async with app:
+        await app.append("hang-events", {"n": "1"})
+        await until_redis(lambda: redis_client.xlen("{hang-events}:dead"), 1, "the dead letter")
+        assert app.stats()["hang_event"].timed_out == 1
+    ((_, fields),) = await redis_client.xrange("{hang-events}:dead")
+    assert fields[b"error"].startswith(b"HandlerTimeout: ")
+
+
+async def test_timeouts_on_memory() -> None:
+    app = App("memory://")
+
+    @app.task("slow", timeout=0.1, max_attempts=1)
+    async def slow(body: str) -> None:
+        await asyncio.Event().wait()
+
+    async with app:
+        await app.enqueue("slow", "x")
+        await until(lambda: app.stats()["slow"].dead_lettered == 1, "the dead letter")
+        assert app.stats()["slow"].timed_out == 1
