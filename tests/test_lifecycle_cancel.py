@@ -9,7 +9,7 @@ import pytest
 import redis.asyncio
 from _waiting import until, until_redis
 
-from aioredq import App, JobFailed
+from aioredq import App, JobFailed, RedisCommandError
 
 
 async def test_cancel_of_queued_delayed_running_and_unknown_jobs(
@@ -75,3 +75,20 @@ async def test_cancel_on_memory() -> None:
         assert await app.cancel("mx", running) is True
         with pytest.raises(JobFailed):
             await app.result("mx", running, timeout=30)
+
+
+async def test_cancel_on_wrong_typed_keys_changes_nothing(
+    redis_url: str, redis_client: redis.asyncio.Redis
+) -> None:
+    app = App(redis_url)
+    try:
+        job = await app.enqueue("cw", "x")
+        await redis_client.set("{cw}:dead", "not a list")
+        with pytest.raises(RedisCommandError, match="WRONGTYPE"):
+            await app.cancel("cw", job)
+        assert await redis_client.llen("cw") == 1
+        await redis_client.delete("{cw}:dead")
+        assert await app.cancel("cw", job) is True
+        assert await redis_client.llen("cw") == 0
+    finally:
+        await app.aclose()

@@ -53,25 +53,24 @@ local function settle(item)
     .. ',"body":' .. quote(item) .. ',"error":' .. quote(ARGV[6]) .. ',"attempts":'
     .. (attempts_of(item) or '0') .. ',"failed_at":' .. quote(ARGV[3]) .. '}')
 end
-local len = redis.call('LLEN', KEYS[1])
-for start = 0, len - 1, 1000 do
-  for _, item in ipairs(redis.call('LRANGE', KEYS[1], start, start + 999)) do
-    if is_it(item) then
-      settle(item)
-      redis.call('LREM', KEYS[1], 1, item)
-      return 'queued'
+-- Walks a list or zset in pages; a waiting item found is dead-lettered, then removed.
+local function find(key, size, page, remove)
+  for start = 0, redis.call(size, key) - 1, 1000 do
+    for _, item in ipairs(redis.call(page, key, start, start + 999)) do
+      if is_it(item) then
+        settle(item)
+        remove(key, item)
+        return true
+      end
     end
   end
+  return false
 end
-local count = redis.call('ZCARD', KEYS[2])
-for start = 0, count - 1, 1000 do
-  for _, item in ipairs(redis.call('ZRANGE', KEYS[2], start, start + 999)) do
-    if is_it(item) then
-      settle(item)
-      redis.call('ZREM', KEYS[2], item)
-      return 'delayed'
-    end
-  end
+if find(KEYS[1], 'LLEN', 'LRANGE', function(k, item) redis.call('LREM', k, 1, item) end) then
+  return 'queued'
+end
+if find(KEYS[2], 'ZCARD', 'ZRANGE', function(k, item) redis.call('ZREM', k, item) end) then
+  return 'delayed'
 end
 for i = 7, #KEYS do
   if not wrong(KEYS[i], 'list') then
