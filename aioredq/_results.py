@@ -80,9 +80,13 @@ class Reader:
                     "read results", lambda: last_finished(conn.command, self.queue)
                 )
             except Exception as exc:
-                ready.set_exception(exc)
-                ready.exception()  # retrieved here too: a waiter may be gone
-                return
+                if is_connection_error(exc):
+                    ready.set_exception(exc)
+                    ready.exception()  # retrieved here too: a waiter may be gone
+                    return
+                # A wrong-typed stream, say: the sweeps alone find the results.
+                self._complain(exc)
+                last = b"0-0"
             ready.set_result(None)
             sweep_at = time.monotonic() + SWEEP_EVERY
             while self.waiting:

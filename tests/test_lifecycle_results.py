@@ -189,3 +189,19 @@ async def test_a_result_refused_by_maxmemory_loses_nothing(fresh_redis: Any) -> 
     finally:
         await client.config_set("maxmemory", 0)
         await client.aclose()
+
+
+async def test_a_wrong_typed_announcement_stream_still_delivers_results(
+    redis_url: str, redis_client: redis.asyncio.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("aioredq._results.SWEEP_EVERY", 0.2)
+    await redis_client.set("{swept}:finished", "not a stream")
+    app = App(redis_url)
+
+    @app.task("swept", result_ttl=60)
+    async def swept(body: str) -> str:
+        return body
+
+    async with app:
+        assert await app.request("swept", "x", timeout=30) == "x"
+    assert await redis_client.get("{swept}:finished") == b"not a stream"
