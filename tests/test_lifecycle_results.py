@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio
-from _waiting import until, until_redis
+from _waiting import until, until_blocked, until_redis
 from pydantic import BaseModel
 
 from aioredq import App, Backoff, JobFailed, Reject
@@ -205,3 +205,25 @@ async def test_a_wrong_typed_announcement_stream_still_delivers_results(
     async with app:
         assert await app.request("swept", "x", timeout=30) == "x"
     assert await redis_client.get("{swept}:finished") == b"not a stream"
+
+
+async def test_a_thousand_waiters_share_one_blocked_connection(
+    redis_url: str, redis_client: redis.asyncio.Redis
+) -> None:
+    app = App(redis_url, max_connections=10)
+    try:
+        start = await redis_client.info("clients")
+        before, blocked = int(start["connected_clients"]), int(start["blocked_clients"])
+        ids = await app.enqueue_many("nobody", list(range(1000)))  # no worker runs them
+        waiters = [asyncio.ensure_future(app.result("nobody", i)) for i in ids]
+        await until_blocked(redis_client, "the results reader", blocked + 1)
+        clients = await redis_client.info("clients")
+        assert int(clients["blocked_clients"]) == blocked + 1
+        # The producing pool (at most 10) and the reader's one connection, not a thousand.
+        assert int(clients["connected_clients"]) - before <= 12
+        assert not any(w.done() for w in waiters)
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+    finally:
+        await app.aclose()
