@@ -40,6 +40,7 @@ class Reader:
     def __init__(self, app: Producer, queue: str) -> None:
         self.app = app
         self.queue = queue
+        self.loop = asyncio.get_running_loop()
         self.key = keys.finished(queue)
         self.waiting: dict[str, set[asyncio.Future[None]]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -193,9 +194,10 @@ def readers(app: Producer) -> dict[tuple[str, int], Reader]:
 async def wait_result(app: Producer, queue: str, job_id: str, result_type: Any) -> Any:
     """The value job ``job_id`` of ``queue`` returned (validated against ``result_type``
     unless it is None); raises JobFailed when it was dead-lettered."""
-    index = (queue, id(asyncio.get_running_loop()))
+    loop = asyncio.get_running_loop()
+    index = (queue, id(loop))
     reader = readers(app).get(index)
-    if reader is None:
+    if reader is None or reader.loop is not loop:  # a dead loop's id, reused
         reader = readers(app)[index] = Reader(app, queue)
     key = keys.result(queue, job_id)
     raw = await reader.wait(key)
