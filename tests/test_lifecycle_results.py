@@ -227,3 +227,27 @@ async def test_a_thousand_waiters_share_one_blocked_connection(
         await asyncio.gather(*waiters, return_exceptions=True)
     finally:
         await app.aclose()
+
+
+async def test_a_fastapi_endpoint_gets_the_handlers_answer(redis_url: str) -> None:
+    import httpx
+    from fastapi import FastAPI
+
+    app = App(redis_url)
+    api = FastAPI()
+
+    @app.task("quotes", result_ttl=60, result_type=Sum)
+    async def quote(body: list[int]) -> Sum:
+        return Sum(total=sum(body))
+
+    @api.get("/sum")
+    async def sum_endpoint(a: int, b: int) -> dict[str, int]:
+        return {"total": (await quote.request([a, b], timeout=30)).total}
+
+    async with app:
+        transport = httpx.ASGITransport(app=api)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
+            answers = await asyncio.gather(
+                *(http.get("/sum", params={"a": n, "b": 1}) for n in range(50))
+            )
+    assert [r.json() for r in answers] == [{"total": n + 1} for n in range(50)]
