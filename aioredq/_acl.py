@@ -12,7 +12,7 @@ import re
 from . import _connection
 from ._app import App
 from ._handlers import StreamHandler, SubscribeHandler, TaskHandler
-from ._transports import admin, keys, pubsub, queue, stream
+from ._transports import admin, keys, pubsub, queue, results, stream
 
 _GLOB = re.compile(r"([*?\[\]\\])")
 # Redis 7.2 and newer also get CLIENT SETINFO from redis-py (its name and version); Redis 7.0
@@ -46,7 +46,9 @@ def acl_rules(app: App) -> tuple[list[str], list[str], list[str]]:
         if isinstance(h, TaskHandler | StreamHandler):
             key_rules += [f"~{glob_escape(h.key)}", f"~{glob_escape(keys.aux(h.key, ''))}*"]
         if isinstance(h, TaskHandler):
-            commands += [*queue.COMMANDS, *admin.TASK_COMMANDS]
+            commands += [*queue.COMMANDS, *admin.TASK_COMMANDS, *results.CANCEL_COMMANDS]
+            if h.spec.result_ttl is not None:
+                commands += results.COMMANDS
         elif isinstance(h, StreamHandler):
             commands += [*stream.COMMANDS, *admin.STREAM_COMMANDS]
         else:

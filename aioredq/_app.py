@@ -4,7 +4,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from ssl import SSLContext
 from typing import Any
 
@@ -12,13 +15,19 @@ from . import _observer
 from ._connection import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT
 from ._exceptions import ConfigurationError
 from ._handlers import StreamHandler, TaskHandler
+from ._keeping import result_json
 from ._middleware import Middleware
+from ._results import close_readers, wait_result
 from ._runner import NOTHING_TO_RUN, Runner
 from ._stats import Stats
 from ._transports import keys
+from ._transports.cancel import cancel as cancel_job
 from ._url import parse_url, resolve_url
 
 __all__ = ["NOTHING_TO_RUN", "App"]
+
+# ``result_type`` not given: the type declared by the queue's handler in this app, if any.
+_DECLARED: Any = object()
 
 
 class App(Runner):
@@ -128,6 +137,81 @@ class App(Runner):
         key = self.pause_key(name)
         conn = self.connection
         return bool(await conn.produce(f"read {key!r}", lambda: conn.command.exists(key)))
+
+    async def result(
+        self,
+        queue: str,
+        id: str,
+        *,
+        timeout: float | None = None,
+        result_type: Any = _DECLARED,
+    ) -> Any:
+        """Wait for job ``id`` of ``queue`` to finish and return what its handler returned
+        (validated against ``result_type``, by default the handler's ``result_type=``).
+        Raises JobFailed when the job was dead-lettered, TimeoutError after ``timeout``
+        seconds. Needs ``result_ttl=`` on the queue's handler (wherever it runs)."""
+        if result_type is _DECLARED:
+            handler = self._task_handler(queue)
+            result_type = None if handler is None else handler.spec.result_type
+        async with asyncio.timeout(timeout):
+            return await wait_result(self, queue, id, result_type)
+
+    async def request(
+        self,
+        queue: str,
+        body: Any,
+        *,
+        timeout: float | None = None,
+        result_type: Any = _DECLARED,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        """Enqueue ``body`` and wait for its result (``result``): request/reply over a task
+        queue whose handler keeps results. ``timeout`` bounds the whole call."""
+        handler = self._task_handler(queue)
+        if handler is not None and handler.spec.result_ttl is None:
+            raise ConfigurationError(
+                f"handler {handler.name!r} keeps no results: give it result_ttl= to request"
+            )
+        deadline = None if timeout is None else time.monotonic() + timeout
+        async with asyncio.timeout(timeout):
+            job_id = await self.enqueue(queue, body, headers=headers)
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        return await self.result(queue, job_id, timeout=left, result_type=result_type)
+
+    async def cancel(self, queue: str, id: str) -> bool:
+        """Cancel job ``id`` of ``queue``: a job still waiting (queued or delayed) never runs;
+        a running one is interrupted within about a second, wherever it runs. Either way it
+        ends as a dead letter with error ``Cancelled`` (never retried). False when no waiting
+        or running job has that id (unknown, or finished already)."""
+        handler = self._task_handler(queue)
+        ttl = None if handler is None else handler.spec.result_ttl
+        error = f"Cancelled: job {id} was cancelled"
+        conn = self.connection
+        found = await conn.produce(
+            f"cancel job {id!r} of {queue!r}",
+            lambda: cancel_job(
+                conn.command,
+                queue,
+                id,
+                failed_at=datetime.now(UTC).isoformat(),
+                result_ttl_ms=0 if ttl is None else max(int(ttl * 1000), 1),
+                result=result_json("dead", error=error),
+                error=error,
+            ),
+        )
+        self._wake(keys.finished(queue))
+        return found is not None
+
+    async def aclose(self) -> None:
+        """Stop (if running) and release the connections."""
+        await close_readers(self)
+        await super().aclose()
+
+    def _task_handler(self, queue: str) -> TaskHandler | None:
+        for handler in self.handlers:
+            if isinstance(handler, TaskHandler) and handler.key == queue:
+                return handler
+        return None
 
     def stats(self) -> Stats:
         """A snapshot of every handler's counters and latency in this process."""

@@ -62,6 +62,8 @@ class Consumer(Calls, Decider[J]):
         self.chain = chain(handler.app.middleware, handler)
         self.conn = conn
         self.counters = counters
+        self.cancels = {}
+        self.running = {}
         self.pool: Pool[J] = Pool(concurrency, capacity, self.process, self._process_failed)
         # Fetch when a good part of a batch fits: a busy consumer then reads in large batches
         # (fewer round trips) while the jobs already queued keep every slot busy.

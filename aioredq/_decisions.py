@@ -12,8 +12,9 @@ from typing import Any, Generic, TypeVar
 
 from ._backoff import Backoff
 from ._codec import DecodeError
-from ._exceptions import RateLimited, Reject, Retry
+from ._exceptions import Cancelled, HandlerTimeout, RateLimited, Reject, Retry
 from ._handlers import Handler
+from ._limits import within
 from ._message import Message
 from ._middleware import Chain
 from ._stats import Counters
@@ -24,7 +25,7 @@ log = logging.getLogger("aioredq")
 
 @dataclass(frozen=True, slots=True)
 class Ack:
-    pass
+    value: Any = None  # what the handler returned (stored when the task keeps results)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,18 @@ class Decider(abc.ABC, Generic[J]):
     # The handler's call through the app's middleware; None without middleware, and then
     # the handler is called directly (no extra await or frame per message).
     chain: Chain | None = None
+    # Ids cancelled by ``app.cancel`` (id -> when the mark is forgotten, server ms), and the
+    # tasks running a handler now, by message id: what a cancel interrupts.
+    cancels: dict[str, float]
+    running: dict[str, asyncio.Task[Any]]
+
+    def cancel_running(self, msg_id: str) -> bool:
+        """Interrupt the handler running message ``msg_id``, if any runs here."""
+        task = self.running.get(msg_id)
+        if task is None:
+            return False
+        task.cancel()
+        return True
 
     @abc.abstractmethod
     def decode(self, job: J) -> Any:
@@ -87,17 +100,26 @@ class Decider(abc.ABC, Generic[J]):
             body = self.decode(job)
         except DecodeError as exc:
             return self._dead_letter(msg_id, attempt, str(exc))
+        if msg_id in self.cancels:
+            return self._cancelled(msg_id, attempt)
         handler = self.handler
         chain = self.chain
         started = time.perf_counter()
+        current = asyncio.current_task()
+        if current is not None:
+            self.running[msg_id] = current
         try:
             if chain is not None:
-                await chain(self.message(job), body)
+                call = chain(self.message(job), body)
             elif handler.message_param is None:
-                await handler.func(body)
+                call = handler.func(body)
             else:
-                await handler.func(body, **{handler.message_param: self.message(job)})
+                call = handler.func(body, **{handler.message_param: self.message(job)})
+            timeout = handler.spec.timeout
+            # Without a time limit the call is awaited here: no extra frame per message.
+            value = await (call if timeout is None else within(call, timeout, handler.name))
         except RateLimited as exc:
+            self.running.pop(msg_id, None)
             counters.latencies.append(time.perf_counter() - started)
             log.warning(
                 "handler=%s key=%s id=%s rate limited: holding every worker off for %.2fs",
@@ -108,19 +130,33 @@ class Decider(abc.ABC, Generic[J]):
             )
             return Throttle(exc.delay)
         except Retry as exc:
+            self.running.pop(msg_id, None)
             outcome = Again(backoff.delay(attempt) if exc.delay is None else exc.delay)
             error = "Retry: the handler asked for a retry"
             raised: BaseException = exc
         except Reject as exc:
+            self.running.pop(msg_id, None)
             counters.latencies.append(time.perf_counter() - started)
             counters.failed += 1
             return self._dead_letter(msg_id, attempt, f"Reject: {exc.reason}")
+        except Cancelled as exc:
+            self.running.pop(msg_id, None)
+            counters.latencies.append(time.perf_counter() - started)
+            counters.failed += 1
+            counters.cancelled += 1
+            return self._dead_letter(msg_id, attempt, error_text(exc))
         except Exception as exc:
+            if isinstance(exc, HandlerTimeout):
+                counters.timed_out += 1
             outcome = Again(backoff.delay(attempt))
             error = error_text(exc)
             raised = exc
         except asyncio.CancelledError as exc:
-            current = asyncio.current_task()
+            self.running.pop(msg_id, None)
+            if msg_id in self.cancels and current is not None and current.uncancel() == 0:
+                counters.latencies.append(time.perf_counter() - started)
+                counters.failed += 1
+                return self._cancelled(msg_id, attempt)
             if current is None or current.cancelling():
                 raise  # we are being cancelled (shutdown): not the handler's outcome
             # A cancellation leaking out of the handler's own work: a failure like another.
@@ -128,9 +164,17 @@ class Decider(abc.ABC, Generic[J]):
             error = "CancelledError: the handler raised CancelledError"
             raised = exc
         else:
+            if self.running.pop(msg_id, None) is not None and msg_id in self.cancels:
+                # Cancelled, and the handler swallowed it: cancelled all the same.
+                if current is not None and current.cancelling():
+                    current.uncancel()
+                counters.latencies.append(time.perf_counter() - started)
+                counters.failed += 1
+                return self._cancelled(msg_id, attempt)
             counters.latencies.append(time.perf_counter() - started)
             counters.succeeded += 1
-            return ACK
+            return ACK if value is None else Ack(value)
+        self.running.pop(msg_id, None)
         counters.latencies.append(time.perf_counter() - started)
         counters.failed += 1
         if attempt >= max_attempts:
@@ -160,6 +204,10 @@ class Decider(abc.ABC, Generic[J]):
             extra=self._fields(msg_id, attempt, error),
         )
         return outcome
+
+    def _cancelled(self, msg_id: str, attempt: int) -> Dead:
+        self.counters.cancelled += 1
+        return self._dead_letter(msg_id, attempt, f"Cancelled: job {msg_id} was cancelled")
 
     def _dead_letter(self, msg_id: str, attempt: int, error: str) -> Dead:
         self.counters.dead_lettered += 1

@@ -5,8 +5,11 @@
     ├── ConnectError           Redis cannot be reached (start-up, producing)
     ├── RedisCommandError      Redis answered with an error; the redis-py error is chained
     ├── MessageTooLarge        a body over ``max_body_bytes`` was produced
-    └── InvalidBody            a handler-bound ``enqueue``/``append``/``publish`` got a body
-                               its handler would refuse (also a ValueError)
+    ├── InvalidBody            a handler-bound ``enqueue``/``append``/``publish`` got a body
+    │                          its handler would refuse (also a ValueError)
+    ├── HandlerTimeout         a handler ran past its ``timeout=`` (the delivery's error)
+    ├── Cancelled              the job was cancelled with ``app.cancel`` (its error)
+    └── JobFailed              ``app.result``: the job was dead-lettered (``.error`` says why)
 
 Handler control flow (raised *by* handlers, caught by the worker):
 
@@ -42,6 +45,25 @@ class MessageTooLarge(AioredqError):
 class InvalidBody(AioredqError, ValueError):
     """A body produced through a handler (``send_email.enqueue(...)``) does not validate
     against that handler's annotation; nothing was sent."""
+
+
+class HandlerTimeout(AioredqError):
+    """A handler call ran longer than its ``timeout=``: it was cancelled, and the delivery
+    counts as a failure (retried with backoff, then dead-lettered)."""
+
+
+class Cancelled(AioredqError):
+    """The job was cancelled by ``app.cancel``: settled as dead, never retried."""
+
+
+class JobFailed(AioredqError):
+    """``app.result`` / ``app.request``: the job was dead-lettered. ``error`` is its dead
+    letter's error text (``"Type: message"``)."""
+
+    def __init__(self, job_id: str, error: str) -> None:
+        super().__init__(f"job {job_id!r} failed: {error}")
+        self.id = job_id
+        self.error = error
 
 
 class Retry(Exception):

@@ -53,6 +53,16 @@ class Producing(Protocol):
 
     async def append(self, stream: str, body: Any, *, maxlen: int | None = ...) -> str: ...
 
+    async def result(
+        self, queue: str, id: str, *, timeout: float | None = ..., result_type: Any = ...
+    ) -> Any: ...
+
+    async def request(
+        self, queue: str, body: Any, *, timeout: float | None = ..., result_type: Any = ...
+    ) -> Any: ...
+
+    async def cancel(self, queue: str, id: str) -> bool: ...
+
     async def append_many(
         self, stream: str, bodies: Iterable[Any], *, maxlen: int | None = ...
     ) -> list[str]: ...
@@ -81,6 +91,10 @@ def _positive_float(value: object, what: str, where: str) -> float:
     return float(value)
 
 
+def _optional_seconds(value: object, what: str, where: str) -> float | None:
+    return None if value is None else _positive_float(value, what, where)
+
+
 def _key_name(value: object, what: str, where: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigurationError(f"{where}: {what} must be a non-empty string, got {value!r}")
@@ -99,6 +113,9 @@ class TaskSpec:
     tz: str = "UTC"
     every: float | None = None
     rate: Rate | None = None
+    timeout: float | None = None
+    result_ttl: float | None = None
+    result_type: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +132,7 @@ class StreamSpec:
     batch: int
     max_age: float | None = None
     rate: Rate | None = None
+    timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +142,7 @@ class SubscribeSpec:
     sharded: bool
     buffer: int
     concurrency: int
+    timeout: float | None = None
 
 
 Spec = TaskSpec | StreamSpec | SubscribeSpec
@@ -214,6 +233,23 @@ class TaskHandler(Handler):
         bodies = list(bodies)
         self._check(bodies)
         return await self.app.enqueue_many(self.key, bodies, delay=delay, at=at)
+
+    async def result(self, id: str, *, timeout: float | None = None) -> Any:
+        """Wait for job ``id`` of this handler's queue (``App.result``)."""
+        return await self.app.result(
+            self.key, id, timeout=timeout, result_type=self.spec.result_type
+        )
+
+    async def request(self, body: Any, *, timeout: float | None = None) -> Any:
+        """Enqueue ``body`` (validated first) and wait for its result (``App.request``)."""
+        self._check([body])
+        return await self.app.request(
+            self.key, body, timeout=timeout, result_type=self.spec.result_type
+        )
+
+    async def cancel(self, id: str) -> bool:
+        """Cancel job ``id`` of this handler's queue (``App.cancel``)."""
+        return await self.app.cancel(self.key, id)
 
     def _decode_as_sent(self, body: Any) -> Any:
         return self.codec.decode_item(parse_task_item(encode_envelope(body, msg_id="", now=0)))
@@ -338,11 +374,21 @@ def task_spec(
     tz: object = "UTC",
     every: object = None,
     rate: object = None,
+    timeout: object = None,
+    result_ttl: object = None,
+    result_type: object = None,
     where: str,
 ) -> TaskSpec:
     if not isinstance(backoff, Backoff):
         raise ConfigurationError(f"{where}: backoff must be an aioredq.Backoff")
     check_schedule(cron, tz, every, where)
+    if result_type is not None:
+        try:
+            Codec(result_type)
+        except Exception as exc:
+            raise ConfigurationError(
+                f"{where}: cannot validate results of type {result_type!r}: {exc}"
+            ) from exc
     return TaskSpec(
         queue=_key_name(queue, "queue", where),
         concurrency=_positive_int(concurrency, "concurrency", where),
@@ -354,6 +400,9 @@ def task_spec(
         tz=tz,  # type: ignore[arg-type]
         every=None if every is None else float(every),  # type: ignore[arg-type]
         rate=parse_rate(rate, where),
+        timeout=_optional_seconds(timeout, "timeout", where),
+        result_ttl=_optional_seconds(result_ttl, "result_ttl", where),
+        result_type=result_type,
     )
 
 
@@ -371,6 +420,7 @@ def stream_spec(
     batch: object,
     max_age: object = None,
     rate: object = None,
+    timeout: object = None,
     where: str,
 ) -> StreamSpec:
     if group is not None:
@@ -395,6 +445,7 @@ def stream_spec(
         batch=_positive_int(batch, "batch", where),
         max_age=age,
         rate=parse_rate(rate, where),
+        timeout=_optional_seconds(timeout, "timeout", where),
     )
 
 
@@ -405,6 +456,7 @@ def subscribe_spec(
     sharded: object,
     buffer: object,
     concurrency: object,
+    timeout: object = None,
     where: str,
 ) -> SubscribeSpec:
     names = tuple(_key_name(c, "channel", where) for c in channels)
@@ -424,4 +476,5 @@ def subscribe_spec(
         sharded=sharded,
         buffer=_positive_int(buffer, "buffer", where),
         concurrency=_positive_int(concurrency, "concurrency", where),
+        timeout=_optional_seconds(timeout, "timeout", where),
     )

@@ -62,6 +62,7 @@ async def figures(app: App, client: Any = None) -> list[dict[str, Any]]:
     for h in app.handlers:
         if isinstance(h, TaskHandler):
             data = await admin.task_figures(client, h.key)
+            data |= await admin.lifecycle_figures(client, h.key)
         elif isinstance(h, StreamHandler):
             data = await admin.stream_figures(client, h.key, h.spec.group)
         else:
@@ -170,7 +171,25 @@ def render_table(
             padded[at] = f"{RED}{padded[at]}{RESET}"
         lines.append("  ".join(padded).rstrip())
     lines += [text for text, _ in _notes(rows, thresholds)]
+    lines += _lifecycle_lines(rows)
     return "\n".join(lines)
+
+
+def _lifecycle_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """A line per task handler with jobs running or results kept."""
+    lines = []
+    for row in rows:
+        running, results = row.get("running"), row.get("results")
+        if not running and not results:
+            continue
+        parts = []
+        if running:
+            ages = ", ".join(f"{j['id']} {j['age_s']}s" for j in running[:5])
+            parts.append(f"{len(running)} held (age since enqueued: {ages})")
+        if results:
+            parts.append(f"{results} result(s) kept")
+        lines.append(f"  {row['name']}: " + "; ".join(parts))
+    return lines
 
 
 class _Screen(Protocol):

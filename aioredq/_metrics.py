@@ -25,7 +25,16 @@ from ._inspect import figures
 from ._stats import Stats
 
 log = logging.getLogger("aioredq")
-COUNTERS = ("received", "succeeded", "failed", "retried", "dead_lettered", "dropped")
+COUNTERS = (
+    "received",
+    "succeeded",
+    "failed",
+    "retried",
+    "dead_lettered",
+    "dropped",
+    "timed_out",
+    "cancelled",
+)
 GAUGES = {
     "length": "Items or entries in the queue or stream (LLEN / XLEN)",
     "lag": "Stream entries not yet delivered to the group (XINFO GROUPS lag)",

@@ -30,6 +30,9 @@ _RETRY = (
     Option("backoff", "Backoff", DEFAULT_BACKOFF, "delay before a retry"),
     Option("lease", "float", 30.0, "how long a silent consumer keeps its in-flight messages"),
 )
+_TIMEOUT = Option(
+    "timeout", "float | None", None, "seconds a handler call may run before it is cancelled"
+)
 _BATCH = Option("batch", "int", 100, "most messages fetched per round trip")
 
 TASK_OPTIONS: tuple[Option, ...] = (
@@ -41,6 +44,9 @@ TASK_OPTIONS: tuple[Option, ...] = (
     Option("tz", "str", "UTC", "the time zone of cron"),
     Option("every", "float | None", None, "seconds: enqueue one job per tick this often"),
     Option("rate", "str | Rate | None", None, "most handler starts per period, every app"),
+    _TIMEOUT,
+    Option("result_ttl", "float | None", None, "seconds each job's outcome is kept"),
+    Option("result_type", "Any", None, "type app.result validates a stored value against"),
 )
 
 STREAM_OPTIONS: tuple[Option, ...] = (
@@ -54,6 +60,7 @@ STREAM_OPTIONS: tuple[Option, ...] = (
     _BATCH,
     Option("max_age", "float | None", None, "seconds: MINID ~ on every append through the app"),
     Option("rate", "str | Rate | None", None, "most handler starts per period, every app"),
+    _TIMEOUT,
 )
 
 SUBSCRIBE_OPTIONS: tuple[Option, ...] = (
@@ -61,6 +68,7 @@ SUBSCRIBE_OPTIONS: tuple[Option, ...] = (
     Option("sharded", "bool", False, "SSUBSCRIBE (Redis 7)"),
     Option("buffer", "int", 1000, "messages buffered per handler before the oldest is dropped"),
     *_common(1),
+    _TIMEOUT,
 )
 
 OPTIONS: dict[str, tuple[Option, ...]] = {

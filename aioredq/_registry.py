@@ -59,6 +59,9 @@ class Registry:
         tz: str = "UTC",
         every: float | None = None,
         rate: str | Rate | None = None,
+        timeout: float | None = None,
+        result_ttl: float | None = None,
+        result_type: Any = None,
     ) -> Callable[[HandlerFunc], TaskHandler]:
         """Consume the reliable list queue ``queue`` (at-least-once).
 
@@ -80,6 +83,9 @@ class Registry:
                 tz=tz,
                 every=every,
                 rate=rate,
+                timeout=timeout,
+                result_ttl=result_ttl,
+                result_type=result_type,
             )
 
         return decorate
@@ -104,6 +110,7 @@ class Registry:
         batch: int = 100,
         max_age: float | None = None,
         rate: str | Rate | None = None,
+        timeout: float | None = None,
     ) -> Callable[[HandlerFunc], StreamHandler]:
         """Consume the stream ``stream``: in consumer group ``group`` (at-least-once, acked,
         claimed, dead-lettered), or without a group as a tail of new entries.
@@ -127,6 +134,7 @@ class Registry:
                 batch=batch,
                 max_age=max_age,
                 rate=rate,
+                timeout=timeout,
             )
 
         return decorate
@@ -143,6 +151,7 @@ class Registry:
         sharded: bool = False,
         buffer: int = 1000,
         concurrency: int = 1,
+        timeout: float | None = None,
     ) -> Callable[[HandlerFunc], SubscribeHandler]:
         """Receive what is published on ``channels`` (or ``pattern``); at-most-once."""
         if channels:
@@ -156,6 +165,7 @@ class Registry:
                 sharded=sharded,
                 buffer=buffer,
                 concurrency=concurrency,
+                timeout=timeout,
             )
 
         return decorate

@@ -29,6 +29,8 @@ class HandlerStats:
     dead_lettered: int
     dropped: int
     latency: Latency
+    timed_out: int = 0
+    cancelled: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,8 @@ class Counters:
     retried: int = 0
     dead_lettered: int = 0
     dropped: int = 0
+    timed_out: int = 0
+    cancelled: int = 0
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
 
     def snapshot(self, name: str, kind: str, key: str) -> HandlerStats:
@@ -72,4 +76,6 @@ class Counters:
             dead_lettered=self.dead_lettered,
             dropped=self.dropped,
             latency=latency,
+            timed_out=self.timed_out,
+            cancelled=self.cancelled,
         )

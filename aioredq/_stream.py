@@ -13,7 +13,7 @@ from typing import Any
 from ._codec import HEADERS_FIELD_BYTES, DecodeError, decode_fields_raw, entry_headers
 from ._connection import BLOCK_SECONDS, Connection
 from ._consumer import PAUSE_POLL, Consumer, log
-from ._decisions import ACK, Again, Dead, Throttle, error_text
+from ._decisions import Ack, Again, Dead, Throttle, error_text
 from ._group_checks import GroupChecks
 from ._handlers import StreamHandler
 from ._message import Message
@@ -383,7 +383,7 @@ class GroupConsumer(_StreamBase):
             self._pause_checked = -PAUSE_POLL  # look again before the next read
             await self.handback([entry])  # claimable at once, its delivery uncounted
             return
-        if decision is ACK:
+        if isinstance(decision, Ack):
             self._outcomes.ack(entry_id)
             self.settle_soon()
         elif isinstance(decision, Again):

@@ -22,7 +22,9 @@ from anyio.abc import TaskStatus
 
 from ._codec import DecodeError
 from ._connection import Connection, is_connection_error
+from ._exceptions import HandlerTimeout
 from ._handlers import SubscribeHandler
+from ._limits import within
 from ._message import Message
 from ._middleware import chain
 from ._outage import Outage
@@ -289,6 +291,7 @@ def _runner(sink: _Sink) -> Callable[[Frame], Awaitable[None]]:
     func = handler.func
     message_param = handler.message_param
     through = chain(handler.app.middleware, handler)
+    timeout = handler.spec.timeout
     latencies = counters.latencies
     perf_counter = time.perf_counter
 
@@ -309,14 +312,17 @@ def _runner(sink: _Sink) -> Callable[[Frame], Awaitable[None]]:
             started = perf_counter()
             try:
                 if through is not None:
-                    await through(_message(frame), body)
+                    call = through(_message(frame), body)
                 elif message_param is None:
-                    await func(body)
+                    call = func(body)
                 else:
-                    await func(body, **{message_param: _message(frame)})
+                    call = func(body, **{message_param: _message(frame)})
+                await (call if timeout is None else within(call, timeout, handler.name))
             except Exception as exc:
                 counters.failed += 1
                 channel = text(frame[-2])
+                if isinstance(exc, HandlerTimeout):
+                    counters.timed_out += 1
                 log.error(
                     "handler=%s channel=%s failed: %s: %s",
                     handler.name,

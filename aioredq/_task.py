@@ -34,15 +34,18 @@ from typing import Any
 from ._codec import DecodeError, TaskItem, envelope_metadata, parse_task_item
 from ._connection import BLOCK_SECONDS, Connection, is_connection_error
 from ._consumer import PAUSE_POLL, Consumer, log
-from ._decisions import ACK, Again, Dead, Throttle
+from ._decisions import Ack, Again, Dead, Decision, Throttle
 from ._handlers import TaskHandler
+from ._keeping import KeepingOutcomes, result_json
 from ._message import Message
 from ._orphans import OrphanScan
 from ._outage import Outage
 from ._outcomes import Outcomes
 from ._stats import Counters
 from ._transports import keys
+from ._transports.cancel import KEEP_MS, new_cancels
 from ._transports.queue import Fetched, QueueTransport
+from ._transports.results import ResultTransport
 
 MEMORY_POLL = 0.05
 # Consumers back off up to 5 s between reconnect attempts; wait that long after an outage
@@ -82,7 +85,13 @@ class TaskConsumer(Consumer[Job]):
         self._fetches = 0
         self._seq = 0
         self._token = uuid.uuid4().hex
-        self.outcomes = Outcomes(self.transport, self.settle_soon)
+        self.outcomes: Outcomes = Outcomes(self.transport, self.settle_soon)
+        self._keeping: KeepingOutcomes | None = None
+        if spec.result_ttl is not None:
+            results = ResultTransport(conn.bookkeeping, handler.key, consumer)
+            self.outcomes = self._keeping = KeepingOutcomes(
+                self.transport, results, spec.result_ttl, self.settle_soon
+            )
         self._held: Counter[bytes] = Counter()  # what our processing list should hold
         self._settling = asyncio.Lock()  # settle vs. reconcile: both compare list and _held
         self._reconcile_at = 0.0
@@ -93,6 +102,8 @@ class TaskConsumer(Consumer[Job]):
         self._fetch_problem: str | None = None
         self._aside = keys.dead(handler.key) + ":"  # where FETCH keeps oversized items
         self._orphans = OrphanScan(self.transport, spec.lease)
+        self._cancel_seen = 0.0  # the newest cancel mark read (its score)
+        self._cancel_trouble = False
 
     async def start(self) -> None:
         # Register before the first fetch: a script Redis refuses (an ACL user without
@@ -262,7 +273,9 @@ class TaskConsumer(Consumer[Job]):
         decision = await self.execute(
             job, item.id, item.attempts, self.spec.max_attempts, self.spec.backoff
         )
-        if decision is ACK:
+        if self._keeping is not None:
+            decision = self._keep(item, decision)
+        if isinstance(decision, Ack):
             self.outcomes.acks.append(item.raw)
         elif isinstance(decision, Again):
             self.outcomes.retries.append((item.raw, max(int(decision.delay * 1000), 1)))
@@ -275,6 +288,29 @@ class TaskConsumer(Consumer[Job]):
             return
         self.pool.hold()
         self.settle_soon()
+
+    def _keep(self, item: TaskItem, decision: Decision) -> Decision:
+        """Note the result that settling ``item`` stores beside its ack or dead letter."""
+        assert self._keeping is not None
+        if isinstance(decision, Ack):
+            limit = self.handler.app.max_body_bytes
+            try:
+                result = result_json("succeeded", value=decision.value)
+            except Exception as exc:  # a value JSON cannot carry
+                error = f"UnserializableResult: {type(exc).__name__}: {exc}"
+            else:
+                if len(result) <= limit:
+                    self._keeping.kept[item.raw] = (item.id, result)
+                    return decision
+                error = (
+                    f"MessageTooLarge: the result is {len(result)} bytes, over "
+                    f"max_body_bytes={limit}"
+                )
+            # The handler ran, but its result cannot be kept: dead, so the waiter learns why.
+            decision = self._dead_letter(item.id, item.attempts, error)
+        if isinstance(decision, Dead):
+            self._keeping.kept[item.raw] = (item.id, result_json("dead", error=decision.error))
+        return decision
 
     def message(self, job: Job) -> Message:
         item = job.item
@@ -336,6 +372,10 @@ class TaskConsumer(Consumer[Job]):
     async def settle(self) -> None:
         async with self._settling:
             written, retried = await self.outcomes.write()
+            if self._keeping is not None and written:
+                wake = getattr(self.handler.app, "_wake", None)
+                if wake is not None:  # in-process waiters (memory:// cannot block)
+                    wake(keys.finished(self.handler.key))
             self._release(written)
             self.pool.settled(len(written))
         if any(delay_ms < BLOCK_SECONDS * 1000 for _, delay_ms in retried):
@@ -362,6 +402,7 @@ class TaskConsumer(Consumer[Job]):
             raise
         self._check_registration(registered_now, sent)
         self.renewed()
+        await self._check_cancels()
         if self._recover_after is None:
             self._recover_after = time.monotonic() + OUTAGE_GRACE
         if time.monotonic() < self._recover_after:
@@ -374,6 +415,35 @@ class TaskConsumer(Consumer[Job]):
                 moved,
             )
         await self._orphans.step()
+
+    async def _check_cancels(self) -> None:
+        """Read the cancel marks added since the last look and interrupt the jobs they name
+        that run here (a job fetched but not started is refused when its turn comes)."""
+        try:
+            found = await new_cancels(self.transport.client, self.handler.key, self._cancel_seen)
+        except Exception as exc:
+            if is_connection_error(exc):
+                raise
+            if not self._cancel_trouble:
+                self._cancel_trouble = True
+                log.error(
+                    "queue %r: cannot read cancels: %s: %s",
+                    self.handler.key,
+                    type(exc).__name__,
+                    exc,
+                )
+            return
+        self._cancel_trouble = False
+        for job_id, forget_at in found:
+            if job_id in self.cancels:
+                continue
+            self.cancels[job_id] = forget_at
+            self._cancel_seen = max(self._cancel_seen, forget_at)
+            if self.cancel_running(job_id):
+                log.warning("queue %r: job %s cancelled while running", self.handler.key, job_id)
+        stale = [i for i, at in self.cancels.items() if at < self._cancel_seen - KEEP_MS]
+        for job_id in stale:
+            del self.cancels[job_id]
 
     # stopping ----------------------------------------------------------------------------
     async def handback(self, jobs: list[Job]) -> None:

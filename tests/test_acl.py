@@ -36,7 +36,7 @@ async def job(text: str) -> None:
         raise Reject("no")
     record("job", text)
 
-@app.task("{tenant}jobs", lease=0.5)
+@app.task("{tenant}jobs", lease=0.5, result_ttl=60, timeout=10)
 async def tenant_job(text: str) -> None:
     record("tenant_job", text)
 
@@ -194,6 +194,9 @@ def run_under_the_printed_acl(admin: Any, where: str, scheme: str, tmp_path: Pat
             "    await app.enqueue('jobs', 'keyed', key='k', key_ttl=1)\n"
             "    await app.enqueue('jobs', 'keyed again', key='k')\n"
             "    await app.enqueue('{tenant}jobs', 't')\n"
+            "    assert await app.request('{tenant}jobs', 'r', timeout=30) is None\n"
+            "    later = await app.enqueue('{tenant}jobs', 'never', delay=60)\n"
+            "    assert await app.cancel('{tenant}jobs', later)\n"
             "    await app.append('events', {'n': '1'})\n"
             "    await app.append('events', {'kind': 'reject'})\n"
             "    await app.publish('notice', 'hi')\n"

@@ -656,6 +656,7 @@ ROW_KEYS = {
     "paused",
     "schedule",
 }
+TASK_EXTRA_KEYS = {"running", "results"}  # task rows also show held jobs and results kept
 
 
 def test_inspect_json_reports_what_redis_cli_sees_and_changes_nothing(
@@ -685,7 +686,7 @@ def test_inspect_json_reports_what_redis_cli_sees_and_changes_nothing(
     assert table.returncode == 0 and len(table.stdout.splitlines()) == 4, table.stderr
     assert [row["name"] for row in rows.values()] == ["job", "event", "notice"]
     for row in rows.values():
-        assert set(row) == ROW_KEYS
+        assert set(row) == ROW_KEYS | (TASK_EXTRA_KEYS if row["kind"] == "task" else set())
 
     job, event, notice = rows["job"], rows["event"], rows["notice"]
     assert (job["kind"], job["key"]) == ("task", QUEUE)
@@ -696,6 +697,7 @@ def test_inspect_json_reports_what_redis_cli_sees_and_changes_nothing(
     assert job["consumers"] == {"alive": 0, "dead": 0}
     assert (job["lag"], job["pending"], job["oldest_pending_s"], job["subscribers"]) == (None,) * 4
     assert job["paused"] is False
+    assert (job["running"], job["results"]) == ([], 0)
 
     group = xinfo_group(redis_url)
     assert (event["kind"], event["key"]) == ("stream", STREAM)

@@ -230,3 +230,58 @@ async def stream_dead_letters(
 ) -> list[tuple[str, dict[str, str]]]:
     rows = await client.xrevrange(keys.dead(stream), count=count)
     return [(_text(i), {_text(k): _text(v) for k, v in f.items()}) for i, f in rows]
+
+
+# KEYS: processing lists. The first bytes of up to 100 items of each (oldest first), enough to
+# read an envelope's id and enqueued_at without copying large items over the network.
+HELD_HEADS = """
+local out = {}
+for _, key in ipairs(KEYS) do
+  if redis.call('TYPE', key).ok == 'list' then
+    for _, item in ipairs(redis.call('LRANGE', key, -100, -1)) do
+      out[#out + 1] = string.sub(item, 1, 256)
+    end
+  end
+end
+return out
+"""
+_ID = re.compile(rb'\{"aioredq":1,"attempts":\d+,"id":"((?:[^"\\]|\\.)*)"')
+RUNNING_SHOWN = 20
+RESULTS_SCAN_LIMIT = 100_000
+
+
+async def lifecycle_figures(client: Any, queue: str) -> dict[str, Any]:
+    """``running``: the jobs held by consumers (running or about to), oldest first, each
+    ``{"id", "age_s"}`` (age since it was enqueued; at most 20 shown), and ``results``: the
+    result keys kept (a SCAN of the queue's node, counted up to 100,000). A figure that
+    cannot be read is None."""
+    now = await server_ms(client)
+    running: list[dict[str, Any]] | None = []
+    try:
+        names = [_text(n) for n in await client.zrange(keys.consumers(queue), 0, -1)]
+        script = client.register_script(HELD_HEADS)
+        heads = await script(keys=[keys.processing(queue, n) for n in names]) if names else []
+        held: list[tuple[float, str]] = []
+        for head in heads or []:
+            found, stamp = _ID.match(head), _ENQUEUED.match(head)
+            if found:
+                age = _age_s(now, float(stamp[1]) * 1000) if stamp else 0.0
+                held.append((age, found[1].decode("utf-8", "replace")))
+        held.sort(reverse=True)
+        running = [{"id": i, "age_s": age} for age, i in held[:RUNNING_SHOWN]]
+    except ResponseError:
+        running = None
+    options: dict[str, Any] = {}
+    if hasattr(client, "get_node_from_key"):
+        options["target_nodes"] = client.get_node_from_key(queue)
+    results = 0
+    cursor: Any = 0
+    pattern = keys.glob_escape(keys.result(queue, "")) + "*"
+    while True:
+        cursor, found_keys = await client.scan(cursor, match=pattern, count=1000, **options)
+        if isinstance(cursor, dict):
+            cursor = next(iter(cursor.values()), 0)
+        results += len(found_keys)
+        if not int(cursor) or results >= RESULTS_SCAN_LIMIT:
+            break
+    return {"running": running, "results": results}

@@ -63,3 +63,18 @@ def priority(queue: str, level: int) -> str:
 def dedup(queue: str, key: str) -> str:
     """Holds the id of the job enqueued on ``queue`` with dedup ``key`` until it finishes."""
     return aux(queue, f"key:{key}")
+
+
+def result(queue: str, job_id: str) -> str:
+    """String: the outcome of job ``job_id`` (JSON), kept ``result_ttl`` seconds."""
+    return aux(queue, f"result:{job_id}")
+
+
+def finished(queue: str) -> str:
+    """Stream of result keys as they are written (capped): what result waiters read."""
+    return aux(queue, "finished")
+
+
+def cancelled(queue: str) -> str:
+    """ZSET of cancelled job ids: score = when the entry may be forgotten (ms, server time)."""
+    return aux(queue, "cancelled")
