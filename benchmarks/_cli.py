@@ -43,7 +43,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="aioredq (default options, no-op handlers) against the fastest honest raw "
         "redis-py loops, on a redis-server started for the run.",
     )
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes, feature rows in the first repetition only (a smoke run)",
+    )
     parser.add_argument("--reps", type=int, default=3, help="repetitions (default 3)")
     parser.add_argument(
         "--models",
@@ -160,7 +164,8 @@ def _plan(runner: Runner, args: argparse.Namespace, sizes: Sizes, priced: Priced
                         at | {"kind": "latency", "impl": "aioredq"},
                         partial(runner.latency, model, loop),
                     )
-                if loop == args.loops[0]:
+                # Under the first loop only; a smoke run (--quick) prices them once.
+                if loop == args.loops[0] and not (args.quick and rep):
                     features = [f for f, m in priced if m == model]
                     yield from _feature_steps(runner, args, sizes, at, features)
     if "rss" in args.parts:  # one large drain per model and loop: a peak, not a rate
