@@ -43,6 +43,8 @@ def summarize(
                 feature=None,
                 single=single,
             )
+            # Only the repetitions that priced the feature (a smoke run prices it once).
+            off = [r for r in off if r["rep"] in {mine["rep"] for mine in on}]
             if not off:
                 continue
             by_rep = {r["rep"]: r for r in off}
