@@ -19,21 +19,22 @@ LOOPS = ("asyncio", "uvloop")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
     pytest.importorskip("uvloop")
     out = tmp_path_factory.mktemp("bench") / "bench.json"
-    done = subprocess.run(
-        # The feature rows have a run of their own below: this one keeps its size.
-        [
-            sys.executable,
-            *("-m benchmarks --quick --reps 1 --features none --json".split()),
-            str(out),
-        ],
+    # The feature rows have a run of their own below: this one keeps its size.
+    done = _bench("--quick --reps 1 --features none --json", str(out), timeout=110)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done.stdout, json.loads(out.read_text())
+
+
+def _bench(options: str, *more: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``python -m benchmarks`` with these options, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks", *options.split(), *more],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=timeout,
         check=False,
     )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return done.stdout, json.loads(out.read_text())
 
 
 def _rows(text: str, header: str) -> list[list[str]]:
@@ -96,15 +97,8 @@ def test_backlogs_are_drained_and_acknowledged(quick_run: tuple[str, dict[str, A
 
 def test_a_feature_row_prices_middleware_against_the_plain_run(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    command = "-m benchmarks --quick --reps 1 --loops asyncio --models task --parts consume"
-    done = subprocess.run(
-        [sys.executable, *command.split(), "--features", "middleware", "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    options = "--quick --reps 1 --loops asyncio --models task --parts consume"
+    done = _bench(f"{options} --features middleware --json", str(out))
     assert done.returncode == 0, done.stderr[-4000:]
     (row,) = _rows(done.stdout, "the price of each feature")
     feature, model, part, on, off, ratio, cpu_on, cpu_off, extra, _wall = row
@@ -124,14 +118,7 @@ def test_a_feature_row_prices_middleware_against_the_plain_run(tmp_path: Path) -
 
 
 def test_an_unknown_feature_is_refused() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--features", "middleware,nosuch"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = _bench("--quick --features middleware,nosuch")
     assert done.returncode == 2 and "--features: choose from" in done.stderr
 
 
