@@ -232,7 +232,8 @@ def _priced(args: argparse.Namespace) -> tuple[Priced, list[str]]:
                 skipped.setdefault(why, []).append(model)
         if skipped:
             where = sorted({m for models in skipped.values() for m in models}, key=MODELS.index)
-            notes.append(f"skipped {name} on {', '.join(where)}: {'; '.join(skipped)}")
+            why = "; ".join(skipped)
+            notes.append(f"skipped {name} on {', '.join(where)}, the installed aioredq: {why}")
     return priced, notes
 
 

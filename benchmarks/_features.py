@@ -149,7 +149,8 @@ def _accepts(method: str, names: Mapping[str, Any] | tuple[str, ...]) -> bool:
 
 
 def unsupported(feature: Feature, model: str) -> str | None:
-    """Why the installed aioredq cannot run ``feature`` on ``model``, or None if it can."""
+    """Why the installed aioredq cannot run ``feature`` on ``model`` (e.g. "App.task() takes
+    no timeout="), or None if it can."""
     if model not in feature.models:
         return f"{feature.name} does not apply to {model}"
     for module in feature.needs:
@@ -165,7 +166,7 @@ def unsupported(feature: Feature, model: str) -> str | None:
         wanted.append(("enqueue", tuple(feature.enqueue(0)), "App.enqueue()"))
     for method, names, shown in wanted:
         if names and not _accepts(method, names):
-            return f"the installed aioredq's {shown} takes no {'=, '.join(names)}="
+            return f"{shown} takes no {'=, '.join(names)}="
     return None
 
 
