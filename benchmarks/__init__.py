@@ -12,7 +12,9 @@ raw redis-py loop (``_raw_runs.py``), in the same run:
   starting from the same Python dicts, 100 per call;
 - latency: publish -> handler start at 1k msg/s (the producer's clock travels in the body);
 - peak RSS (``VmHWM``) of the app process while it drains a 1M backlog;
-- CPU time per consumed message, which noisy neighbours barely move, unlike msg/s.
+- CPU time per consumed message, which noisy neighbours barely move, unlike msg/s;
+- the price of each job feature (``--features``, table in ``_features.py``): the model with
+  the feature on against the plain aioredq run, same run, under the first event loop.
 
 Every measurement runs in a fresh process (``_child.py``); medians of the repetitions are
 printed with their spread, and ``--json PATH`` writes every number, including how many times

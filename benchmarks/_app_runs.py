@@ -1,9 +1,11 @@
-"""The aioredq side: an App with default options and a no-op ``async def`` handler per model."""
+"""The aioredq side: an App with default options and a no-op ``async def`` handler per model;
+with ``feature`` (``_features.py``), the same with that one feature on."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aioredq import App
@@ -22,41 +24,53 @@ from ._common import (
     raw_client,
     wait_settled,
 )
+from ._features import Armed, Feature, arm
+
+# ``shutdown_timeout`` of the consuming apps, the one option not at its default: only a stop
+# reads it, and the stop comes after the timing. Bounded, the stop ends the blocking read in
+# flight at once instead of waiting out its BLOCK (a second per run).
+STOP_WITHIN = 0.1
 
 
-def _app_with_handler(url: str, model: str, on_body: Any) -> App:
+def _app_with_handler(
+    url: str, model: str, on_body: Any, feature: Feature | None = None, armed: Armed | None = None
+) -> App:
     """An App whose only handler takes a bare ``dict`` body, as the spec's examples do (a
     parametrized ``dict[str, Any]`` would add per-key validation to every message)."""
-    app = App(url)
+    app = App(url, shutdown_timeout=STOP_WITHIN, **(armed.app_kwargs if armed else {}))
+    options = dict(feature.decorator) if feature else {}
     if model == "task":
 
-        @app.task(QUEUE)
+        @app.task(QUEUE, **options)
         async def handle_task(body: dict) -> None:
             on_body(body)
 
     elif model == "stream":
 
-        @app.stream(STREAM, group=GROUP)
+        @app.stream(STREAM, group=GROUP, **options)
         async def handle_event(body: dict) -> None:
             on_body(body)
 
     else:
 
-        @app.subscribe(CHANNEL)
+        @app.subscribe(CHANNEL, **options)
         async def handle_notice(body: dict) -> None:
             on_body(body)
 
     return app
 
 
-async def consume(url: str, model: str, n: int, timeout: float) -> dict[str, Any]:
+async def consume(
+    url: str, model: str, n: int, timeout: float, feature: str | None = None
+) -> dict[str, Any]:
     """Drain a pre-filled backlog (task, stream) or what a concurrent publisher sends (pub/sub).
 
     Backlogs are timed from the first message the handler gets (the first fetch's reply)
     until the handler has seen ``n`` messages and Redis holds no unacknowledged one.
     """
     tally = Tally(n)
-    app = _app_with_handler(url, model, lambda _body: tally.hit())
+    chosen, armed = arm(feature)
+    app = _app_with_handler(url, model, lambda _body: tally.hit(), chosen, armed)
     probe = raw_client(url)
     try:
         await app.connect()  # connection set-up stays out of the timing
@@ -84,7 +98,8 @@ async def consume(url: str, model: str, n: int, timeout: float) -> dict[str, Any
         await app.aclose()
         await probe.aclose()
     (handler_stats,) = stats.handlers.values()
-    return {
+    extra = armed.finish() if armed.finish else {}
+    return extra | {
         "count": tally.seen,
         "elapsed_s": elapsed,
         "rate": rate,
@@ -107,25 +122,71 @@ async def _wait_done(tally: Tally, timeout: float) -> None:
         ) from None
 
 
-async def produce(url: str, model: str, n: int, batch: int) -> dict[str, Any]:
-    """The batch producing API from the same Python dicts the raw producer serializes."""
+Send = Callable[[list[Any], int], Awaitable[Any]]
+
+
+def _sender(app: App, model: str, feature: Feature | None, single: bool) -> Send:
+    """How one batch of bodies (numbered from ``base``) is produced: the batch API, or, with
+    ``single``, one ``enqueue`` per body, the whole batch at once (the form a task feature
+    whose enqueue keyword has no batch form needs, and its feature-off row)."""
+    if model == "stream":
+        return lambda chunk, _base: app.append_many(STREAM, chunk)
+    if model == "pubsub":
+        return lambda chunk, _base: app.publish_many(CHANNEL, chunk)
+    if not single:
+        options = dict(feature.enqueue_many or {}) if feature and feature.enqueue else {}
+        return lambda chunk, _base: app.enqueue_many(QUEUE, chunk, **options)
+    per_message = feature.enqueue if feature else None
+
+    async def one_each(chunk: list[Any], base: int) -> list[str]:
+        return await asyncio.gather(
+            *(
+                app.enqueue(QUEUE, b, **(per_message(base + k) if per_message else {}))
+                for k, b in enumerate(chunk)
+            )
+        )
+
+    return one_each
+
+
+async def produce(
+    url: str,
+    model: str,
+    n: int,
+    batch: int,
+    feature: str | None = None,
+    single: bool = False,
+    timed: bool = True,
+) -> dict[str, Any]:
+    """The batch producing API from the same Python dicts the raw producer serializes (or
+    one enqueue per body: ``_sender``). ``timed=False`` is a feature's prefill."""
     bodies = [body(i) for i in range(n)]
-    batches = [bodies[i : i + batch] for i in range(0, n, batch)]
-    app = App(url)
+    batches = [(bodies[i : i + batch], i) for i in range(0, n, batch)]
+    chosen, armed = arm(feature)
+    app = App(url, **armed.app_kwargs)
+    send = _sender(app, model, chosen, single)
+    replies = []
     try:
         await app.connect()
+        cpu = time.process_time()
         started = time.perf_counter()
-        for chunk in batches:
-            if model == "task":
-                await app.enqueue_many(QUEUE, chunk)
-            elif model == "stream":
-                await app.append_many(STREAM, chunk)
-            else:
-                await app.publish_many(CHANNEL, chunk)
+        for chunk, base in batches:
+            replies.append(await send(chunk, base))
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu
     finally:
         await app.aclose()
-    return {"count": n, "elapsed_s": elapsed, "rate": n / elapsed}
+    extra = armed.finish() if armed.finish else {}
+    if model != "pubsub":  # every body got its own id (none deduplicated away)
+        extra["ids"] = len({i for reply in replies for i in reply})
+    if not timed:
+        return extra | {"count": n}
+    return extra | {
+        "count": n,
+        "elapsed_s": elapsed,
+        "rate": n / elapsed,
+        "cpu_us_per_msg": cpu / n * 1e6,
+    }
 
 
 async def latency_consumer(url: str, model: str, n: int, timeout: float) -> dict[str, Any]:

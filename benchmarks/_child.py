@@ -24,10 +24,14 @@ def _job(job: dict[str, Any]) -> Any:
         "._app_runs" if impl == "aioredq" or role.startswith("latency") else "._raw_runs",
         __package__,
     )
+    # Features, and one enqueue per body, are the aioredq side's alone (never in a raw job).
+    options = {key: job[key] for key in ("feature", "single") if job.get(key)}
     if role == "consume":
-        return side.consume(url, model, job["n"], job["timeout"])
+        return side.consume(url, model, job["n"], job["timeout"], **options)
     if role == "produce":
-        return side.produce(url, model, job["n"], job["batch"])
+        return side.produce(url, model, job["n"], job["batch"], **options)
+    if role == "prefill":  # a feature's backlog, written through the app (impl "aioredq")
+        return side.produce(url, model, job["n"], job["batch"], **options, timed=False)
     if role == "latency-consumer":
         return side.latency_consumer(url, model, job["n"], job["timeout"])
     if role == "latency-producer":

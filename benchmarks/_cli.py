@@ -15,8 +15,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from . import _report
+from . import _feature_report, _report
 from ._common import MODELS
+from ._features import BY_NAME, Feature, unsupported
 from ._runner import FULL, QUICK, RunFailed, Runner, Sizes
 from ._server import BenchServer
 
@@ -32,13 +33,21 @@ def _names(text: str, allowed: Sequence[str], what: str) -> list[str]:
     return names
 
 
+def _feature_names(text: str) -> list[str]:
+    return [] if text.strip() == "none" else _names(text, tuple(BY_NAME), "--features")
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="aioredq (default options, no-op handlers) against the fastest honest raw "
         "redis-py loops, on a redis-server started for the run.",
     )
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes, feature rows in the first repetition only (a smoke run)",
+    )
     parser.add_argument("--reps", type=int, default=3, help="repetitions (default 3)")
     parser.add_argument(
         "--models",
@@ -57,6 +66,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=lambda t: _names(t, PARTS, "--parts"),
         default=list(PARTS),
         help="what to measure: consume,produce,latency,rss (default all)",
+    )
+    parser.add_argument(
+        "--features",
+        type=_feature_names,
+        default=list(BY_NAME),
+        help="job features to price, each on vs off in the same run, under the first of "
+        f"--loops: {','.join(BY_NAME)}; 'none' for none (default: all the installed "
+        "aioredq accepts)",
     )
     parser.add_argument("--size", type=int, help="messages per consume/produce run")
     parser.add_argument("--rss-size", type=int, help="backlog drained in the RSS run")
@@ -116,83 +133,150 @@ def _meta(runner: Runner, args: argparse.Namespace, sizes: Sizes) -> dict[str, A
 
 
 Measure = Callable[[], dict[str, Any]]
-Step = tuple[int, str, str, str, str, Measure]
+# What a measurement is (rep, loop, model, kind, impl; feature and single when set), and
+# the call that makes it.
+Step = tuple[dict[str, Any], Measure]
+Priced = list[tuple[Feature, str]]  # (feature, model) pairs to measure
 
 
-def _plan(runner: Runner, args: argparse.Namespace, sizes: Sizes) -> Iterator[Step]:
-    """Every measurement, in order: (rep, loop, model, kind, impl, run it)."""
+def _plan(runner: Runner, args: argparse.Namespace, sizes: Sizes, priced: Priced) -> Iterator[Step]:
+    """Every measurement, in order."""
     for rep in range(args.reps):
         # Alternate who goes first, so a slow start or a noisy neighbour is shared.
         order = ("aioredq", "raw") if rep % 2 == 0 else ("raw", "aioredq")
         for loop in args.loops:
             for model in args.models:
+                at = {"rep": rep, "loop": loop, "model": model}
                 if "consume" in args.parts:
                     for impl in order:
                         yield (
-                            rep,
-                            loop,
-                            model,
-                            "consume",
-                            impl,
+                            at | {"kind": "consume", "impl": impl},
                             partial(runner.consume, model, impl, loop, sizes.consume),
                         )
                 if "produce" in args.parts:
                     for impl in order:
                         yield (
-                            rep,
-                            loop,
-                            model,
-                            "produce",
-                            impl,
+                            at | {"kind": "produce", "impl": impl},
                             partial(runner.produce, model, impl, loop),
                         )
                 if "latency" in args.parts:
                     yield (
-                        rep,
-                        loop,
-                        model,
-                        "latency",
-                        "aioredq",
+                        at | {"kind": "latency", "impl": "aioredq"},
                         partial(runner.latency, model, loop),
                     )
+                # Under the first loop only; a smoke run (--quick) prices them once.
+                if loop == args.loops[0] and not (args.quick and rep):
+                    features = [f for f, m in priced if m == model]
+                    yield from _feature_steps(runner, args, sizes, at, features)
     if "rss" in args.parts:  # one large drain per model and loop: a peak, not a rate
         for loop in args.loops:
             for model in args.models:
                 yield (
-                    0,
-                    loop,
-                    model,
-                    "rss",
-                    "aioredq",
+                    {"rep": 0, "loop": loop, "model": model, "kind": "rss", "impl": "aioredq"},
                     partial(runner.consume, model, "aioredq", loop, sizes.rss),
                 )
+
+
+def _feature_steps(
+    runner: Runner,
+    args: argparse.Namespace,
+    sizes: Sizes,
+    at: dict[str, Any],
+    features: list[Feature],
+) -> Iterator[Step]:
+    """The feature-on runs of one model; their feature-off rows are the plain aioredq runs
+    above, except one enqueue per job (a feature without a batch form), measured here once."""
+    model, loop = at["model"], at["loop"]
+    mine = at | {"impl": "aioredq"}
+    single_off: list[Step] = []
+    for feature in features:
+        if "consume" in args.parts:
+            yield (
+                mine | {"kind": "consume", "feature": feature.name},
+                partial(runner.consume, model, "aioredq", loop, sizes.consume, feature=feature),
+            )
+        if "produce" not in args.parts or not feature.produce:
+            continue
+        single = model == "task" and not feature.batched()
+        label = mine | {"kind": "produce", "feature": feature.name}
+        on: Step = (
+            label | ({"single": True} if single else {}),
+            partial(runner.produce, model, "aioredq", loop, feature, single),
+        )
+        if single and not single_off:
+            single_off.append(
+                (
+                    mine | {"kind": "produce", "single": True},
+                    partial(runner.produce, model, "aioredq", loop, None, True),
+                )
+            )
+            yield from [on, *single_off] if at["rep"] % 2 == 0 else [*single_off, on]
+        else:
+            yield on
+
+
+def _priced(args: argparse.Namespace) -> tuple[Priced, list[str]]:
+    """The (feature, model) pairs to measure, and one line per feature skipped somewhere."""
+    priced: Priced = []
+    notes = []
+    for name in args.features:
+        feature = BY_NAME[name]
+        skipped: dict[str, list[str]] = {}  # why -> models
+        for model in args.models:
+            if model not in feature.models:
+                continue
+            why = unsupported(feature, model)
+            if why is None:
+                priced.append((feature, model))
+            else:
+                skipped.setdefault(why, []).append(model)
+        if skipped:
+            where = sorted({m for models in skipped.values() for m in models}, key=MODELS.index)
+            why = "; ".join(skipped)
+            notes.append(f"skipped {name} on {', '.join(where)}, the installed aioredq: {why}")
+    return priced, notes
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     sizes = _sizes(args)
     records: list[dict[str, Any]] = []
+    priced, notes = _priced(args)
+    for note in notes:
+        _progress(note)
     with BenchServer() as server:
         runner = Runner(server.url, sizes)
         try:
             meta = _meta(runner, args, sizes)
-            for rep, loop, model, kind, impl, measure in _plan(runner, args, sizes):
+            meta["features_skipped"] = notes
+            for label, measure in _plan(runner, args, sizes, priced):
                 result = measure()
+                kind = label["kind"]
                 if kind == "rss":
                     result["messages"] = sizes.rss
-                records.append(
-                    {"rep": rep, "loop": loop, "model": model, "kind": kind, "impl": impl} | result
-                )
+                records.append(label | result)
                 shown = (
                     f"p99 {result['p99_ms']:.2f} ms"
                     if kind == "latency"
                     else f"{result['rate']:,.0f} msg/s"
                 )
-                _progress(f"[{rep + 1}/{args.reps} {loop} {model}] {kind} {impl}: {shown}")
+                what = " ".join(
+                    [kind, label["impl"], *([label["feature"]] if "feature" in label else [])]
+                    + (["(one enqueue per job)"] if label.get("single") else [])
+                )
+                _progress(
+                    f"[{label['rep'] + 1}/{args.reps} {label['loop']} {label['model']}] "
+                    f"{what}: {shown}"
+                )
             profiles = _profile(runner, args, sizes) if args.profile else {}
         finally:
             runner.close()
-    summary = _report.summarize(records, args.loops, args.models)
-    return {"meta": meta, "summary": summary, "records": records, "profiles": profiles}
+    return {
+        "meta": meta,
+        "summary": _report.summarize(records, args.loops, args.models),
+        "features": _feature_report.summarize(records, args.loops[0], priced),
+        "records": records,
+        "profiles": profiles,
+    }
 
 
 def _profile(runner: Runner, args: argparse.Namespace, sizes: Sizes) -> dict[str, str]:
@@ -226,6 +310,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"benchmark run failed: {exc}", file=sys.stderr)
         return 1
     print(_report.render(report, args.loops, args.models))
+    features = _feature_report.render(report, args.loops[0])
+    if features:
+        print(f"\n{features}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
         print(f"\nwrote {args.json}")

@@ -37,7 +37,9 @@ def _ratios(records: list[Record], kind: str, loop: str, model: str) -> list[flo
 
 
 def summarize(records: list[Record], loops: Sequence[str], models: Sequence[str]) -> Record:
-    """``summary[loop][model][metric] = {median, min, max, values}`` plus the RSS runs."""
+    """``summary[loop][model][metric] = {median, min, max, values}`` plus the RSS runs, of
+    the plain runs (a feature's runs are ``_feature_report``'s)."""
+    records = [r for r in records if "feature" not in r and "single" not in r]
     summary: Record = {}
     for loop in loops:
         per_model: Record = {}

@@ -15,6 +15,7 @@ from typing import IO, Any
 import redis
 
 from ._common import GROUP, IDLE_END, PAD, QUEUE, STREAM, body
+from ._features import Feature
 from ._server import die_with_parent
 
 PREFILL_CHUNK = 10_000
@@ -63,14 +64,25 @@ class Runner:
 
     # one measurement per call ------------------------------------------------------------
     def consume(
-        self, model: str, impl: str, loop: str, n: int, profile: str | None = None
+        self,
+        model: str,
+        impl: str,
+        loop: str,
+        n: int,
+        profile: str | None = None,
+        feature: Feature | None = None,
     ) -> dict[str, Any]:
         self._reset()
         timeout = max(120.0, n / 2000)
         job: dict[str, Any] = {"role": "consume", "impl": impl, "model": model, "loop": loop}
         job.update(n=n, timeout=timeout, profile=profile)
+        if feature is not None:
+            job["feature"] = feature.name
         if model != "pubsub":
-            self._prefill(model, n)
+            if feature is not None and feature.prefill_through_app(model):
+                self._prefill_through_app(model, loop, n, feature, timeout)
+            else:
+                self._prefill(model, n)
             before = self._server_usage()
             result = self._finish(self._spawn(job), timeout + STOP_GRACE)
         else:
@@ -86,13 +98,27 @@ class Runner:
         result["server"] = self._server_delta(before)
         return result
 
-    def produce(self, model: str, impl: str, loop: str) -> dict[str, Any]:
+    def produce(
+        self,
+        model: str,
+        impl: str,
+        loop: str,
+        feature: Feature | None = None,
+        single: bool = False,
+    ) -> dict[str, Any]:
+        """``single``: one ``enqueue`` per body (tasks), a batch of them at once."""
         self._reset()
         n = self.sizes.produce
         job = {"role": "produce", "impl": impl, "model": model, "loop": loop, "n": n}
-        job["batch"] = self.sizes.batch
+        job.update(batch=self.sizes.batch, feature=feature and feature.name, single=single)
         result = self._finish(self._spawn(job), max(120.0, n / 2000))
-        stored = {"task": self.admin.llen(QUEUE), "stream": self.admin.xlen(STREAM)}.get(model, n)
+        if feature is not None and feature.enqueue is not None:
+            # Where the feature's jobs live is its own business: count the ids instead.
+            stored = result["ids"]
+        else:
+            stored = {"task": self.admin.llen(QUEUE), "stream": self.admin.xlen(STREAM)}.get(
+                model, n
+            )
         if stored != n:
             raise RunFailed(f"{impl} produced {stored} of {n} {model} messages")
         return result
@@ -148,6 +174,22 @@ class Runner:
                 for i in range(base, min(base + PREFILL_CHUNK, n))
             ]
             self.admin.lpush(QUEUE, *items)
+
+    def _prefill_through_app(
+        self, model: str, loop: str, n: int, feature: Feature, timeout: float
+    ) -> None:
+        """The backlog written by the app with ``feature`` on (its enqueue keywords, its
+        produce hooks): the same bodies as ``_prefill``, in the feature's data layout."""
+        if model == "stream":
+            self.admin.xgroup_create(STREAM, GROUP, "0", mkstream=True)
+        single = model == "task" and not feature.batched()
+        job = {"role": "prefill", "impl": "aioredq", "model": model, "loop": loop, "n": n}
+        # One enqueue per body: a batch's worth at once; otherwise large batches, for speed.
+        job.update(batch=self.sizes.batch if single else PREFILL_CHUNK, single=single)
+        job["feature"] = feature.name
+        written = self._finish(self._spawn(job), timeout)
+        if written.get("ids") != n:
+            raise RunFailed(f"the {feature.name} prefill wrote {written.get('ids')} of {n}")
 
     def _spawn(self, job: dict[str, Any]) -> _Child:
         job = {"url": self.url, **job}

@@ -19,16 +19,22 @@ LOOPS = ("asyncio", "uvloop")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
     pytest.importorskip("uvloop")
     out = tmp_path_factory.mktemp("bench") / "bench.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--reps", "1", "--json", str(out)],
+    # The feature rows have a run of their own below: this one keeps its size.
+    done = _bench("--quick --reps 1 --features none --json", str(out), timeout=110)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done.stdout, json.loads(out.read_text())
+
+
+def _bench(options: str, *more: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``python -m benchmarks`` with these options, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks", *options.split(), *more],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=timeout,
         check=False,
     )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return done.stdout, json.loads(out.read_text())
 
 
 def _rows(text: str, header: str) -> list[list[str]]:
@@ -87,3 +93,45 @@ def test_backlogs_are_drained_and_acknowledged(quick_run: tuple[str, dict[str, A
     for run in drains:
         assert run["dropped"] == 0 and run["count"] > 0, run
         assert run.get("failed", 0) == 0, run
+
+
+def test_a_feature_row_prices_middleware_against_the_plain_run(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    options = "--quick --reps 1 --loops asyncio --models task --parts consume"
+    done = _bench(f"{options} --features middleware --json", str(out))
+    assert done.returncode == 0, done.stderr[-4000:]
+    (row,) = _rows(done.stdout, "the price of each feature")
+    feature, model, part, on, off, ratio, cpu_on, cpu_off, extra, _wall = row
+    assert (feature, model, part) == ("middleware", "task", "consume")
+    assert float(on.rstrip("k")) > 0 and float(off.rstrip("k")) > 0 and float(ratio) > 0
+    assert float(cpu_on) > 0 and float(cpu_off) > 0
+    assert float(extra) == pytest.approx(float(cpu_on) - float(cpu_off), abs=0.011)
+    assert "one no-op middleware" in done.stdout
+    data = json.loads(out.read_text())
+    runs = [r for r in data["records"] if r["kind"] == "consume" and r["impl"] == "aioredq"]
+    # The feature-on run and the plain run it is priced against, each draining the backlog.
+    assert sorted(r.get("feature") or "" for r in runs) == ["", "middleware"]
+    assert all(r["dropped"] == 0 and r["failed"] == 0 for r in runs), runs
+    (priced,) = data["features"]
+    assert priced["on"]["median"] == next(r["rate"] for r in runs if r.get("feature"))
+    assert priced["off"]["median"] == next(r["rate"] for r in runs if not r.get("feature"))
+
+
+def test_an_unknown_feature_is_refused() -> None:
+    done = _bench("--quick --features middleware,nosuch")
+    assert done.returncode == 2 and "--features: choose from" in done.stderr
+
+
+def test_a_keyword_the_package_does_not_take_skips_the_feature(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks._features import FEATURES, Feature, unsupported
+
+    future = Feature("future", ("task", "stream"), "-", decorator={"no_such_option": 1})
+    assert unsupported(future, "task") == "App.task() takes no no_such_option="
+    assert unsupported(future, "pubsub") == "future does not apply to pubsub"
+    by_enqueue = Feature("keyed", ("task",), "-", enqueue=lambda i: {"no_such_kw": i})
+    assert "App.enqueue() takes no no_such_kw=" in str(unsupported(by_enqueue, "task"))
+    middleware = next(f for f in FEATURES if f.name == "middleware")
+    assert unsupported(middleware, "stream") is None
