@@ -6,6 +6,7 @@ python -m aioredq inspect MODULE:ATTR [--url URL] [--json] [--watch]
 python -m aioredq dead MODULE:ATTR NAME [--show N [--full] | --requeue [--all | ID ...]
                                         | --purge [--yes]]
 python -m aioredq pause|resume MODULE:ATTR NAME
+python -m aioredq cancel MODULE:ATTR QUEUE ID
 python -m aioredq acl MODULE:ATTR [--user NAME]
 python -m aioredq docs MODULE:ATTR [--yaml] [--out FILE]
 python -m aioredq dashboard MODULE:ATTR [--host 127.0.0.1] [--port 8080] [--token T]
@@ -55,6 +56,7 @@ other commands:
   aioredq pause MODULE:ATTR NAME / aioredq resume MODULE:ATTR NAME
   aioredq dead MODULE:ATTR NAME [--show N [--full] | --requeue [--all | ID ...] | --purge [--yes]]
   aioredq pause|resume MODULE:ATTR NAME
+  aioredq cancel MODULE:ATTR QUEUE ID
   aioredq acl MODULE:ATTR [--user NAME]
   aioredq docs MODULE:ATTR [--yaml] [--out FILE]
   aioredq dashboard MODULE:ATTR [--host 127.0.0.1] [--port 8080] [--token T]
@@ -378,6 +380,34 @@ def _pause(command: str, args: list[str]) -> int:
     return 0
 
 
+def _cancel(args: list[str]) -> int:
+    """``aioredq cancel MODULE:ATTR QUEUE ID``: cancel one job (app.cancel); exit 1 if unknown."""
+    p = _Parser(
+        prog=f"{PROG} cancel",
+        description="Cancel a job: a waiting one never runs, a running one is interrupted "
+        "within about a second on whichever worker runs it; either way it is dead-lettered "
+        "with error Cancelled. Exit status 1 when no waiting or running job has that id.",
+    )
+    _add_common(p)
+    p.add_argument("queue", metavar="QUEUE", help="the task queue")
+    p.add_argument("id", metavar="ID", help="the job's id (what enqueue returned)")
+    ns = p.parse_args(args)
+    app = _prepare(ns)
+
+    async def cancel() -> bool:
+        try:
+            await app.connect()
+            return await app.cancel(ns.queue, ns.id)
+        finally:
+            await app.aclose()
+
+    if asyncio.run(cancel()):
+        print(f"{ns.id}: cancelled")
+        return 0
+    print(f"{ns.id}: no waiting or running job of {ns.queue!r} has that id", file=sys.stderr)
+    return 1
+
+
 def _inspect(args: list[str]) -> int:
     """``aioredq inspect MODULE:ATTR [--json] [--watch]``: one row per handler."""
     from ._inspect import inspect_command
@@ -454,6 +484,7 @@ SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "dead": _dead,
     "pause": partial(_pause, "pause"),
     "resume": partial(_pause, "resume"),
+    "cancel": _cancel,
     "acl": _acl,
     "docs": _docs,
     "dashboard": _dashboard,

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 
 import pytest
+import redis
 import redis.asyncio
 from _waiting import until, until_redis
 
@@ -90,5 +93,36 @@ async def test_cancel_on_wrong_typed_keys_changes_nothing(
         await redis_client.delete("{cw}:dead")
         assert await app.cancel("cw", job) is True
         assert await redis_client.llen("cw") == 0
+    finally:
+        await app.aclose()
+
+
+def test_the_cancel_command_cancels_a_waiting_job_and_says_when_none_has_the_id(
+    redis_url: str,
+) -> None:
+    """``aioredq cancel MODULE:ATTR QUEUE ID`` from another process: the waiting job is
+    dead-lettered with Cancelled; an unknown id is exit 1."""
+
+    queue = "cli-jobs"  # tests.apps.cli_app declares a handler on it
+    job_id = asyncio.run(_enqueue(App(redis_url), queue))
+    argv = [sys.executable, "-m", "aioredq", "cancel", "tests.apps.cli_app:app", queue]
+    done = subprocess.run(
+        [*argv, job_id, "--url", redis_url], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"{job_id}: cancelled" in done.stdout
+    with redis.Redis.from_url(redis_url) as r:
+        assert r.llen(queue) == 0
+        [letter] = [json.loads(x) for x in r.lrange(f"{{{queue}}}:dead", 0, -1)]
+    assert letter["id"] == job_id and letter["error"].startswith("Cancelled")
+    again = subprocess.run(
+        [*argv, job_id, "--url", redis_url], capture_output=True, text=True, timeout=60
+    )
+    assert again.returncode == 1 and "no waiting or running job" in again.stderr
+
+
+async def _enqueue(app: App, queue: str) -> str:
+    try:
+        return await app.enqueue(queue, "to be cancelled")
     finally:
         await app.aclose()
