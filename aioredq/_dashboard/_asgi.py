@@ -10,6 +10,7 @@ constant time. Every response carries a Content-Security-Policy without inline s
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -73,7 +74,7 @@ class Dashboard:
         self.sampler = Sampler(app, interval)
         # Signs session cookies; a new one per process, so a restart logs every page out.
         self._secret = secrets.token_bytes(32)
-        self._read: dict[str, tuple[float, Any]] = {}
+        self._read: dict[str, tuple[float, asyncio.Future[Any]]] = {}
 
     # ASGI entry point -------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -174,14 +175,21 @@ class Dashboard:
         return section
 
     async def _section_read(self, section: _sections.Section) -> Any:
+        """The section's answer, one read of Redis shared by the pages that ask within a
+        second of each other (those asking while it runs wait for the same read)."""
         now = time.monotonic()
         kept = self._read.get(section.name)
-        if kept is not None and now - kept[0] < SECTION_TTL:
-            return kept[1]
-        client = self.app.connection.command
-        data = await self._redis(lambda: section.read(self.app, client))
-        self._read[section.name] = (now, data)
-        return data
+        if kept is None or now - kept[0] >= SECTION_TTL:
+            client = self.app.connection.command
+            task = asyncio.ensure_future(self._redis(lambda: section.read(self.app, client)))
+            kept = self._read[section.name] = (now, task)
+        try:
+            # Shielded: a page that goes away does not cancel the read the others wait for.
+            return await asyncio.shield(kept[1])
+        except _Refused:
+            if self._read.get(section.name) is kept:
+                del self._read[section.name]  # a failure is not kept: the next page retries
+            raise
 
     async def _figures(self, scope: Scope) -> dict[str, Any]:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))

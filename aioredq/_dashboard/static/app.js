@@ -263,6 +263,7 @@
     const render = (window.aioredqSections || {})[info.name];
     const ctx = {
       writable: canWrite(),
+      tokenSet: Boolean(state.session && state.session.writable),
       post: (action, data) => api("api/section/" + encodeURIComponent(info.name) + "/" + encodeURIComponent(action), data || {}),
       reload: () => loadSection(info, host),
       cell, button,
@@ -274,7 +275,7 @@
       const text = JSON.stringify(data);
       if (text !== host.shown) {
         host.shown = text;
-        if (render) render(body, data, ctx);
+        if (render) host.wait = render(body, data, ctx);
         else body.replaceChildren(cell("pre", JSON.stringify(data, null, 2)));
       }
     } catch (err) {
@@ -283,7 +284,8 @@
     }
     if (render && render.refresh) {
       clearTimeout(host.refresh);
-      host.refresh = setTimeout(ctx.reload, render.refresh * 1000);
+      const wait = typeof host.wait === "number" ? host.wait : render.refresh;
+      host.refresh = setTimeout(ctx.reload, wait * 1000);
     }
   }
 

@@ -1,6 +1,6 @@
 // Renderers of the feature sections, by section name: render(body, data, ctx) fills the
 // section's element; render.refresh asks the page to read the section again every so many
-// seconds. Everything that came from Redis is set with textContent, never as HTML.
+// seconds (or sooner: render may return the seconds until the next read). Everything that came from Redis is set with textContent, never as HTML.
 "use strict";
 (function () {
   // "2026-12-01T13:38:00.123456+00:00": trimmed to milliseconds, which every Date parses.
@@ -21,13 +21,17 @@
   // Relative times are redrawn every second from the instant each element carries.
   function tick() {
     const now = Date.now();
-    for (const node of document.querySelectorAll("[data-at]")) {
-      node.textContent = relative(Number(node.dataset.at), now);
-    }
+    for (const node of document.querySelectorAll("[data-at]")) node.textContent = label(node, now);
+  }
+
+  // A next tick that has passed is due: the page reads the new one shortly.
+  function label(node, now) {
+    const at = Number(node.dataset.at);
+    return node.dataset.due && at <= now ? "due" : relative(at, now);
   }
   setInterval(tick, 1000);
 
-  function moment(cell, iso, never) {
+  function moment(cell, iso, never, due) {
     const td = cell("td");
     const t = parse(iso);
     if (t === null) {
@@ -35,8 +39,10 @@
       return td;
     }
     td.appendChild(cell("span", new Date(t).toLocaleString()));
-    const rel = cell("span", relative(t, Date.now()), "dim rel");
+    const rel = cell("span", "", "dim rel");
     rel.dataset.at = String(t);
+    if (due) rel.dataset.due = "1";
+    rel.textContent = label(rel, Date.now());
     td.appendChild(rel);
     td.title = String(iso);
     return td;
@@ -81,7 +87,9 @@
       tr.append(name, cell("td", row.kind), state, actions);
       tbody.appendChild(tr);
     }
-    const note = ctx.writable ? "A paused handler starts nothing new; what runs finishes, nothing is lost." : "Read-only: log in with the token to pause or resume.";
+    const note = ctx.writable ? "A paused handler starts nothing new; what runs finishes, nothing is lost."
+      : ctx.tokenSet ? "Read-only: log in with the token to pause or resume."
+      : "Read-only: start the dashboard with a token to pause or resume.";
     body.replaceChildren(cell("p", note, "dim"), t, message);
   }
   pause.refresh = 5;
@@ -89,10 +97,12 @@
   function schedules(body, data, ctx) {
     const { cell } = ctx;
     const [t, tbody] = table(cell, ["handler", "queue", "schedule", "next tick", "last fired"]);
+    let soonest = Infinity;
     for (const row of data.schedules || []) {
       const tr = cell("tr");
       tr.dataset.handler = row.name;
-      const next = moment(cell, row.next, "-");
+      const next = moment(cell, row.next, "-", true);
+      soonest = Math.min(soonest, parse(row.next) ?? Infinity);
       next.dataset.field = "next";
       const last = moment(cell, row.last_fired, "never");
       last.dataset.field = "last_fired";
@@ -100,6 +110,8 @@
       tbody.appendChild(tr);
     }
     body.replaceChildren(t);
+    // Read again soon after the soonest tick passes, and at least every refresh seconds.
+    return Math.min(schedules.refresh, Math.max(0.5, (soonest - Date.now()) / 1000 + 0.3));
   }
   schedules.refresh = 2;
 
