@@ -310,6 +310,33 @@ async def test_a_feature_section_shows_only_when_the_app_has_it(
         assert (await c.get("/api/section/demo")).status_code == 404
 
 
+async def test_pages_share_a_sections_read_until_an_action_changes_it(
+    app: App, monkeypatch: pytest.MonkeyPatch, redis_client: redis.asyncio.Redis
+) -> None:
+    reads = []
+
+    async def read(app: App, client: Any) -> Any:
+        reads.append(1)
+        return {"flag": await client.exists("flag")}
+
+    async def flip(app: App, client: Any, data: dict[str, Any]) -> Any:
+        return {"set": await client.set("flag", "on")}
+
+    section = Section("demo", "Demo", lambda a: True, read, {"flip": flip})
+    monkeypatch.setattr(_sections, "SECTIONS", [section])
+    async with client(app.dashboard(TOKEN)) as c:
+        # Many pages refreshing at once: one read of Redis between them.
+        answers = await asyncio.gather(*(c.get("/api/section/demo") for _ in range(20)))
+        assert {r.json()["flag"] for r in answers} == {0}
+        assert 1 <= len(reads) < 20
+        seen = len(reads)
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        await c.post("/api/section/demo/flip", json={}, headers=bearer)
+        # After an action the next read is fresh, not the shared answer.
+        assert (await c.get("/api/section/demo")).json() == {"flag": 1}
+        assert len(reads) == seen + 1
+
+
 async def test_a_streams_dead_letter_is_requeued_by_its_id_and_handled(redis_url: str) -> None:
     app = App(redis_url)
     failing, handled = True, []

@@ -10,10 +10,12 @@ constant time. Every response carries a Content-Security-Policy without inline s
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
@@ -31,6 +33,9 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 COOKIE = "aioredq_dashboard"
 MAX_BODY = 64 * 1024
+# A section's answer is shared by every page for this long: pages refresh the schedules every
+# few seconds, and 50 of them then cost Redis what one does.
+SECTION_TTL = 1.0
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
@@ -44,6 +49,7 @@ STATIC = {
     "app.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
     "charts.js": "text/javascript; charset=utf-8",
+    "sections.js": "text/javascript; charset=utf-8",
 }
 
 
@@ -68,6 +74,7 @@ class Dashboard:
         self.sampler = Sampler(app, interval)
         # Signs session cookies; a new one per process, so a restart logs every page out.
         self._secret = secrets.token_bytes(32)
+        self._read: dict[str, tuple[float, asyncio.Future[Any]]] = {}
 
     # ASGI entry point -------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -114,9 +121,7 @@ class Dashboard:
             elif path == "/api/dead":
                 await self._json(send, await self._dead_page(scope))
             elif path.startswith("/api/section/"):
-                section = self._section(path[13:])
-                client = self.app.connection.command
-                await self._json(send, await self._redis(lambda: section.read(self.app, client)))
+                await self._json(send, await self._section_read(self._section(path[13:])))
             else:
                 raise _Refused(404, "not found")
             return
@@ -143,6 +148,7 @@ class Dashboard:
             action = self._section(feature).actions.get(verb)
             if action is None:
                 raise _Refused(404, "not found")
+            self._read.clear()  # the page reads the section again to show what changed
             await self._json(send, await self._redis(lambda: action(self.app, client, data)))
             return
         name = data.get("handler")
@@ -167,6 +173,23 @@ class Dashboard:
         if section is None:
             raise _Refused(404, "not found")
         return section
+
+    async def _section_read(self, section: _sections.Section) -> Any:
+        """The section's answer, one read of Redis shared by the pages that ask within a
+        second of each other (those asking while it runs wait for the same read)."""
+        now = time.monotonic()
+        kept = self._read.get(section.name)
+        if kept is None or now - kept[0] >= SECTION_TTL:
+            client = self.app.connection.command
+            task = asyncio.ensure_future(self._redis(lambda: section.read(self.app, client)))
+            kept = self._read[section.name] = (now, task)
+        try:
+            # Shielded: a page that goes away does not cancel the read the others wait for.
+            return await asyncio.shield(kept[1])
+        except _Refused:
+            if self._read.get(section.name) is kept:
+                del self._read[section.name]  # a failure is not kept: the next page retries
+            raise
 
     async def _figures(self, scope: Scope) -> dict[str, Any]:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))

@@ -5,9 +5,10 @@ and resume, periodic schedules, the schema document...). A feature adds itself b
 ``read`` answers ``GET api/section/<name>`` (the page renders its JSON with the renderer named
 after the section in ``window.aioredqSections``, or as text); each of ``actions`` answers ``POST
 api/section/<name>/<action>`` with the request's JSON object, behind the same token and CSRF
-checks as requeue and purge. ``read`` runs once per page that opens (and again after an
-action), not every second: what must update live belongs in the ``inspect`` figures, which the
-shared sampler reads.
+checks as requeue and purge. A page reads a section when it opens, after an action, and again
+every ``refresh`` seconds its renderer asks for (the schedules every 2 s, pauses every 5 s);
+every page shares one answer for a second (an action drops it), so the Redis cost of a read
+does not grow with the number of pages.
 """
 
 from __future__ import annotations

@@ -260,19 +260,32 @@
   // feature sections (shown only when the app has the feature) --------------------------
   async function loadSection(info, host) {
     const body = host.querySelector("div");
+    const render = (window.aioredqSections || {})[info.name];
     const ctx = {
       writable: canWrite(),
+      tokenSet: Boolean(state.session && state.session.writable),
       post: (action, data) => api("api/section/" + encodeURIComponent(info.name) + "/" + encodeURIComponent(action), data || {}),
       reload: () => loadSection(info, host),
       cell, button,
     };
+    clearTimeout(host.refresh);
     try {
       const data = await api("api/section/" + encodeURIComponent(info.name));
-      const render = (window.aioredqSections || {})[info.name];
-      if (render) render(body, data, ctx);
-      else body.replaceChildren(cell("pre", JSON.stringify(data, null, 2)));
+      // An unchanged answer keeps the elements as they are (a button being clicked stays put).
+      const text = JSON.stringify(data);
+      if (text !== host.shown) {
+        host.shown = text;
+        if (render) host.wait = render(body, data, ctx);
+        else body.replaceChildren(cell("pre", JSON.stringify(data, null, 2)));
+      }
     } catch (err) {
+      host.shown = null;
       body.replaceChildren(cell("p", err.message, "error"));
+    }
+    if (render && render.refresh) {
+      clearTimeout(host.refresh);
+      const wait = typeof host.wait === "number" ? host.wait : render.refresh;
+      host.refresh = setTimeout(ctx.reload, wait * 1000);
     }
   }
 
