@@ -20,7 +20,7 @@ from ._middleware import Middleware
 from ._results import close_readers, wait_result
 from ._runner import NOTHING_TO_RUN, Runner
 from ._stats import Stats
-from ._transports import keys
+from ._transports import admin, keys
 from ._transports.cancel import cancel as cancel_job
 from ._url import parse_url, resolve_url
 
@@ -125,18 +125,18 @@ class App(Runner):
         persistence. Handlers sharing the queue (or stream and group) pause together."""
         key = self.pause_key(name)
         conn = self.connection
-        await conn.produce(f"pause {name!r}", lambda: conn.command.set(key, "1"))
+        await conn.produce(f"pause {name!r}", lambda: admin.pause(conn, key))
 
     async def resume(self, name: str) -> None:
         """Undo ``pause``: workers start ``name``'s messages again within about a second."""
         key = self.pause_key(name)
         conn = self.connection
-        await conn.produce(f"resume {name!r}", lambda: conn.command.delete(key))
+        await conn.produce(f"resume {name!r}", lambda: admin.resume(conn, key))
 
     async def is_paused(self, name: str) -> bool:
         key = self.pause_key(name)
         conn = self.connection
-        return bool(await conn.produce(f"read {key!r}", lambda: conn.command.exists(key)))
+        return await conn.produce(f"read {key!r}", lambda: admin.is_paused(conn, key))
 
     async def result(
         self,
@@ -190,7 +190,7 @@ class App(Runner):
         found = await conn.produce(
             f"cancel job {id!r} of {queue!r}",
             lambda: cancel_job(
-                conn.command,
+                conn,
                 queue,
                 id,
                 failed_at=datetime.now(UTC).isoformat(),

@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 
 from ._app import App
-from ._connection import translated
+from ._connection import Connection, translated
 from ._exceptions import UsageError
 from ._handlers import Handler, StreamHandler, SubscribeHandler
 from ._transports import dead
@@ -90,42 +90,42 @@ async def dead_command(
     handler = find(app, name)
     if purge and not yes and not sys.stdin.isatty():
         raise _usage("--purge deletes dead letters: confirm on a terminal, or add --yes")
-    client = app.connection.command
+    conn = app.connection
     key = handler.key
     group = handler.spec.group if isinstance(handler, StreamHandler) else None
     whose = f"{handler.name!r} ({key!r}" + (f", group {group!r})" if group else ")")
     try:
         await app.connect()
         if purge:
-            return await translated("dead --purge", lambda: _purge(client, key, group, whose, yes))
+            return await translated("dead --purge", lambda: _purge(conn, key, group, whose, yes))
         if requeue is None:
             count = show or 20
             if group is None:
-                work = _show_queue(client, key, count, full)
+                work = _show_queue(conn, key, count, full)
             else:
-                work = _show_stream(client, key, group, count, full)
+                work = _show_stream(conn, key, group, count, full)
             return await translated("dead --show", lambda: work)
         ids = None if requeue_all else set(requeue)
         if group is None:
             job = (
-                dead.requeue_queue_all(client, key)
+                dead.requeue_queue_all(conn, key)
                 if ids is None
-                else dead.requeue_queue_ids(client, key, ids)
+                else dead.requeue_queue_ids(conn, key, ids)
             )
         else:
-            job = dead.requeue_stream(client, key, group, ids)
+            job = dead.requeue_stream(conn, key, group, ids)
         outcome = await translated("dead --requeue", lambda: job)
         return _report(whose, outcome, ids)
     finally:
         await app.aclose()
 
 
-async def _purge(client: Any, key: str, group: str | None, whose: str, yes: bool) -> int:
+async def _purge(conn: Connection, key: str, group: str | None, whose: str, yes: bool) -> int:
     if not yes:
         if group is None:
-            n = await dead.queue_dead_count(client, key)
+            n = await dead.queue_dead_count(conn, key)
         else:
-            n = await dead.stream_dead_count(client, key, group)
+            n = await dead.stream_dead_count(conn, key, group)
         if not n:
             print(f"no dead letters of {whose}")
             return 0
@@ -136,9 +136,9 @@ async def _purge(client: Any, key: str, group: str | None, whose: str, yes: bool
             print("nothing deleted")
             return 1
     if group is None:
-        n = await dead.purge_queue(client, key)
+        n = await dead.purge_queue(conn, key)
     else:
-        n = await dead.purge_stream(client, key, group)
+        n = await dead.purge_stream(conn, key, group)
     print(f"purged {n} dead letter(s) of {whose}")
     return 0
 
@@ -153,8 +153,8 @@ def _report(whose: str, outcome: dead.Outcome, ids: set[str] | None) -> int:
     return 1 if outcome.bad or missing else 0
 
 
-async def _show_queue(client: Any, queue: str, count: int, full: bool) -> int:
-    letters = await dead.queue_letters(client, queue, count)
+async def _show_queue(conn: Connection, queue: str, count: int, full: bool) -> int:
+    letters = await dead.queue_letters(conn, queue, count)
     for raw in letters:
         try:
             letter = json.loads(raw)
@@ -172,9 +172,9 @@ async def _show_queue(client: Any, queue: str, count: int, full: bool) -> int:
     return 0
 
 
-async def _show_stream(client: Any, stream: str, group: str, count: int, full: bool) -> int:
+async def _show_stream(conn: Connection, stream: str, group: str, count: int, full: bool) -> int:
     shown = 0
-    async for page in dead.stream_letter_pages(client, stream, group, newest_first=True):
+    async for page in dead.stream_letter_pages(conn, stream, group, newest_first=True):
         for dead_id, raw in page[: count - shown]:
             f = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in raw.items()}
             note = "  (not UTF-8: exact bytes in fields_b64)" if "fields_b64" in f else ""

@@ -15,7 +15,7 @@ import anyio
 from redis.exceptions import ResponseError
 
 from ._app import App
-from ._connection import translated
+from ._connection import Connection, translated
 from ._dead import dead_command
 from ._exceptions import AioredqError
 from ._handlers import StreamHandler, SubscribeHandler, TaskHandler
@@ -54,38 +54,38 @@ RESET = "\x1b[0m"
 CLEAR = "\x1b[H\x1b[2J"
 
 
-async def figures(app: App, client: Any = None) -> list[dict[str, Any]]:
-    """One row per handler, read from Redis (through ``client``, default the app's) without
+async def figures(app: App, conn: Connection | None = None) -> list[dict[str, Any]]:
+    """One row per handler, read from Redis (through ``conn``, default the app's) without
     changing anything."""
-    client = client if client is not None else app.connection.command
+    conn = conn if conn is not None else app.connection
     rows = []
     for h in app.handlers:
         if isinstance(h, TaskHandler):
-            data = await admin.task_figures(client, h.key)
-            data |= await admin.lifecycle_figures(client, h.key)
+            data = await admin.task_figures(conn, h.key)
+            data |= await admin.lifecycle_figures(conn, h.key)
         elif isinstance(h, StreamHandler):
-            data = await admin.stream_figures(client, h.key, h.spec.group)
+            data = await admin.stream_figures(conn, h.key, h.spec.group)
         else:
             assert isinstance(h, SubscribeHandler)
-            data = await admin.subscribe_figures(client, list(h.spec.channels), h.spec.sharded)
+            data = await admin.subscribe_figures(conn, list(h.spec.channels), h.spec.sharded)
         data["paused"] = None
-        data["schedule"] = await schedule_row(client, h) if isinstance(h, TaskHandler) else None
+        data["schedule"] = await schedule_row(conn, h) if isinstance(h, TaskHandler) else None
         if isinstance(h, TaskHandler | StreamHandler):
             key = app.pause_key(h.name)
             try:
-                data["paused"] = bool(await client.exists(key))
+                data["paused"] = await admin.is_paused(conn, key)
             except ResponseError as exc:  # an ACL without EXISTS: say so, show the rest
                 data.setdefault("errors", {})["paused"] = f"{exc} (key {key!r})"
         rows.append({"name": h.name, "kind": h.kind, "key": h.key, **data})
     return rows
 
 
-async def schedule_row(client: Any, h: TaskHandler) -> dict[str, Any] | None:
+async def schedule_row(conn: Connection, h: TaskHandler) -> dict[str, Any] | None:
     """A periodic handler's next tick and the last one fired (ISO 8601), else None."""
     if h.spec.cron is None and h.spec.every is None:
         return None
     try:
-        last = await ScheduleTransport(client, h.key, h.name).last()
+        last = await ScheduleTransport(conn, h.key, h.name).last()
     except (ResponseError, ValueError):  # unreadable: shown as never fired
         last = None
     return describe(h, last, time.time())

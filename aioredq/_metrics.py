@@ -62,9 +62,9 @@ def require_prometheus() -> None:
 class _Collector:
     """A prometheus-client collector whose samples come from the app's event loop."""
 
-    def __init__(self, app: App, client: Any, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, app: App, conn: Connection, loop: asyncio.AbstractEventLoop) -> None:
         self.app = app
-        self.client = client
+        self.conn = conn
         self.loop = loop
         self.closed = False
 
@@ -72,7 +72,7 @@ class _Collector:
         stats = self.app.stats()
         try:
             with anyio.fail_after(SCRAPE_TIMEOUT / 2):
-                return stats, await figures(self.app, self.client)
+                return stats, await figures(self.app, self.conn)
         except Exception as exc:  # Redis unreachable: counters still, figures absent
             log.debug("metrics: cannot read the Redis figures: %s", exc)
             return stats, None
@@ -195,8 +195,8 @@ async def serve_metrics(app: App, port: int, host: str = "0.0.0.0") -> AsyncIter
     from prometheus_client.process_collector import ProcessCollector
 
     own = None if app.target.scheme == "memory" else Connection(app.target, max_connections=4)
-    client = app.connection.command if own is None else own.command
-    collector = _Collector(app, client, asyncio.get_running_loop())
+    conn = app.connection if own is None else own
+    collector = _Collector(app, conn, asyncio.get_running_loop())
     registry = CollectorRegistry()
     registry.register(collector)
     ProcessCollector(registry=registry)

@@ -16,7 +16,7 @@ async def lag(conn: Connection, handler: Handler, name: str) -> int | None:
     group = handler.spec.group
     return await conn.produce(
         f"lag of {name!r}",
-        lambda: group_lag(StreamTransport(conn.command, handler.key, group)),
+        lambda: group_lag(StreamTransport.for_producer(conn, handler.key, group)),
     )
 
 

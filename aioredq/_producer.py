@@ -102,7 +102,7 @@ class Producer(Registry):
         with producing(self._produce_hooks, channel, "publish", len(payloads), None):
             return await conn.produce(
                 f"publish to {channel!r}",
-                lambda: pubsub.publish(conn.command, channel, payloads, sharded),
+                lambda: pubsub.publish(conn, channel, payloads, sharded),
             )
 
     async def enqueue(
@@ -260,10 +260,10 @@ class Producer(Registry):
         return ids
 
     def _queue(self, queue: str) -> QueueTransport:
-        return _cached(self._queues, queue, self.connection.command, QueueTransport)
+        return _cached(self._queues, queue, self.connection, QueueTransport.for_producer)
 
     def _stream(self, stream: str) -> StreamTransport:
-        return _cached(self._streams, stream, self.connection.command, StreamTransport)
+        return _cached(self._streams, stream, self.connection, StreamTransport.for_producer)
 
     def _max_age(self, stream: str) -> float | None:
         return self._widest(stream, lambda spec: spec.max_age)
@@ -286,12 +286,14 @@ class Producer(Registry):
         return data
 
 
-def _cached(cache: dict[str, T], key: str, client: Any, make: Callable[[Any, str], T]) -> T:
-    """A producer's transport for ``key`` on ``client`` (transports hold script objects, made
+def _cached(
+    cache: dict[str, T], key: str, conn: Connection, make: Callable[[Connection, str], T]
+) -> T:
+    """A producer's transport for ``key`` on ``conn`` (transports hold script objects, made
     once); rebuilt after a reconnect, and the cache stays bounded for names made on the fly."""
     transport = cache.get(key)
-    if transport is None or transport.client is not client:
+    if transport is None or not transport.produces_on(conn):
         if len(cache) >= TRANSPORT_CACHE:
             cache.clear()
-        transport = cache[key] = make(client, key)
+        transport = cache[key] = make(conn, key)
     return transport

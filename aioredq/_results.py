@@ -23,7 +23,7 @@ from pydantic import TypeAdapter, ValidationError
 from ._connection import BLOCK_SECONDS, is_connection_error, translated
 from ._exceptions import InvalidBody, JobFailed
 from ._transports import keys
-from ._transports.results import last_finished
+from ._transports.results import finished_after, last_finished, read_result, read_results
 
 if TYPE_CHECKING:
     from ._producer import Producer
@@ -56,7 +56,7 @@ class Reader:
             self.waiting.setdefault(key, set()).add(woken)
             try:
                 await asyncio.shield(self._start())
-                raw = await conn.produce("read a result", lambda: conn.command.get(key))
+                raw = await conn.produce("read a result", lambda: read_result(conn, key))
                 if raw is not None:
                     return bytes(raw)
                 await woken
@@ -77,9 +77,7 @@ class Reader:
         conn = self.app.connection
         try:
             try:
-                last = await translated(
-                    "read results", lambda: last_finished(conn.command, self.queue)
-                )
+                last = await translated("read results", lambda: last_finished(conn, self.queue))
             except Exception as exc:
                 if is_connection_error(exc):
                     ready.set_exception(exc)
@@ -109,11 +107,9 @@ class Reader:
     async def _read(self, last: bytes) -> bytes:
         conn = self.app.connection
         if conn.can_block:
-            reply = await conn.blocking.xread(
-                {self.key: last}, count=1000, block=int(BLOCK_SECONDS * 1000)
-            )
+            reply = await finished_after(conn, self.key, last, int(BLOCK_SECONDS * 1000))
         else:
-            reply = await conn.bookkeeping.xread({self.key: last}, count=1000)
+            reply = await finished_after(conn, self.key, last, None)
             if not reply:
                 event = self.app._wakeups.setdefault(self.key, asyncio.Event())
                 with contextlib.suppress(TimeoutError):
@@ -134,7 +130,7 @@ class Reader:
         conn = self.app.connection
         for start in range(0, len(waited), 500):
             part = waited[start : start + 500]
-            values = await conn.command.mget(part)
+            values = await read_results(conn, part)
             for key, value in zip(part, values, strict=True):
                 if value is not None:
                     self._wake(key)

@@ -40,7 +40,7 @@ class Scheduler:
     def __init__(self, handler: TaskHandler, conn: Connection, schedule: Schedule) -> None:
         self.handler = handler
         self.schedule = schedule
-        self.transport = ScheduleTransport(conn.command, handler.key, handler.name)
+        self.transport = ScheduleTransport(conn, handler.key, handler.name)
         self._stop = asyncio.Event()
         self.fired = 0  # ticks this scheduler fired (the others lost the race)
 

@@ -81,7 +81,7 @@ class _StreamBase(Consumer[Entry]):
     ) -> None:
         super().__init__(handler, conn, counters=counters, outage=outage)
         self.spec = spec = handler.spec
-        self.transport = StreamTransport(conn.bookkeeping, handler.key, spec.group, consumer)
+        self.transport = StreamTransport.for_consumer(conn, handler.key, spec.group, consumer)
         self._wakeup = wakeup
         self._codec = handler.codec
         self._max_size = handler.app.max_body_bytes
@@ -89,7 +89,7 @@ class _StreamBase(Consumer[Entry]):
         self._throttle_key = keys.aux(
             handler.key, "throttled" if spec.group is None else f"throttled:{spec.group}"
         )
-        self._rate = RateWindow(conn.bookkeeping, handler.key, spec.group)
+        self._rate = RateWindow.for_consumer(conn, handler.key, spec.group)
         self._pause_checked = -PAUSE_POLL
         self._paused = False
 
@@ -105,9 +105,7 @@ class _StreamBase(Consumer[Entry]):
         at most every ``PAUSE_POLL`` seconds, so a running consumer pays almost nothing."""
         now = time.monotonic()
         if now - self._pause_checked >= PAUSE_POLL:
-            self._paused = bool(
-                await self.conn.bookkeeping.exists(self._pause_key, self._throttle_key)
-            )
+            self._paused = await self.transport.held_off(self._pause_key, self._throttle_key)
             self._pause_checked = now
         if self._paused:
             with contextlib.suppress(TimeoutError):
@@ -286,7 +284,6 @@ class GroupConsumer(_StreamBase):
             if self._retry_heap:
                 wake = min(wake, self._retry_heap[0][0])
             block = max(1, min(block, int((wake - time.monotonic()) * 1000)))
-        client = self.conn.blocking if self.conn.can_block else self.conn.bookkeeping
         rate, tag, granted = self.spec.rate, "", 0
         if rate is not None:
             # Each start is logged in the window before the read; what it does not return
@@ -300,7 +297,7 @@ class GroupConsumer(_StreamBase):
                     await asyncio.wait_for(self.stop.wait(), min(wait_ms / 1000, BLOCK_SECONDS))
                 return []
             count = granted
-        entries = await self.transport.read_group(client, count, block)
+        entries = await self.transport.read_group(count, block)
         if rate is not None and len(entries) < granted:
             await self._rate.give_back(tag, len(entries) + 1, granted)
         if not entries and not self.conn.can_block:
@@ -377,9 +374,7 @@ class GroupConsumer(_StreamBase):
         )
         self._started.discard(entry_id)
         if isinstance(decision, Throttle):
-            await self.conn.bookkeeping.set(
-                self._throttle_key, "1", px=max(1, int(decision.delay * 1000))
-            )
+            await self.transport.throttle(self._throttle_key, int(decision.delay * 1000))
             self._pause_checked = -PAUSE_POLL  # look again before the next read
             await self.handback([entry])  # claimable at once, its delivery uncounted
             return
@@ -497,10 +492,7 @@ class TailConsumer(_StreamBase):
         if await self._pause_wait():
             return []
         block = int(BLOCK_SECONDS * 1000) if self.conn.can_block else None
-        client = self.conn.blocking if self.conn.can_block else self.conn.bookkeeping
-        entries = await self.transport.read_tail(
-            client, self._after, min(room, self.spec.batch), block
-        )
+        entries = await self.transport.read_tail(self._after, min(room, self.spec.batch), block)
         if entries and await self._paused_meanwhile():
             return []  # read again from the same place once resumed
         if entries:

@@ -122,7 +122,7 @@ class Subscriber:
     ) -> None:
         for sink in self._sinks:
             sink.pool.start()
-        subscription = Subscription(self.conn.command)
+        subscription = Subscription(self.conn)
         started = False
         try:
             with self._scope:

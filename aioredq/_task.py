@@ -79,7 +79,7 @@ class TaskConsumer(Consumer[Job]):
     ) -> None:
         super().__init__(handler, conn, counters=counters, outage=outage)
         self.spec = spec = handler.spec
-        self.transport = QueueTransport(conn.bookkeeping, handler.key, consumer)
+        self.transport = QueueTransport.for_consumer(conn, handler.key, consumer)
         self._leased(self.spec.lease)
         self._wakeup = wakeup
         self._fetches = 0
@@ -88,7 +88,7 @@ class TaskConsumer(Consumer[Job]):
         self.outcomes: Outcomes = Outcomes(self.transport, self.settle_soon)
         self._keeping: KeepingOutcomes | None = None
         if spec.result_ttl is not None:
-            results = ResultTransport(conn.bookkeeping, handler.key, consumer)
+            results = ResultTransport.for_consumer(conn, handler.key, consumer)
             self.outcomes = self._keeping = KeepingOutcomes(
                 self.transport, results, spec.result_ttl, self.settle_soon
             )
@@ -197,7 +197,7 @@ class TaskConsumer(Consumer[Job]):
                 await asyncio.wait_for(self._wakeup.wait(), min(timeout, MEMORY_POLL))
             return
         if self._waiter is None:
-            self._waiter = asyncio.ensure_future(self.transport.wait(self.conn.blocking, timeout))
+            self._waiter = asyncio.ensure_future(self.transport.wait(timeout))
             self._waiter.add_done_callback(_consume_result)
         events = [self._nudge, self.stop]
         if self._wakeup is not None:  # a local enqueue, e.g. of a job due sooner
@@ -420,7 +420,7 @@ class TaskConsumer(Consumer[Job]):
         """Read the cancel marks added since the last look and interrupt the jobs they name
         that run here (a job fetched but not started is refused when its turn comes)."""
         try:
-            found = await new_cancels(self.transport.client, self.handler.key, self._cancel_seen)
+            found = await new_cancels(self.conn, self.handler.key, self._cancel_seen)
         except Exception as exc:
             if is_connection_error(exc):
                 raise

@@ -72,15 +72,14 @@ class Harness:
     async def dead_letters(self, name: str) -> list[dict[str, Any]]:
         """Dead letters of a queue or stream (or of the handler named ``name``), newest first."""
         handler = self.app.handler(name)
-        client = self.app.connection.command
+        conn = self.app.connection
         if isinstance(handler, TaskHandler):
             return [
-                json.loads(raw) for raw in await admin.queue_dead_letters(client, handler.key, None)
+                json.loads(raw) for raw in await admin.queue_dead_letters(conn, handler.key, None)
             ]
         if isinstance(handler, StreamHandler):
             return [
-                {"id": i, **f}
-                for i, f in await admin.stream_dead_letters(client, handler.key, None)
+                {"id": i, **f} for i, f in await admin.stream_dead_letters(conn, handler.key, None)
             ]
         assert isinstance(handler, SubscribeHandler)
         raise ValueError(f"{name!r} is a pub/sub handler: pub/sub has no dead letters")

@@ -18,6 +18,7 @@ from _waiting import until, until_redis
 from fastapi import FastAPI
 
 from aioredq import App, Reject
+from aioredq._connection import Connection
 from aioredq._dashboard import _sections
 from aioredq._dashboard._sections import Section
 
@@ -284,11 +285,14 @@ def test_the_command_without_uvicorn_is_one_line_and_exit_2(redis_url: str) -> N
 async def test_a_feature_section_shows_only_when_the_app_has_it(
     app: App, monkeypatch: pytest.MonkeyPatch, redis_client: redis.asyncio.Redis
 ) -> None:
-    async def read(app: App, client: Any) -> Any:
-        return {"flag": await client.get("flag")}
+    # A section gets the app's Connection (never a raw client); the test reads through its own.
+    async def read(app: App, conn: Connection) -> Any:
+        assert conn is app.connection
+        return {"flag": await redis_client.get("flag")}
 
-    async def flip(app: App, client: Any, data: dict[str, Any]) -> Any:
-        return {"set": await client.set("flag", str(data["to"]))}
+    async def flip(app: App, conn: Connection, data: dict[str, Any]) -> Any:
+        assert conn is app.connection
+        return {"set": await redis_client.set("flag", str(data["to"]))}
 
     has = {"feature": True}
     section = Section("demo", "Demo", lambda a: has["feature"], read, {"flip": flip})
@@ -315,12 +319,12 @@ async def test_pages_share_a_sections_read_until_an_action_changes_it(
 ) -> None:
     reads = []
 
-    async def read(app: App, client: Any) -> Any:
+    async def read(app: App, conn: Any) -> Any:
         reads.append(1)
-        return {"flag": await client.exists("flag")}
+        return {"flag": await redis_client.exists("flag")}
 
-    async def flip(app: App, client: Any, data: dict[str, Any]) -> Any:
-        return {"set": await client.set("flag", "on")}
+    async def flip(app: App, conn: Any, data: dict[str, Any]) -> Any:
+        return {"set": await redis_client.set("flag", "on")}
 
     section = Section("demo", "Demo", lambda a: True, read, {"flip": flip})
     monkeypatch.setattr(_sections, "SECTIONS", [section])

@@ -165,3 +165,84 @@ def test_the_imports_have_no_circle() -> None:
 def test_a_circle_or_an_upward_import_would_be_seen() -> None:
     assert _layer("_cli") == 4 and _layer("_connection") == 0
     assert _layer("_transports.queue") == 1
+
+
+# No raw client outside the transports and the connection: the layers above hand the
+# ``Connection`` (or a transport) around, and only transports pick its clients.
+CLIENT_ROLES = {"command", "bookkeeping", "blocking"}
+CONNECTION_NAMES = {"conn", "connection", "_conn"}
+
+
+def _connection_api() -> set[str]:
+    """What ``Connection`` offers besides its clients: its public methods, properties and
+    attributes, read from its class."""
+    tree = ast.parse((PACKAGE / "_connection.py").read_text())
+    (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Connection"]
+    names = set()
+    for node in ast.walk(cls):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            if node.value.id == "self" and isinstance(node.ctx, ast.Store):
+                names.add(node.attr)
+    return {n for n in names if not n.startswith("_")} - CLIENT_ROLES
+
+
+def _is_connection(node: ast.expr) -> bool:
+    if isinstance(node, ast.Name):
+        return node.id in CONNECTION_NAMES
+    return isinstance(node, ast.Attribute) and node.attr in CONNECTION_NAMES
+
+
+def _client_uses(source: str, api: set[str]) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Attribute):
+            continue
+        if node.attr in CLIENT_ROLES:
+            found.append(f"line {node.lineno}: .{node.attr}")
+        elif _is_connection(node.value) and node.attr not in api:
+            found.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def _above_the_transports() -> list[Path]:
+    return [
+        path
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.relative_to(PACKAGE).parts[0] not in ("_transports", "_connection.py")
+    ]
+
+
+def test_no_raw_client_leaves_the_transports_and_the_connection() -> None:
+    api = _connection_api()
+    uses = {
+        str(path.relative_to(PACKAGE)): found
+        for path in _above_the_transports()
+        if (found := _client_uses(path.read_text(), api))
+    }
+    assert uses == {}
+
+
+def test_a_raw_client_above_the_transports_would_be_seen() -> None:
+    api = _connection_api()
+    assert {"produce", "can_block", "aclose", "target"} <= api
+    assert not api & CLIENT_ROLES
+    assert len(_above_the_transports()) > 30
+    assert all("_transports" not in p.parts for p in _above_the_transports())
+    bad = """
+client = app.connection.command
+await self.conn.bookkeeping.set(key, "1")
+reader = conn.blocking
+await app.connection.get(key)
+await self.conn.xadd(key, fields)
+await connection.delete(key)
+"""
+    assert len(_client_uses(bad, api)) == 6
+    good = """
+conn = app.connection
+await conn.produce("pause", lambda: admin.pause(conn, key))
+if self.conn.can_block and app.connection.is_open:
+    await QueueTransport.for_consumer(self.conn, queue, consumer).wait(1.0)
+"""
+    assert _client_uses(good, api) == []

@@ -667,7 +667,7 @@ async def test_release_touch_and_claim_own_scripts(redis_client: redis.asyncio.R
     ids = [(await redis_client.xadd("s", {"n": str(n)})).decode() for n in range(3)]
     mine = StreamTransport(redis_client, "s", "g", "me")
     other = StreamTransport(redis_client, "s", "g", "other")
-    entries = await mine.read_group(redis_client, 10, None)
+    entries = await mine.read_group(10, None)
     assert [e.id for e in entries] == ids and entries[0].fields == {b"n": b"0"}
 
     # CLAIM_OWN counts a new delivery of entries still ours.
@@ -706,14 +706,14 @@ async def test_reads_understand_both_reply_protocols(redis_url: str, protocol: i
         await client.xgroup_create("shapes", "g", "0", mkstream=True)
         ids = [(await client.xadd("shapes", {"n": str(n)})).decode() for n in range(3)]
         transport = StreamTransport(client, "shapes", "g", "c")
-        read = await transport.read_group(client, 10, 100)
+        read = await transport.read_group(10, 100)
         assert [(e.id, e.fields) for e in read] == [
             (i, {b"n": str(n).encode()}) for n, i in enumerate(ids)
         ]
-        assert await transport.read_group(client, 10, 10) == []
-        tail = await transport.read_tail(client, ids[0], 10, None)
+        assert await transport.read_group(10, 10) == []
+        tail = await transport.read_tail(ids[0], 10, None)
         assert [e.id for e in tail] == ids[1:]
-        assert await transport.read_tail(client, ids[2], 10, 10) == []
+        assert await transport.read_tail(ids[2], 10, 10) == []
         assert await group_lag(transport) == 0
     finally:
         await client.aclose()

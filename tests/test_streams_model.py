@@ -143,7 +143,7 @@ class StreamMachine(RuleBasedStateMachine):
     @rule(data=st.data(), count=st.integers(1, 6))
     def read(self, data: st.DataObject, count: int) -> None:
         c = data.draw(st.sampled_from(self.alive))
-        got = self.run(self.t[c].read_group(self.client, count, None))
+        got = self.run(self.t[c].read_group(count, None))
         expected, self.new = self.new[:count], self.new[count:]
         assert [e.id for e in got] == expected
         for e in got:

@@ -256,7 +256,7 @@ async def test_append_many_on_memory_is_all_or_nothing_too() -> None:
 async def _one_pending(client: redis.asyncio.Redis, transport: StreamTransport) -> DeadLetter:
     await client.xgroup_create("d", "g", "$", mkstream=True)
     await client.xadd("d", {"n": "1"})
-    (entry,) = await transport.read_group(transport.client, 1, None)
+    (entry,) = await transport.read_group(1, None)
     return DeadLetter(entry.id, "Reject: no", 1, "now", '{"n": "1"}', 2)
 
 

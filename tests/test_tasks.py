@@ -234,12 +234,12 @@ async def test_dead_consumers_work_goes_back_to_the_head_oldest_first(redis_clie
 async def test_interrupted_waits_never_move_anything(redis_url: str, redis_client: Redis):
     """The blocking wait (BLMOVE q q RIGHT RIGHT) cut short at any moment, by a timeout, a
     cancel or a killed connection, leaves the queue exactly as the producer made it."""
-    transport = QueueTransport(redis_client, "w")
     blocking = Redis.from_url(redis_url, socket_timeout=5)
+    transport = QueueTransport(redis_client, "w", reader=blocking)
     try:
         pushed = []
         for i in range(60):
-            waiter = asyncio.ensure_future(transport.wait(blocking, 0.05 * (i % 3 + 1)))
+            waiter = asyncio.ensure_future(transport.wait(0.05 * (i % 3 + 1)))
             await asyncio.sleep(0.001 * (i % 7))
             if i % 3 == 0:
                 await redis_client.lpush("w", f"i{i}")

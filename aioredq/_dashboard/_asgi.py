@@ -142,14 +142,14 @@ class Dashboard:
             assert isinstance(data, dict)
         except (ValueError, AssertionError):
             raise _Refused(400, "expected a JSON object") from None
-        client = self.app.connection.command
+        conn = self.app.connection
         if path.startswith("/api/section/"):
             feature, _, verb = path[13:].partition("/")
             action = self._section(feature).actions.get(verb)
             if action is None:
                 raise _Refused(404, "not found")
             self._read.clear()  # the page reads the section again to show what changed
-            await self._json(send, await self._redis(lambda: action(self.app, client, data)))
+            await self._json(send, await self._redis(lambda: action(self.app, conn, data)))
             return
         name = data.get("handler")
         if not isinstance(name, str):
@@ -160,9 +160,9 @@ class Dashboard:
                 isinstance(ids, list) and all(isinstance(i, str) for i in ids)
             ):
                 raise _Refused(400, "'ids' must be a list of dead letter ids, or absent for all")
-            result = await self._redis(lambda: _letters.requeue(client, self.app, name, ids))
+            result = await self._redis(lambda: _letters.requeue(conn, self.app, name, ids))
         elif path == "/api/purge":
-            result = await self._redis(lambda: _letters.purge(client, self.app, name))
+            result = await self._redis(lambda: _letters.purge(conn, self.app, name))
         else:
             raise _Refused(404, "not found")
         await self._json(send, result)
@@ -180,8 +180,8 @@ class Dashboard:
         now = time.monotonic()
         kept = self._read.get(section.name)
         if kept is None or now - kept[0] >= SECTION_TTL:
-            client = self.app.connection.command
-            task = asyncio.ensure_future(self._redis(lambda: section.read(self.app, client)))
+            conn = self.app.connection
+            task = asyncio.ensure_future(self._redis(lambda: section.read(self.app, conn)))
             kept = self._read[section.name] = (now, task)
         try:
             # Shielded: a page that goes away does not cancel the read the others wait for.
@@ -219,9 +219,9 @@ class Dashboard:
         if start < 0:
             raise _Refused(400, "'start' must be >= 0")
         cursor = query.get("cursor", [None])[0] or None
-        client = self.app.connection.command
+        conn = self.app.connection
         page: dict[str, Any] = await self._redis(
-            lambda: _letters.page(client, self.app, name, start=start, cursor=cursor, size=size)
+            lambda: _letters.page(conn, self.app, name, start=start, cursor=cursor, size=size)
         )
         return page
 

@@ -9,8 +9,9 @@ import json
 from typing import Any
 
 from .._app import App
+from .._connection import Connection
 from .._handlers import Handler, StreamHandler, TaskHandler
-from .._transports import dead, keys
+from .._transports import dead
 
 PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
@@ -92,22 +93,20 @@ def _stream_row(dead_id: str, raw: dict[bytes, bytes]) -> dict[str, Any]:
 
 
 async def page(
-    client: Any, app: App, name: str, *, start: int = 0, cursor: str | None = None, size: int
+    conn: Connection, app: App, name: str, *, start: int = 0, cursor: str | None = None, size: int
 ) -> dict[str, Any]:
     """One page of ``name``'s dead letters, newest first: a queue's from index ``start``, a
     stream's from below ``cursor`` (a dead entry id; None: the newest)."""
     handler, group = handler_of(app, name)
     size = max(1, min(size, MAX_PAGE_SIZE))
     if group is None:
-        key = keys.dead(handler.key)
-        total = await dead.queue_dead_count(client, handler.key)
-        raws = await client.lrange(key, start, start + size - 1)
+        total = await dead.queue_dead_count(conn, handler.key)
+        raws = await dead.queue_letter_range(conn, handler.key, start, size)
         letters = [_queue_row(r) for r in raws]
         more = start + len(raws) < total
         return {"letters": letters, "total": total, "start": start, "more": more}
-    key = keys.dead(handler.key)
     high = "+" if cursor is None else f"({cursor}"
-    rows = await client.xrevrange(key, high, "-", count=size)
+    rows = await dead.stream_letter_range(conn, handler.key, high, size)
     ours = [
         _stream_row(_text(i), dict(f))
         for i, f in rows
@@ -119,21 +118,21 @@ async def page(
     return {"letters": ours, "total": None, "cursor": last, "more": len(rows) == size}
 
 
-async def requeue(client: Any, app: App, name: str, ids: list[str] | None) -> dict[str, Any]:
+async def requeue(conn: Connection, app: App, name: str, ids: list[str] | None) -> dict[str, Any]:
     handler, group = handler_of(app, name)
     wanted = None if ids is None else set(ids)
     if group is not None:
-        outcome = await dead.requeue_stream(client, handler.key, group, wanted)
+        outcome = await dead.requeue_stream(conn, handler.key, group, wanted)
     elif wanted is None:
-        outcome = await dead.requeue_queue_all(client, handler.key)
+        outcome = await dead.requeue_queue_all(conn, handler.key)
     else:
-        outcome = await dead.requeue_queue_ids(client, handler.key, wanted)
+        outcome = await dead.requeue_queue_ids(conn, handler.key, wanted)
     missing = sorted(wanted - (outcome.found or set())) if wanted is not None else []
     return {"requeued": outcome.moved, "skipped": outcome.bad or [], "missing": missing}
 
 
-async def purge(client: Any, app: App, name: str) -> dict[str, Any]:
+async def purge(conn: Connection, app: App, name: str) -> dict[str, Any]:
     handler, group = handler_of(app, name)
     if group is None:
-        return {"purged": await dead.purge_queue(client, handler.key)}
-    return {"purged": await dead.purge_stream(client, handler.key, group)}
+        return {"purged": await dead.purge_queue(conn, handler.key)}
+    return {"purged": await dead.purge_stream(conn, handler.key, group)}

@@ -19,12 +19,15 @@ from typing import Any
 
 from .._app import App
 from .._asyncapi import asyncapi_document
+from .._connection import Connection
 from .._exceptions import ConfigurationError
 from .._handlers import StreamHandler, TaskHandler
 from .._inspect import schedule_row
+from .._transports import admin
 
-Read = Callable[[App, Any], Awaitable[Any]]
-Action = Callable[[App, Any, dict[str, Any]], Awaitable[Any]]
+# Both receive the app's ``Connection``: what they read or write goes through a transport.
+Read = Callable[[App, Connection], Awaitable[Any]]
+Action = Callable[[App, Connection, dict[str, Any]], Awaitable[Any]]
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,7 @@ class Section:
     actions: Mapping[str, Action] = field(default_factory=dict)
 
 
-async def _schema(app: App, client: Any) -> Any:
+async def _schema(app: App, conn: Connection) -> Any:
     return asyncapi_document(app)
 
 
@@ -44,16 +47,16 @@ def _pausable(app: App) -> list[TaskHandler | StreamHandler]:
     return [h for h in app.handlers if isinstance(h, TaskHandler | StreamHandler)]
 
 
-async def _pauses(app: App, client: Any) -> Any:
+async def _pauses(app: App, conn: Connection) -> Any:
     rows = []
     for h in _pausable(app):
-        paused = bool(await client.exists(app.pause_key(h.name)))
+        paused = await admin.is_paused(conn, app.pause_key(h.name))
         rows.append({"name": h.name, "kind": h.kind, "key": h.key, "paused": paused})
     return {"handlers": rows}
 
 
 def _switch(on: bool) -> Action:
-    async def switch(app: App, client: Any, data: dict[str, Any]) -> Any:
+    async def switch(app: App, conn: Connection, data: dict[str, Any]) -> Any:
         name = data.get("name")
         try:
             if not isinstance(name, str):
@@ -62,18 +65,18 @@ def _switch(on: bool) -> Action:
         except ConfigurationError as exc:
             return {"error": str(exc)}
         if on:
-            await client.set(key, "1")
+            await admin.pause(conn, key)
         else:
-            await client.delete(key)
+            await admin.resume(conn, key)
         return {"name": name, "paused": on}
 
     return switch
 
 
-async def _schedules(app: App, client: Any) -> Any:
+async def _schedules(app: App, conn: Connection) -> Any:
     rows = []
     for h in app.handlers:
-        if isinstance(h, TaskHandler) and (when := await schedule_row(client, h)):
+        if isinstance(h, TaskHandler) and (when := await schedule_row(conn, h)):
             every, cron = h.spec.every, h.spec.cron
             rule = f"every {every:g} s" if every is not None else f"{cron} ({h.spec.tz})"
             rows.append({"name": h.name, "queue": h.key, "schedule": rule, **when})

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from redis.exceptions import ResponseError
 
-from . import keys
+from . import clients, keys
 from .pubsub import subscriber_counts
 from .stream import LAG_COUNT_LIMIT, StreamTransport, id_key, position
 
@@ -67,6 +67,7 @@ def _text(value: Any) -> str:
 
 
 async def server_ms(client: Any) -> int:
+    client = clients.producing(client)
     seconds, micros = await client.time()
     return int(seconds) * 1000 + int(micros) // 1000
 
@@ -107,6 +108,7 @@ def _age_s(now_ms: int, then_ms: float) -> float:
 
 
 async def task_figures(client: Any, queue: str) -> dict[str, Any]:
+    client = clients.producing(client)
     row = _Row()
     now = await server_ms(client)
     members = await row.read(
@@ -164,6 +166,7 @@ async def task_figures(client: Any, queue: str) -> dict[str, Any]:
 
 
 async def stream_figures(client: Any, stream: str, group: str | None) -> dict[str, Any]:
+    client = clients.producing(client)
     row = _Row()
     group_figures = ("lag", "pending", "consumers", "oldest_pending_s") if group else ()
     length = await row.read(lambda: client.xlen(stream), stream, "length", *group_figures)
@@ -210,6 +213,7 @@ async def stream_figures(client: Any, stream: str, group: str | None) -> dict[st
 
 
 async def subscribe_figures(client: Any, channels: list[str], sharded: bool) -> dict[str, Any]:
+    client = clients.producing(client)
     row = _Row()
     if channels:
         counts = await row.read(
@@ -222,12 +226,14 @@ async def subscribe_figures(client: Any, channels: list[str], sharded: bool) -> 
 
 # dead letters --------------------------------------------------------------------------------
 async def queue_dead_letters(client: Any, queue: str, count: int | None) -> list[bytes]:
+    client = clients.producing(client)
     return list(await client.lrange(keys.dead(queue), 0, -1 if count is None else count - 1))
 
 
 async def stream_dead_letters(
     client: Any, stream: str, count: int | None
 ) -> list[tuple[str, dict[str, str]]]:
+    client = clients.producing(client)
     rows = await client.xrevrange(keys.dead(stream), count=count)
     return [(_text(i), {_text(k): _text(v) for k, v in f.items()}) for i, f in rows]
 
@@ -255,6 +261,7 @@ async def lifecycle_figures(client: Any, queue: str) -> dict[str, Any]:
     ``{"id", "age_s"}`` (age since it was enqueued; at most 20 shown), and ``results``: the
     result keys kept (a SCAN of the queue's node, counted up to 100,000). A figure that
     cannot be read is None."""
+    client = clients.producing(client)
     now = await server_ms(client)
     running: list[dict[str, Any]] | None = []
     try:
@@ -285,3 +292,16 @@ async def lifecycle_figures(client: Any, queue: str) -> dict[str, Any]:
         if not int(cursor) or results >= RESULTS_SCAN_LIMIT:
             break
     return {"running": running, "results": results}
+
+
+async def pause(client: Any, key: str) -> None:
+    """Set the pause key ``key``: the consumers it names start nothing until it is gone."""
+    await clients.producing(client).set(key, "1")
+
+
+async def resume(client: Any, key: str) -> None:
+    await clients.producing(client).delete(key)
+
+
+async def is_paused(client: Any, key: str) -> bool:
+    return bool(await clients.producing(client).exists(key))

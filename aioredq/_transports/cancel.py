@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import keys
+from . import clients, keys
 from .lua import ATTEMPTS as _ATTEMPTS
 from .lua import NOW as _NOW
 from .lua import QUOTE as _QUOTE
@@ -102,6 +102,7 @@ async def cancel(
 ) -> str | None:
     """Cancel job ``job_id`` of ``queue``: where it was ('queued', 'delayed', 'running'), or
     None when no waiting or held job has that id (unknown, or already finished)."""
+    client = clients.producing(client)
     names = await client.zrange(keys.consumers(queue), 0, -1)
     lists = [
         keys.processing(queue, n.decode("utf-8", "replace") if isinstance(n, bytes) else n)
@@ -125,9 +126,12 @@ async def cancel(
     return found.decode() if isinstance(found, bytes) else str(found)
 
 
-async def new_cancels(client: Any, queue: str, after: float) -> list[tuple[str, float]]:
-    """Cancel marks from score ``after`` on (the last one seen again): (job id, score)."""
-    found = await client.zrangebyscore(keys.cancelled(queue), after, "+inf", withscores=True)
+async def new_cancels(source: Any, queue: str, after: float) -> list[tuple[str, float]]:
+    """Cancel marks from score ``after`` on (the last one seen again): (job id, score), read
+    through the consumers' client of ``source`` (a ``Connection``)."""
+    found = await clients.consuming(source).zrangebyscore(
+        keys.cancelled(queue), after, "+inf", withscores=True
+    )
     return [
         (m.decode("utf-8", "replace") if isinstance(m, bytes) else str(m), float(s))
         for m, s in found

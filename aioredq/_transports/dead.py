@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import keys
+from . import clients, keys
 from .lua import ATTEMPTS, PUSH_ALL, WRONG
 
 TARGET_FIELD = "aioredq-group"
@@ -210,10 +210,12 @@ def letter_id(letter: bytes) -> str | None:
 
 async def queue_letters(client: Any, queue: str, count: int) -> list[bytes]:
     """The newest ``count`` dead letters of ``queue``, newest first."""
+    client = clients.producing(client)
     return list(await client.lrange(keys.dead(queue), 0, count - 1))
 
 
 async def queue_dead_count(client: Any, queue: str) -> int:
+    client = clients.producing(client)
     return int(await client.llen(keys.dead(queue)))
 
 
@@ -230,6 +232,7 @@ class Outcome:
 async def requeue_queue_all(client: Any, queue: str) -> Outcome:
     """Requeue every dead letter of ``queue``, oldest first, in pages taken from the tail.
     Letters that cannot be read stay dead (at the newest end) and are reported."""
+    client = clients.producing(client)
     dead = keys.dead(queue)
     script = client.register_script(REQUEUE_TAIL)
     aside_script = client.register_script(REQUEUE_ASIDE)
@@ -277,6 +280,7 @@ async def requeue_queue_all(client: Any, queue: str) -> Outcome:
 
 async def requeue_queue_ids(client: Any, queue: str, ids: set[str]) -> Outcome:
     """Requeue the dead letters of ``queue`` whose message id is in ``ids``, oldest first."""
+    client = clients.producing(client)
     dead = keys.dead(queue)
     script = client.register_script(REQUEUE_ONE)
     aside_script = client.register_script(REQUEUE_ASIDE)
@@ -325,6 +329,7 @@ async def stream_letter_pages(
 ) -> AsyncIterator[list[tuple[str, dict[bytes, bytes]]]]:
     """The group's dead letters of ``stream`` in pages (oldest first unless ``newest_first``);
     each letter is ``(dead entry id, raw fields)``."""
+    client = clients.producing(client)
     dead = keys.dead(stream)
     bound, count = None, 64
     while True:
@@ -401,6 +406,7 @@ def dead_fields(fields: Mapping[bytes, bytes]) -> tuple[str, str]:
 async def requeue_stream(client: Any, stream: str, group: str, ids: set[str] | None) -> Outcome:
     """Append the group's dead letters (every one, or those whose dead-entry or original id is
     in ``ids``) back onto ``stream`` for ``group`` only, oldest first, and delete them."""
+    client = clients.producing(client)
     dead = keys.dead(stream)
     script = client.register_script(REQUEUE_ENTRIES)
     outcome = Outcome(found=None if ids is None else set())
@@ -426,6 +432,7 @@ async def requeue_stream(client: Any, stream: str, group: str, ids: set[str] | N
 
 
 async def stream_dead_count(client: Any, stream: str, group: str) -> int:
+    client = clients.producing(client)
     n = 0
     async for page in stream_letter_pages(client, stream, group):
         n += len(page)
@@ -434,6 +441,7 @@ async def stream_dead_count(client: Any, stream: str, group: str) -> int:
 
 async def purge_stream(client: Any, stream: str, group: str) -> int:
     """Delete the group's dead letters of ``stream``; returns how many."""
+    client = clients.producing(client)
     dead = keys.dead(stream)
     script = client.register_script(PURGE_ENTRIES)
     n = 0
@@ -446,6 +454,7 @@ async def purge_queue(client: Any, queue: str) -> int:
     """Delete every dead letter of ``queue``, and the keys that keep oversized items beside
     them (``{q}:dead:<id>``); returns how many letters there were. The keys are listed before
     the letters go, so a key written meanwhile stays with its letter."""
+    client = clients.producing(client)
     aside = await _aside_keys(client, queue)
     n = int(await client.register_script(PURGE_LIST)(keys=[keys.dead(queue)]))
     for i in range(0, len(aside), 1000):
@@ -470,3 +479,16 @@ async def _aside_keys(client: Any, queue: str) -> list[str]:
         cursor = int(nxt)
         if cursor == 0:
             return found
+
+
+async def queue_letter_range(client: Any, queue: str, start: int, count: int) -> list[bytes]:
+    """``count`` of the queue's dead letters from index ``start`` (newest first)."""
+    client = clients.producing(client)
+    return list(await client.lrange(keys.dead(queue), start, start + count - 1))
+
+
+async def stream_letter_range(client: Any, stream: str, high: str, count: int) -> list[Any]:
+    """Up to ``count`` dead entries of ``stream`` from ``high`` down (XREVRANGE), every
+    group's."""
+    client = clients.producing(client)
+    return list(await client.xrevrange(keys.dead(stream), high, "-", count=count))

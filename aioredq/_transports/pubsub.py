@@ -20,6 +20,8 @@ from typing import Any
 import redis.exceptions as rexc
 from redis.asyncio.cluster import ClusterPubSub, RedisCluster
 
+from . import clients
+
 PUBLISH = "PUBLISH"
 PUBLISH_SHARDED = "SPUBLISH"
 # The commands of each kind of subscription, producing and ``inspect``'s counts included
@@ -86,6 +88,7 @@ class Subscription:
     over time."""
 
     def __init__(self, client: Any) -> None:
+        client = clients.producing(client)
         self._client = client
         self.pubsub: Any = client.pubsub(push_handler_func=_pass_through)
         self.sharded_per_node = isinstance(self.pubsub, ClusterPubSub)
@@ -160,6 +163,7 @@ async def publish(client: Any, channel: str, payloads: Sequence[bytes], sharded:
     In a cluster PUBLISH reaches subscribers on every node but counts only those connected to
     the node that ran it; SPUBLISH counts every subscriber of the shard channel.
     """
+    client = clients.producing(client)
     command = PUBLISH_SHARDED if sharded else PUBLISH
     if len(payloads) == 1:
         return int(await client.execute_command(command, channel, payloads[0]))
@@ -177,6 +181,7 @@ async def subscriber_counts(client: Any, channels: Sequence[str], sharded: bool)
     node of a cluster; each subscriber is connected to exactly one node, so the cluster's figure
     is the sum over every node (replicas included: clients may subscribe there too).
     """
+    client = clients.producing(client)
     if not channels:
         return {}
     command = "PUBSUB SHARDNUMSUB" if sharded else "PUBSUB NUMSUB"

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import keys
+from .._connection import Connection
+from . import clients, keys
 from .dedup import ENQUEUE_KEYED, free_args, keyed_settle
 from .queue_scripts import (
     ENQUEUE_DELAYED,
@@ -68,8 +69,9 @@ def _text(value: Any) -> str:
 class QueueTransport:
     """The Redis side of one queue, for one consumer (or a producer when consumer is empty)."""
 
-    def __init__(self, client: Any, queue: str, consumer: str = "") -> None:
+    def __init__(self, client: Any, queue: str, consumer: str = "", *, reader: Any = None) -> None:
         self.client = client
+        self.reader = client if reader is None else reader  # the blocking wait's client
         self.queue = queue
         self.consumer = consumer
         self.processing = keys.processing(queue, consumer)
@@ -92,6 +94,20 @@ class QueueTransport:
         self._leave = client.register_script(LEAVE)
         self._expired = client.register_script(EXPIRED)
         self._recover = client.register_script(RECOVER)
+
+    @classmethod
+    def for_consumer(cls, conn: Connection, queue: str, consumer: str) -> QueueTransport:
+        """A consumer's transport: settling on the consumers' client, waits blocking."""
+        return cls(clients.consuming(conn), queue, consumer, reader=clients.blocking(conn))
+
+    @classmethod
+    def for_producer(cls, conn: Connection, queue: str) -> QueueTransport:
+        return cls(clients.producing(conn), queue)
+
+    def produces_on(self, conn: Connection) -> bool:
+        """Whether this transport talks through ``conn``'s current producing client (it is
+        made again after a reconnect)."""
+        return self.client is clients.producing(conn)
 
     # producing ---------------------------------------------------------------------------
     async def push(self, items: Sequence[bytes], priority: int = 0) -> None:
@@ -176,14 +192,14 @@ class QueueTransport:
         """Hold every consumer of the queue off for ``delay_ms`` (``RateLimited``)."""
         await self.client.set(self.throttled, "1", px=max(1, delay_ms))
 
-    async def wait(self, client: Any, timeout: float) -> None:
+    async def wait(self, timeout: float) -> None:
         """Block until the queue has an item, at most ``timeout`` seconds.
 
         ``BLMOVE q q RIGHT RIGHT`` rotates the last item onto itself: it wakes on the first push
         without taking anything, so a cancelled or timed-out wait can never lose an item (Redis
         7.0 refuses BLMOVE inside a script, so the move itself cannot block).
         """
-        await client.blmove(self.queue, self.queue, timeout, "RIGHT", "RIGHT")
+        await self.reader.blmove(self.queue, self.queue, timeout, "RIGHT", "RIGHT")
 
     async def settle(
         self,

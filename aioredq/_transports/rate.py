@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import keys
+from .._connection import Connection
+from . import clients, keys
 from .lua import NOW as _NOW
 from .lua import RATE as _RATE
 from .lua import WRONG as _WRONG
@@ -33,6 +34,10 @@ class RateWindow:
         self.key = keys.aux(name, "rate" if group is None else f"rate:{group}")
         self._take = client.register_script(TAKE)
         self._calls = 0
+
+    @classmethod
+    def for_consumer(cls, conn: Connection, name: str, group: str | None) -> RateWindow:
+        return cls(clients.consuming(conn), name, group)
 
     async def take(self, limit: int, per_ms: int, wanted: int, tag: str) -> tuple[int, int, str]:
         """(starts granted, ms until one may start when none is, the tag used)."""

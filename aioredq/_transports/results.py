@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import keys
+from .._connection import Connection
+from . import clients, keys
 from .lua import NOW as _NOW
 from .lua import WRONG as _WRONG
 
@@ -138,6 +139,10 @@ class ResultTransport:
         self.finished = keys.finished(queue)
         self._settle = client.register_script(SETTLE_KEEPING)
 
+    @classmethod
+    def for_consumer(cls, conn: Connection, queue: str, consumer: str) -> ResultTransport:
+        return cls(clients.consuming(conn), queue, consumer)
+
     async def settle(
         self,
         acks: Sequence[tuple[bytes, str, bytes]],
@@ -175,5 +180,22 @@ class ResultTransport:
 
 async def last_finished(client: Any, queue: str) -> bytes:
     """The id of the newest announcement (``0-0`` when none): where a new reader starts."""
+    client = clients.producing(client)
     newest = await client.xrevrange(keys.finished(queue), count=1)
     return newest[0][0] if newest else b"0-0"
+
+
+async def read_result(source: Any, key: str) -> Any:
+    """Result key ``key``'s value (None while not written), on the producing client."""
+    return await clients.producing(source).get(key)
+
+
+async def read_results(source: Any, names: Sequence[str]) -> list[Any]:
+    """The values of result keys ``names`` in one MGET (None for those not written)."""
+    return list(await clients.producing(source).mget(names))
+
+
+async def finished_after(source: Any, key: str, last: bytes, block_ms: int | None) -> Any:
+    """XREAD the finished-results stream ``key`` after ``last``, blocking up to
+    ``block_ms`` (on the blocking client) when given."""
+    return await clients.blocking(source).xread({key: last}, count=1000, block=block_ms)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import keys
+from . import clients, keys
 from .lua import WRONG as _WRONG
 
 COMMANDS = ("hget", "hset", "lpush", "type", "evalsha", "script|load")
@@ -39,6 +39,7 @@ def schedule_key(queue: str, handler: str) -> str:
 
 class ScheduleTransport:
     def __init__(self, client: Any, queue: str, handler: str) -> None:
+        client = clients.producing(client)  # a Connection's producing client
         self.client = client
         self.queue = queue
         self.key = schedule_key(queue, handler)

@@ -17,7 +17,8 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from . import keys
+from .._connection import Connection
+from . import clients, keys
 from .lua import NOW as _NOW
 from .queue import HEARTBEAT
 
@@ -325,9 +326,16 @@ def id_key(entry_id: str) -> tuple[int, int]:
 
 class StreamTransport:
     def __init__(
-        self, client: Any, stream: str, group: str | None = None, consumer: str = ""
+        self,
+        client: Any,
+        stream: str,
+        group: str | None = None,
+        consumer: str = "",
+        *,
+        reader: Any = None,
     ) -> None:
         self.client = client
+        self.reader = client if reader is None else reader  # the blocking reads' client
         self.stream = stream
         self.group = group or ""
         self.consumer = consumer
@@ -342,6 +350,25 @@ class StreamTransport:
         self._leave = client.register_script(LEAVE)
         self._prune = client.register_script(PRUNE)
         self._append = client.register_script(APPEND)
+
+    @classmethod
+    def for_consumer(
+        cls, conn: Connection, stream: str, group: str | None, consumer: str
+    ) -> StreamTransport:
+        """A consumer's transport: bookkeeping on the consumers' client, reads blocking."""
+        return cls(clients.consuming(conn), stream, group, consumer, reader=clients.blocking(conn))
+
+    @classmethod
+    def for_producer(
+        cls, conn: Connection, stream: str, group: str | None = None
+    ) -> StreamTransport:
+        """A producer's (or an observer's) transport, on the producing client."""
+        return cls(clients.producing(conn), stream, group)
+
+    def produces_on(self, conn: Connection) -> bool:
+        """Whether this transport talks through ``conn``'s current producing client (it is
+        made again after a reconnect)."""
+        return self.client is clients.producing(conn)
 
     # producing ---------------------------------------------------------------------------
     async def append(
@@ -378,21 +405,28 @@ class StreamTransport:
         not create the consumer, and tools count the group's consumers from there."""
         await self.client.xgroup_createconsumer(self.stream, self.group, self.consumer)
 
-    async def read_group(self, client: Any, count: int, block_ms: int | None) -> list[Entry]:
-        reply = await client.xreadgroup(
+    async def read_group(self, count: int, block_ms: int | None) -> list[Entry]:
+        reply = await self.reader.xreadgroup(
             self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms
         )
         return [Entry(_text(i), _fields(f), 1) for i, f in _entries(reply)]
 
-    async def read_tail(
-        self, client: Any, after: str, count: int, block_ms: int | None
-    ) -> list[Entry]:
-        reply = await client.xread({self.stream: after}, count=count, block=block_ms)
+    async def read_tail(self, after: str, count: int, block_ms: int | None) -> list[Entry]:
+        reply = await self.reader.xread({self.stream: after}, count=count, block=block_ms)
         return [Entry(_text(i), _fields(f), 0) for i, f in _entries(reply)]
 
     async def last_id(self) -> str:
         last = await self.client.xrevrange(self.stream, count=1)
         return _text(last[0][0]) if last else "0-0"
+
+    async def throttle(self, key: str, delay_ms: int) -> None:
+        """Hold the group's consumers off for ``delay_ms`` (``RateLimited``): ``key`` is set
+        to expire then."""
+        await self.client.set(key, "1", px=max(1, delay_ms))
+
+    async def held_off(self, *flags: str) -> bool:
+        """True while any of the ``flags`` keys (pause, throttle) exists."""
+        return bool(await self.client.exists(*flags))
 
     # settling ---------------------------------------------------------------------------
     async def ack(self, ids: Sequence[str]) -> None:
