@@ -33,6 +33,24 @@ def worst_window(starts: list[float], per: float = 1.0) -> int:
     return best
 
 
+def assert_within_rate(
+    label: str, rate: int, starts: list[float], grants: dict[bytes, float]
+) -> None:
+    """Over the measured span from the first start: every start granted in Redis, never more
+    than ``rate`` grants in any 1 s window, and starts within 10 % below the rate."""
+    first = min(starts)
+    measured = [t for t in starts if t < first + SECONDS]
+    per_second = len(measured) / SECONDS
+    granted = [ms / 1000 for ms in grants.values()]
+    print(
+        f"{label}: {per_second:.1f} starts/s, worst 1 s window of grants "
+        f"{worst_window(granted)}, of handler starts {worst_window(starts)}"
+    )
+    assert len(granted) >= len(measured)  # every start was granted in Redis
+    assert worst_window(granted) <= rate  # never above it, over any 1 s window
+    assert per_second >= rate * 0.9  # within 10 % below
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["task", "stream"])
 async def test_three_consumers_share_one_rate(kind: str, redis_url: str) -> None:
@@ -75,17 +93,7 @@ async def test_three_consumers_share_one_rate(kind: str, redis_url: str) -> None
         for app in apps:
             await app.aclose()
         await probe.aclose()
-    first = min(starts)
-    measured = [t for t in starts if t < first + SECONDS]
-    per_second = len(measured) / SECONDS
-    granted = [ms / 1000 for ms in grants.values()]
-    print(
-        f"{kind}: {per_second:.1f} starts/s, worst 1 s window of grants {worst_window(granted)}, "
-        f"of handler starts {worst_window(starts)}"
-    )
-    assert len(granted) >= len(measured)  # every start was granted in Redis
-    assert worst_window(granted) <= rate  # never above it, over any 1 s window
-    assert per_second >= rate * 0.9  # within 10 % below
+    assert_within_rate(kind, rate, starts, grants)
 
 
 @pytest.mark.slow
@@ -148,19 +156,9 @@ async def test_three_worker_processes_share_one_rate(
         await probe.aclose()
     starts = [float(at) for at, _ in rows]
     logs = "".join((tmp_path / f"w{i}.log").read_text() for i in range(3))
-    first = min(starts)
-    measured = [t for t in starts if t < first + SECONDS]
-    per_second = len(measured) / SECONDS
-    granted = [ms / 1000 for ms in grants.values()]
-    print(
-        f"{kind}, 3 processes: {per_second:.1f} starts/s, worst 1 s window of grants "
-        f"{worst_window(granted)}, of handler starts {worst_window(starts)}"
-    )
     assert "Traceback" not in logs, logs
     assert len({pid for _, pid in rows}) == 3  # every process started handlers
-    assert len(granted) >= len(measured)  # every start was granted in Redis
-    assert worst_window(granted) <= rate  # never above it, over any 1 s window
-    assert per_second >= rate * 0.9  # within 10 % below
+    assert_within_rate(f"{kind}, 3 processes", rate, starts, grants)
 
 
 @pytest.mark.parametrize("url_kind", ["redis", "memory"])
