@@ -194,3 +194,26 @@ async def test_a_dedup_key_made_wrong_typed_while_its_job_waits_loses_nothing(
     await app.enqueue("fr-key", "b", key="k")
     async with app:
         await until(lambda: done == ["a", "b"], "a new keyed job once the key is fixed")
+
+
+async def test_a_wrong_typed_group_rate_window_holds_the_group_and_it_flows_once_fixed(
+    redis_url: str, redis_client: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = App(redis_url)
+    done: list[str] = []
+
+    @app.stream("fr-srate", group="g", rate="100/s", start="earliest")
+    async def entry(body: dict[str, str]) -> None:
+        done.append(body["n"])
+
+    await app.append("fr-srate", {"n": "1"})
+    await redis_client.lpush("{fr-srate}:rate:g", "foreign")
+    with caplog.at_level(logging.WARNING, logger="aioredq"):
+        async with app:
+            await until(lambda: "WRONGTYPE" in caplog.text, "the rate window's problem logged")
+            await asyncio.sleep(1.5)  # an absence: the worker retries, and must not repeat
+            assert not done
+            await redis_client.delete("{fr-srate}:rate:g")
+            await until(lambda: done == ["1"], "the entry run once the key is fixed")
+    reports = [r for r in caplog.records if "WRONGTYPE" in r.getMessage()]
+    assert len(reports) == 1, [r.getMessage() for r in reports]
