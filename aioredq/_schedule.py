@@ -54,6 +54,7 @@ class Scheduler:
     async def run(self, shutdown_timeout: float, *, task_status: TaskStatus[None]) -> None:
         task_status.started()
         upto: float | None = None  # the latest tick known fired (by anyone)
+        problem: str | None = None  # reported once, until it works again
         while not self._stop.is_set():
             now = time.time()
             due = self.schedule.latest_at_or_before(now)
@@ -66,13 +67,23 @@ class Scheduler:
                     await self._fire(due)
                     upto = due
             except Exception as exc:
-                log.warning(
-                    "handler=%s: periodic tick not enqueued (%s); trying again",
-                    self.handler.name,
-                    exc,
-                )
+                if str(exc) != problem:
+                    log.warning(
+                        "handler=%s: periodic tick not enqueued (%s; schedule key %r); "
+                        "trying again every %.0fs",
+                        self.handler.name,
+                        exc,
+                        self.transport.key,
+                        RETRY_AFTER,
+                    )
+                problem = str(exc)
                 await self._sleep(RETRY_AFTER)
                 continue
+            if problem is not None:
+                log.warning(
+                    "handler=%s: periodic ticks working again (was: %s)", self.handler.name, problem
+                )
+                problem = None
             await self._sleep(self.schedule.next_after(now) - time.time())
 
     async def _sleep(self, seconds: float) -> None:

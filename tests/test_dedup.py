@@ -113,3 +113,26 @@ async def test_a_wrong_typed_key_is_refused_and_adds_nothing(
         await until_redis(lambda: redis_client.llen("{dd-bad}:key:k"), 1, "the foreign list kept")
     finally:
         await app.aclose()
+
+
+async def test_a_late_ack_from_a_worker_taken_for_dead_keeps_the_key_of_the_recovered_job(
+    redis_client: Redis,
+) -> None:
+    from aioredq._codec import encode_envelope
+    from aioredq._transports.queue import QueueTransport
+
+    gone, alive = (
+        QueueTransport(redis_client, "dd-late", "c1"),
+        QueueTransport(redis_client, "dd-late", "c2"),
+    )
+    raw = encode_envelope("a", msg_id="id1", dedup=("k", 0))
+    assert await gone.push_keyed(raw, "id1", "k") == "id1"
+    (held,) = (await gone.fetch(1, 60_000, "c1:", 1)).items
+    await redis_client.zadd(gone.consumers, {"c1": 0})  # its lease ran out
+    await alive.heartbeat(60_000)
+    assert await alive.recover("token", 10_000) == 1  # the job waits again
+    assert (await gone.ack([held])).count == 0  # the late ack settles nothing
+    assert await redis_client.get("{dd-late}:key:k") == b"id1"  # and frees nothing
+    other = encode_envelope("b", msg_id="id2", dedup=("k", 0))
+    assert await alive.push_keyed(other, "id2", "k") == "id1"
+    assert await redis_client.llen("dd-late") == 1

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import redis.asyncio
@@ -13,6 +17,7 @@ from _waiting import until
 
 from aioredq import App, ConfigurationError, Message, Rate, RateLimited
 
+ROOT = Path(__file__).resolve().parent.parent
 # AIOREDQ_SOAK=1 runs the long form (20 s); the default is short.
 SECONDS = 20.0 if os.environ.get("AIOREDQ_SOAK") else 3.0
 
@@ -26,6 +31,24 @@ def worst_window(starts: list[float], per: float = 1.0) -> int:
             lo += 1
         best = max(best, hi - lo + 1)
     return best
+
+
+def assert_within_rate(
+    label: str, rate: int, starts: list[float], grants: dict[bytes, float]
+) -> None:
+    """Over the measured span from the first start: every start granted in Redis, never more
+    than ``rate`` grants in any 1 s window, and starts within 10 % below the rate."""
+    first = min(starts)
+    measured = [t for t in starts if t < first + SECONDS]
+    per_second = len(measured) / SECONDS
+    granted = [ms / 1000 for ms in grants.values()]
+    print(
+        f"{label}: {per_second:.1f} starts/s, worst 1 s window of grants "
+        f"{worst_window(granted)}, of handler starts {worst_window(starts)}"
+    )
+    assert len(granted) >= len(measured)  # every start was granted in Redis
+    assert worst_window(granted) <= rate  # never above it, over any 1 s window
+    assert per_second >= rate * 0.9  # within 10 % below
 
 
 @pytest.mark.slow
@@ -70,17 +93,72 @@ async def test_three_consumers_share_one_rate(kind: str, redis_url: str) -> None
         for app in apps:
             await app.aclose()
         await probe.aclose()
-    first = min(starts)
-    measured = [t for t in starts if t < first + SECONDS]
-    per_second = len(measured) / SECONDS
-    granted = [ms / 1000 for ms in grants.values()]
-    print(
-        f"{kind}: {per_second:.1f} starts/s, worst 1 s window of grants {worst_window(granted)}, "
-        f"of handler starts {worst_window(starts)}"
-    )
-    assert len(granted) >= len(measured)  # every start was granted in Redis
-    assert worst_window(granted) <= rate  # never above it, over any 1 s window
-    assert per_second >= rate * 0.9  # within 10 % below
+    assert_within_rate(kind, rate, starts, grants)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["task", "stream"])
+async def test_three_worker_processes_share_one_rate(
+    kind: str, redis_url: str, tmp_path: Path
+) -> None:
+    """The contract's form: three ``python -m aioredq`` processes, one rate between them."""
+    rate = 50
+    name = "rated" if kind == "task" else "rated-s"
+    producer = App(redis_url)
+    probe = redis.asyncio.Redis.from_url(redis_url)
+    total = int(rate * SECONDS) + 200  # a backlog that outlasts the run
+    if kind == "task":
+        await producer.enqueue_many(name, list(range(total)))
+    else:
+        await producer.append_many(name, [{"n": str(i)} for i in range(total)])
+    await producer.aclose()
+    log = "{rated}:rate" if kind == "task" else "{rated-s}:rate:g"
+    env = {**os.environ, "RATE_PER_S": str(rate)}
+    command = [sys.executable, "-m", "aioredq", "tests.apps.rate_app:app", "--url", redis_url]
+    workers: list[asyncio.subprocess.Process] = []
+    grants: dict[bytes, float] = {}
+    try:
+        for i in range(3):
+            with (tmp_path / f"w{i}.log").open("wb") as out:
+                workers.append(
+                    await asyncio.create_subprocess_exec(
+                        *command,
+                        *("--only", name, "--log-level", "WARNING"),
+                        cwd=ROOT,
+                        env=env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+        # The span is measured from the first start, once the workers are up.
+        deadline = time.monotonic() + 60
+        while not await probe.llen("starts"):
+            assert time.monotonic() < deadline, "no worker started a handler"
+            assert all(w.returncode is None for w in workers), "a worker exited"
+            grants.update(await probe.zrange(log, 0, -1, withscores=True))
+            await asyncio.sleep(0.2)
+        deadline = time.monotonic() + SECONDS + 0.5
+        while time.monotonic() < deadline:
+            grants.update(await probe.zrange(log, 0, -1, withscores=True))
+            await asyncio.sleep(0.2)
+        assert all(w.returncode is None for w in workers), "a worker exited"
+    finally:
+        for w in workers:
+            if w.returncode is None:
+                w.send_signal(signal.SIGTERM)
+        for w in workers:
+            try:
+                await asyncio.wait_for(w.wait(), 30)
+            except TimeoutError:
+                w.kill()
+                await w.wait()
+        rows = [raw.split() for raw in await probe.lrange("starts", 0, -1)]
+        await probe.aclose()
+    starts = [float(at) for at, _ in rows]
+    logs = "".join((tmp_path / f"w{i}.log").read_text() for i in range(3))
+    assert "Traceback" not in logs, logs
+    assert len({pid for _, pid in rows}) == 3  # every process started handlers
+    assert_within_rate(f"{kind}, 3 processes", rate, starts, grants)
 
 
 @pytest.mark.parametrize("url_kind", ["redis", "memory"])

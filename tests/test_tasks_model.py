@@ -1,10 +1,12 @@
 """A model of the reliable queue, checked against the real Lua scripts on the test server.
 
-Hypothesis drives enqueue (at priorities 0, 2 and 7) / fetch / settle (ack, retry, dead) /
-hand back / crash / recover / time passing through ``QueueTransport``, and after every step
-the keys in Redis must match the model exactly: every message is in exactly one of pending
-(its priority's list), processing, delayed, dead or done, in the right order, with the right
-delivery count.
+Hypothesis drives enqueue (at priorities 0, 2 and 7, some with a dedup key) / fetch / settle
+(ack, retry, dead) / hand back / crash / recover / time passing through ``QueueTransport``, and
+after every step the keys in Redis must match the model exactly: every message is in exactly one
+of pending (its priority's list), processing, delayed, dead or done, in the right order, with
+the right delivery count. A dedup key ``{q}:key:<k>`` holds the id of its job while the job is
+queued, delayed or held (another keyed push returns that id and adds nothing), and is freed when
+the job is acked or dead-lettered: deleted, or left to expire after its ``key_ttl``.
 
 It also breaks things the way an operator or another program does: any key of the queue (the
 queue, ``{q}:delayed``, ``{q}:dead``, ``{q}:consumers``, a processing list) is replaced by a
@@ -48,6 +50,15 @@ CASES = (
     "fixed a wrong-typed key",
     "due items kept while the queue was broken",
     "one fetch took from two priorities",
+    "keyed push answered by a queued job",
+    "keyed push answered by a delayed job",
+    "keyed push answered by a held job",
+    "keyed push answered by a key left to expire",
+    "keyed push after its key was freed",
+    "key freed by an ack",
+    "key freed by a dead letter",
+    "key left to expire",
+    "late settle of a keyed job",
 )
 KINDS = ("queue", "delayed", "dead", "consumers", "processing")
 Q = "q"
@@ -55,6 +66,8 @@ LIVE = 3  # consumers alive at any time: a crashed one is replaced by a new one
 LEASE_MS = 3_600_000  # live consumers never expire by themselves during a run
 LATER_MS = 3_600_000  # a retry delay that never comes due unless time is advanced
 PRIORITIES = (7, 2)  # besides 0 (the queue list), highest first
+DEDUP = ("a", "b", "c")  # few keys, so that pushes meet jobs holding them
+KEY_TTL_MS = 3_600_000  # a freed key with a ttl lingers until time is advanced
 
 
 def ident(raw: bytes) -> bytes:
@@ -95,6 +108,10 @@ class QueueMachine(RuleBasedStateMachine):
         self.fetches = 0
         self.clock = 0  # scores given to delayed items when time advances
         self.broken: dict[str, str] = {}  # kind -> key now of the wrong type
+        self.holder: dict[str, bytes] = {}  # dedup key -> the message holding it
+        self.dedup: dict[bytes, tuple[str, int]] = {}  # message -> (its dedup key, ttl ms)
+        self.lingering: dict[str, bytes] = {}  # freed with a ttl: key -> the id it still holds
+        self.used: set[str] = set()  # dedup keys ever written
 
     def key(self, name: str) -> str:
         """Where the content of ``name`` is now (kept aside while the key is broken)."""
@@ -131,8 +148,23 @@ class QueueMachine(RuleBasedStateMachine):
         kinds=st.lists(st.booleans(), min_size=1, max_size=4),
         payload=st.binary(max_size=6),
         priority=st.sampled_from([0, 0, *PRIORITIES]),
+        keyed=st.none()
+        | st.tuples(
+            st.sampled_from(DEDUP),
+            st.sampled_from([0, KEY_TTL_MS]),
+            st.sampled_from([False, False, True]),
+        ),
     )
-    def enqueue(self, kinds: list[bool], payload: bytes, priority: int) -> None:
+    def enqueue(
+        self,
+        kinds: list[bool],
+        payload: bytes,
+        priority: int,
+        keyed: tuple[str, int, bool] | None,
+    ) -> None:
+        if keyed is not None:
+            self.enqueue_keyed(*keyed, payload, priority)
+            return
         raws = []
         for foreign in kinds:
             self.made += 1
@@ -150,10 +182,68 @@ class QueueMachine(RuleBasedStateMachine):
             self.priority[msg] = priority
             self.waiting(msg).insert(0, msg)  # LPUSH a b: b ends leftmost
 
+    def enqueue_keyed(
+        self, key: str, ttl: int, delayed: bool, payload: bytes, priority: int
+    ) -> None:
+        """``enqueue(..., key=, key_ttl=)``: written with its key in one script, unless a job
+        holds the key."""
+        t = self.t[min(self.alive)]
+        self.made += 1
+        msg_id = new_id()
+        raw = encode_envelope(payload.hex(), msg_id=msg_id, priority=priority, dedup=(key, ttl))
+        push = t.push_keyed(
+            raw, msg_id, key, priority=priority, delay_ms=LATER_MS if delayed else None
+        )
+        if self.bad(t.delayed if delayed else Q if not priority else ""):
+            self.refused(push)
+            return
+        got = self.run(push)
+        if key in self.holder:
+            held = self.holder[key]
+            assert got == held.decode()
+            where = (
+                "delayed"
+                if held in self.delayed
+                else "held"
+                if any(held in self.processing[c] for c in self.t)
+                else "queued"
+            )
+            self.seen[f"keyed push answered by a {where} job"] += 1
+            return
+        if key in self.lingering:
+            assert got == self.lingering[key].decode()
+            self.seen["keyed push answered by a key left to expire"] += 1
+            return
+        assert got == msg_id
+        if key in self.used:
+            self.seen["keyed push after its key was freed"] += 1
+        self.used.add(key)
+        msg = msg_id.encode()
+        self.attempts[msg] = 0
+        self.priority[msg] = priority
+        self.holder[key] = msg
+        self.dedup[msg] = (key, ttl)
+        if delayed:
+            self.raws[msg] = raw
+            self.delayed[msg] = 10**15
+        else:
+            self.waiting(msg).insert(0, msg)
+
+    def key_ttl_passes(self, key: str) -> None:
+        """A freed key's ``key_ttl`` runs out (brought forward to 1 ms)."""
+        name = f"{{{Q}}}:key:{key}"
+        self.run(self.client.pexpire(name, 1))
+        while self.run(self.client.exists(name)):  # expired keys go on the next access
+            self.run(asyncio.sleep(0.001))
+        del self.lingering[key]
+
     # consuming ---------------------------------------------------------------------------
     @rule(data=st.data(), count=st.integers(1, 4), later=st.integers(0, 3))
     def fetch(self, data: st.DataObject, count: int, later: int) -> None:
-        """Time passes (the ``later`` items delayed first come due), then a consumer fetches."""
+        """Time passes (the ``later`` items delayed first come due; at 3, a freed dedup key
+        expires too), then a consumer fetches."""
+        for key in sorted(self.lingering)[: 1 if later == 3 else 0]:
+            self.key_ttl_passes(key)
         t = self.t[min(self.alive)]
         waiting = [m for m, s in self.delayed.items() if s > self.clock]  # in delay order
         for m in waiting[:later] if not self.bad(t.delayed) else []:
@@ -233,6 +323,14 @@ class QueueMachine(RuleBasedStateMachine):
         for m in [*acks, *retries, *dead]:
             self.processing[c].remove(m)
         self.done.update(acks)
+        for m in [*acks, *dead]:  # a finished job frees its dedup key
+            if m in self.dedup:
+                key, ttl = self.dedup.pop(m)
+                del self.holder[key]
+                self.seen["key freed by an ack" if m in acks else "key freed by a dead letter"] += 1
+                if ttl:
+                    self.lingering[key] = m
+                    self.seen["key left to expire"] += 1
         for m in retries:
             self.delayed[m] = 10**15  # not due until time advances
         for m in dead:
@@ -360,6 +458,8 @@ class QueueMachine(RuleBasedStateMachine):
         raw = data.draw(st.sampled_from(self.gone[c]))
         t = self.t[c]
         self.seen[f"late {outcome}"] += 1
+        if ident(raw) in self.dedup:
+            self.seen["late settle of a keyed job"] += 1
         if outcome == "handback":
             if self.bad(Q):
                 self.refused(t.handback([(raw, raw)]))
@@ -426,6 +526,19 @@ class QueueMachine(RuleBasedStateMachine):
         places = Counter([*self.pending, *ranked_all, *held, *self.delayed, *self.dead, *self.done])
         assert set(places) == set(self.attempts)  # nothing lost
         assert all(n == 1 for n in places.values())  # nothing in two places
+        reads = self.client.pipeline(transaction=False)
+        for key in DEDUP:
+            reads.get(f"{{{Q}}}:key:{key}").pttl(f"{{{Q}}}:key:{key}")
+        found = self.run(reads.execute())
+        for n, key in enumerate(DEDUP):
+            held, ttl = found[2 * n], found[2 * n + 1]
+            if key in self.holder:  # held for as long as its job is not finished
+                assert (held, ttl) == (self.holder[key], -1), key
+                assert self.holder[key] not in (*self.done, *self.dead)
+            elif key in self.lingering:
+                assert held == self.lingering[key] and 0 < ttl <= KEY_TTL_MS, (key, ttl)
+            else:
+                assert held is None, (key, held)
         registered = {
             n.decode() for n in self.run(self.client.zrange(self.key(t.consumers), 0, -1))
         }

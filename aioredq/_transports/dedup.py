@@ -44,15 +44,28 @@ return ARGV[1]
 )
 
 # Appended (as the last KEYS and ARGV) to a settle call: the dedup keys, then per key (index
-# in ARGV of its item, id, ttl ms), then how many keys. Runs after the settle script proper:
-# a key is freed only if its job left the processing list (acked or dead-lettered; a refused
-# dead letter keeps its job, and its key).
+# in ARGV of its item, id, ttl ms), then how many keys. A key is freed only if this call took
+# its job out of the processing list: held before the settle script proper, gone after (acked
+# or dead-lettered; a refused dead letter keeps its job, and its key). A consumer taken for
+# dead that settles late holds nothing: the job was recovered and waits again, with its key.
+_HELD = """
+local function held_before(nkeys, args_at)
+  local was = {}
+  if redis.call('TYPE', KEYS[1]).ok ~= 'list' then return was end
+  for k = 0, nkeys - 1 do
+    local item = ARGV[tonumber(ARGV[args_at + 3 * k])]
+    was[k] = redis.call('LPOS', KEYS[1], item) ~= false
+  end
+  return was
+end
+"""
+
 _FREE = """
-local function free_keys(nkeys, keys_at, args_at)
+local function free_keys(nkeys, keys_at, args_at, was)
   for k = 0, nkeys - 1 do
     local key, a = KEYS[keys_at + k], args_at + 3 * k
     local item, id, ttl = ARGV[tonumber(ARGV[a])], ARGV[a + 1], tonumber(ARGV[a + 2])
-    if redis.call('TYPE', key).ok == 'string' and redis.call('GET', key) == id
+    if was[k] and redis.call('TYPE', key).ok == 'string' and redis.call('GET', key) == id
         and not redis.call('LPOS', KEYS[1], item) then
       if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('DEL', key) end
     end
@@ -72,10 +85,12 @@ def keyed_settle(settle: str) -> str:
         "local A_, K_ = {}, {}\n"
         "for i = 1, nargs do A_[i] = ARGV[i] end\n"
         "for i = 1, keys_at - 1 do K_[i] = KEYS[i] end\n"
+        + _HELD
+        + "local was = held_before(nkeys, nargs + 1)\n"
         "local result = (function()\n" + body + "\nend)()\n"
         "if type(result) == 'table' and result.err then return result end\n"
         + _FREE
-        + "free_keys(nkeys, keys_at, nargs + 1)\n"
+        + "free_keys(nkeys, keys_at, nargs + 1, was)\n"
         "return result\n"
     )
 
