@@ -23,13 +23,12 @@ from typing import Any, TypeVar
 
 import pytest
 import redis.asyncio
-from hypothesis import HealthCheck, settings
+from _models import run_until_covered
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     invariant,
     rule,
-    run_state_machine_as_test,
 )
 from redis.exceptions import ResponseError
 
@@ -345,22 +344,6 @@ def _key(entry_id: str) -> tuple[int, int]:
 @pytest.mark.timeout(300)  # shrinking a failure can take a while; a pass takes seconds
 def test_stream_scripts_keep_every_entry_accounted_for(redis_url: str) -> None:
     StreamMachine.url = redis_url
-    # The runs must reach the cases that matter, or the model proves little. Which runs the
-    # derandomized search makes was seen to differ when other tests ran before in the same
-    # process, so another round with other runs is made while a case is missing.
-    for steps in (50, 60, 70):
-        run_state_machine_as_test(
-            StreamMachine,
-            settings=settings(
-                max_examples=100,
-                stateful_step_count=steps,
-                deadline=None,
-                database=None,
-                derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow],
-            ),
-        )
-        if min(StreamMachine.seen[k] for k in CASES) >= 1:
-            break
+    run_until_covered(StreamMachine, CASES, max_examples=100)
     print(f"\nmodel cases: {dict(StreamMachine.seen)}")
     assert min(StreamMachine.seen[k] for k in CASES) >= 1, StreamMachine.seen

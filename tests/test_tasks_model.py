@@ -23,14 +23,13 @@ from typing import Any, TypeVar
 
 import pytest
 import redis.asyncio
-from hypothesis import HealthCheck, settings
+from _models import run_until_covered
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     invariant,
     precondition,
     rule,
-    run_state_machine_as_test,
 )
 from redis.exceptions import ResponseError
 
@@ -548,22 +547,6 @@ class QueueMachine(RuleBasedStateMachine):
 @pytest.mark.timeout(300)  # shrinking a failure can take a while; a pass takes seconds
 def test_queue_scripts_keep_every_message_in_exactly_one_place(redis_url: str) -> None:
     QueueMachine.url = redis_url
-    # The runs must reach the cases that matter, or the model proves little. Which runs the
-    # derandomized search makes was seen to differ when other tests ran before in the same
-    # process, so another round with other runs is made while a case is missing.
-    for steps in (50, 60, 70):
-        run_state_machine_as_test(
-            QueueMachine,
-            settings=settings(
-                max_examples=150,
-                stateful_step_count=steps,
-                deadline=None,
-                database=None,
-                derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow],
-            ),
-        )
-        if min(QueueMachine.seen[k] for k in CASES) >= 1:
-            break
+    run_until_covered(QueueMachine, CASES, max_examples=150)
     print(f"\nmodel cases: {dict(QueueMachine.seen)}")
     assert min(QueueMachine.seen[k] for k in CASES) >= 1, QueueMachine.seen
