@@ -50,7 +50,8 @@ async def test_one_job_per_key_until_it_finishes(url_kind: str, redis_url: str) 
         # key_ttl holds the key after the job finished.
         third = await app.enqueue("dd", "f", key="t", key_ttl=60)
         await until(lambda: runs[-1:] == ["f"], "the ttl job running")
-        await asyncio.sleep(0.3)
+        # Settled: the key now counts down its key_ttl.
+        await until_redis(lambda: _counting_down(app, "{dd}:key:t"), True, "the key's ttl")
         assert await app.enqueue("dd", "g", key="t") == third
 
         # A retried job keeps its key; a dead-lettered one frees it.
@@ -136,3 +137,8 @@ async def test_a_late_ack_from_a_worker_taken_for_dead_keeps_the_key_of_the_reco
     other = encode_envelope("b", msg_id="id2", dedup=("k", 0))
     assert await alive.push_keyed(other, "id2", "k") == "id1"
     assert await redis_client.llen("dd-late") == 1
+
+
+async def _counting_down(app: App, key: str) -> bool:
+    """``key`` exists with a time to live (what settling a job with key_ttl leaves)."""
+    return int(await app.connection.command.pttl(key)) > 0
