@@ -90,12 +90,7 @@ class Decider(abc.ABC, Generic[J]):
         counters = self.counters
         counters.received += 1
         if attempt > max_attempts:
-            return self._dead_letter(
-                msg_id,
-                attempt,
-                f"AttemptsExceeded: delivered {attempt} times without completing "
-                f"(limit {max_attempts}); the consumer may have crashed while running it",
-            )
+            return self._exceeded(msg_id, attempt, max_attempts)
         try:
             body = self.decode(job)
         except DecodeError as exc:
@@ -120,32 +115,17 @@ class Decider(abc.ABC, Generic[J]):
             value = await (call if timeout is None else within(call, timeout, handler.name))
         except RateLimited as exc:
             return self._run_throttled(msg_id, started, exc)
-        except Retry as exc:
-            delay = backoff.delay(attempt) if exc.delay is None else exc.delay
-            error = "Retry: the handler asked for a retry"
-            return self._run_failed(msg_id, attempt, max_attempts, started, delay, error, exc)
-        except Reject as exc:
-            return self._run_refused(msg_id, attempt, started, f"Reject: {exc.reason}")
-        except Cancelled as exc:
-            counters.cancelled += 1
-            return self._run_refused(msg_id, attempt, started, error_text(exc))
+        except (Reject, Cancelled) as exc:
+            return self._run_refused(msg_id, attempt, started, exc)
         except Exception as exc:
-            if isinstance(exc, HandlerTimeout):
-                counters.timed_out += 1
-            delay = backoff.delay(attempt)
-            return self._run_failed(
-                msg_id, attempt, max_attempts, started, delay, error_text(exc), exc
-            )
+            return self._run_failed(msg_id, attempt, max_attempts, started, backoff, exc)
         except asyncio.CancelledError as exc:
             self.running.pop(msg_id, None)
             if msg_id in self.cancels and current is not None and current.uncancel() == 0:
                 return self._run_cancelled(msg_id, attempt, started)
             if current is None or current.cancelling():
                 raise  # we are being cancelled (shutdown): not the handler's outcome
-            # A cancellation leaking out of the handler's own work: a failure like another.
-            error = "CancelledError: the handler raised CancelledError"
-            delay = backoff.delay(attempt)
-            return self._run_failed(msg_id, attempt, max_attempts, started, delay, error, exc)
+            return self._run_failed(msg_id, attempt, max_attempts, started, backoff, exc)
         else:
             if self.running.pop(msg_id, None) is not None and msg_id in self.cancels:
                 # Cancelled, and the handler swallowed it: cancelled all the same.
@@ -169,12 +149,17 @@ class Decider(abc.ABC, Generic[J]):
         )
         return Throttle(exc.delay)
 
-    def _run_refused(self, msg_id: str, attempt: int, started: float, error: str) -> Dead:
+    def _run_refused(
+        self, msg_id: str, attempt: int, started: float, exc: Reject | Cancelled
+    ) -> Dead:
         """The handler refused the message for good (Reject, Cancelled): dead at once."""
         self.running.pop(msg_id, None)
         self.counters.latencies.append(time.perf_counter() - started)
         self.counters.failed += 1
-        return self._dead_letter(msg_id, attempt, error)
+        if isinstance(exc, Reject):
+            return self._dead_letter(msg_id, attempt, f"Reject: {exc.reason}")
+        self.counters.cancelled += 1
+        return self._dead_letter(msg_id, attempt, error_text(exc))
 
     def _run_cancelled(self, msg_id: str, attempt: int, started: float) -> Dead:
         """Interrupted by ``app.cancel`` while it ran."""
@@ -188,17 +173,36 @@ class Decider(abc.ABC, Generic[J]):
         attempt: int,
         max_attempts: int,
         started: float,
-        delay: float,
-        error: str,
-        raised: BaseException,
+        backoff: Backoff,
+        exc: BaseException,
     ) -> Decision:
-        """A failed run: again after ``delay``, or dead once its attempts are spent."""
+        """A failed run: again after a delay, or dead once its attempts are spent."""
         self.running.pop(msg_id, None)
+        if isinstance(exc, Retry):
+            delay = backoff.delay(attempt) if exc.delay is None else exc.delay
+            error = "Retry: the handler asked for a retry"
+        elif isinstance(exc, asyncio.CancelledError):
+            # A cancellation leaking out of the handler's own work: a failure like another.
+            delay = backoff.delay(attempt)
+            error = "CancelledError: the handler raised CancelledError"
+        else:
+            if isinstance(exc, HandlerTimeout):
+                self.counters.timed_out += 1
+            delay = backoff.delay(attempt)
+            error = error_text(exc)
         self.counters.latencies.append(time.perf_counter() - started)
         self.counters.failed += 1
         if attempt >= max_attempts:
             return self._dead_letter(msg_id, attempt, error)
-        return self._again(Again(delay), msg_id, attempt, max_attempts, error, raised)
+        return self._again(Again(delay), msg_id, attempt, max_attempts, error, exc)
+
+    def _exceeded(self, msg_id: str, attempt: int, max_attempts: int) -> Dead:
+        return self._dead_letter(
+            msg_id,
+            attempt,
+            f"AttemptsExceeded: delivered {attempt} times without completing "
+            f"(limit {max_attempts}); the consumer may have crashed while running it",
+        )
 
     def _again(
         self,
