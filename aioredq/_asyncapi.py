@@ -47,6 +47,23 @@ class _Channel:
     handlers: list[Handler] = dataclasses.field(default_factory=list)
 
 
+def _operation_ids(
+    channels: list[_Channel], channel_ids: dict[tuple[str, str], str]
+) -> tuple[dict[str, list[str]], dict[tuple[str, str], str]]:
+    """Each handler's channel ids, and the operation ids: the handler's name, with the
+    channel's when it has several channels."""
+    per_handler: dict[str, list[str]] = {}
+    for channel in channels:
+        for h in channel.handlers:
+            per_handler.setdefault(h.name, []).append(channel_ids[(channel.kind, channel.name)])
+    operation_ids = _unique_ids(
+        ("", name if len(cids) == 1 else f"{name}-{cid}")
+        for name, cids in per_handler.items()
+        for cid in cids
+    )
+    return per_handler, operation_ids
+
+
 def asyncapi_document(
     app: App, *, title: str | None = None, version: str | None = None
 ) -> dict[str, Any]:
@@ -73,16 +90,7 @@ def asyncapi_document(
     channel_ids = _unique_ids((c.kind, c.name) for c in channels)
     payloads, defs = _payload_schemas(app.handlers)
     message_ids = _unique_ids(("", h.name) for h in app.handlers)
-    # Operation ids: the handler's name, with the channel's when it has several channels.
-    per_handler: dict[str, list[str]] = {}
-    for channel in channels:
-        for h in channel.handlers:
-            per_handler.setdefault(h.name, []).append(channel_ids[(channel.kind, channel.name)])
-    operation_ids = _unique_ids(
-        ("", name if len(cids) == 1 else f"{name}-{cid}")
-        for name, cids in per_handler.items()
-        for cid in cids
-    )
+    per_handler, operation_ids = _operation_ids(channels, channel_ids)
 
     doc_channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}

@@ -90,12 +90,7 @@ class Decider(abc.ABC, Generic[J]):
         counters = self.counters
         counters.received += 1
         if attempt > max_attempts:
-            return self._dead_letter(
-                msg_id,
-                attempt,
-                f"AttemptsExceeded: delivered {attempt} times without completing "
-                f"(limit {max_attempts}); the consumer may have crashed while running it",
-            )
+            return self._exceeded(msg_id, attempt, max_attempts)
         try:
             body = self.decode(job)
         except DecodeError as exc:
@@ -119,67 +114,95 @@ class Decider(abc.ABC, Generic[J]):
             # Without a time limit the call is awaited here: no extra frame per message.
             value = await (call if timeout is None else within(call, timeout, handler.name))
         except RateLimited as exc:
-            self.running.pop(msg_id, None)
-            counters.latencies.append(time.perf_counter() - started)
-            log.warning(
-                "handler=%s key=%s id=%s rate limited: holding every worker off for %.2fs",
-                handler.name,
-                handler.key,
-                msg_id,
-                exc.delay,
-            )
-            return Throttle(exc.delay)
-        except Retry as exc:
-            self.running.pop(msg_id, None)
-            outcome = Again(backoff.delay(attempt) if exc.delay is None else exc.delay)
-            error = "Retry: the handler asked for a retry"
-            raised: BaseException = exc
-        except Reject as exc:
-            self.running.pop(msg_id, None)
-            counters.latencies.append(time.perf_counter() - started)
-            counters.failed += 1
-            return self._dead_letter(msg_id, attempt, f"Reject: {exc.reason}")
-        except Cancelled as exc:
-            self.running.pop(msg_id, None)
-            counters.latencies.append(time.perf_counter() - started)
-            counters.failed += 1
-            counters.cancelled += 1
-            return self._dead_letter(msg_id, attempt, error_text(exc))
+            return self._run_throttled(msg_id, started, exc)
+        except (Reject, Cancelled) as exc:
+            return self._run_refused(msg_id, attempt, started, exc)
         except Exception as exc:
-            if isinstance(exc, HandlerTimeout):
-                counters.timed_out += 1
-            outcome = Again(backoff.delay(attempt))
-            error = error_text(exc)
-            raised = exc
+            return self._run_failed(msg_id, attempt, max_attempts, started, backoff, exc)
         except asyncio.CancelledError as exc:
             self.running.pop(msg_id, None)
             if msg_id in self.cancels and current is not None and current.uncancel() == 0:
-                counters.latencies.append(time.perf_counter() - started)
-                counters.failed += 1
-                return self._cancelled(msg_id, attempt)
+                return self._run_cancelled(msg_id, attempt, started)
             if current is None or current.cancelling():
                 raise  # we are being cancelled (shutdown): not the handler's outcome
-            # A cancellation leaking out of the handler's own work: a failure like another.
-            outcome = Again(backoff.delay(attempt))
-            error = "CancelledError: the handler raised CancelledError"
-            raised = exc
+            return self._run_failed(msg_id, attempt, max_attempts, started, backoff, exc)
         else:
             if self.running.pop(msg_id, None) is not None and msg_id in self.cancels:
                 # Cancelled, and the handler swallowed it: cancelled all the same.
                 if current is not None and current.cancelling():
                     current.uncancel()
-                counters.latencies.append(time.perf_counter() - started)
-                counters.failed += 1
-                return self._cancelled(msg_id, attempt)
+                return self._run_cancelled(msg_id, attempt, started)
             counters.latencies.append(time.perf_counter() - started)
             counters.succeeded += 1
             return ACK if value is None else Ack(value)
+
+    # The outcomes other than success: off the hot path, one method each.
+    def _run_throttled(self, msg_id: str, started: float, exc: RateLimited) -> Throttle:
         self.running.pop(msg_id, None)
-        counters.latencies.append(time.perf_counter() - started)
-        counters.failed += 1
+        self.counters.latencies.append(time.perf_counter() - started)
+        log.warning(
+            "handler=%s key=%s id=%s rate limited: holding every worker off for %.2fs",
+            self.handler.name,
+            self.handler.key,
+            msg_id,
+            exc.delay,
+        )
+        return Throttle(exc.delay)
+
+    def _run_refused(
+        self, msg_id: str, attempt: int, started: float, exc: Reject | Cancelled
+    ) -> Dead:
+        """The handler refused the message for good (Reject, Cancelled): dead at once."""
+        self.running.pop(msg_id, None)
+        self.counters.latencies.append(time.perf_counter() - started)
+        self.counters.failed += 1
+        if isinstance(exc, Reject):
+            return self._dead_letter(msg_id, attempt, f"Reject: {exc.reason}")
+        self.counters.cancelled += 1
+        return self._dead_letter(msg_id, attempt, error_text(exc))
+
+    def _run_cancelled(self, msg_id: str, attempt: int, started: float) -> Dead:
+        """Interrupted by ``app.cancel`` while it ran."""
+        self.counters.latencies.append(time.perf_counter() - started)
+        self.counters.failed += 1
+        return self._cancelled(msg_id, attempt)
+
+    def _run_failed(
+        self,
+        msg_id: str,
+        attempt: int,
+        max_attempts: int,
+        started: float,
+        backoff: Backoff,
+        exc: BaseException,
+    ) -> Decision:
+        """A failed run: again after a delay, or dead once its attempts are spent."""
+        self.running.pop(msg_id, None)
+        if isinstance(exc, Retry):
+            delay = backoff.delay(attempt) if exc.delay is None else exc.delay
+            error = "Retry: the handler asked for a retry"
+        elif isinstance(exc, asyncio.CancelledError):
+            # A cancellation leaking out of the handler's own work: a failure like another.
+            delay = backoff.delay(attempt)
+            error = "CancelledError: the handler raised CancelledError"
+        else:
+            if isinstance(exc, HandlerTimeout):
+                self.counters.timed_out += 1
+            delay = backoff.delay(attempt)
+            error = error_text(exc)
+        self.counters.latencies.append(time.perf_counter() - started)
+        self.counters.failed += 1
         if attempt >= max_attempts:
             return self._dead_letter(msg_id, attempt, error)
-        return self._again(outcome, msg_id, attempt, max_attempts, error, raised)
+        return self._again(Again(delay), msg_id, attempt, max_attempts, error, exc)
+
+    def _exceeded(self, msg_id: str, attempt: int, max_attempts: int) -> Dead:
+        return self._dead_letter(
+            msg_id,
+            attempt,
+            f"AttemptsExceeded: delivered {attempt} times without completing "
+            f"(limit {max_attempts}); the consumer may have crashed while running it",
+        )
 
     def _again(
         self,

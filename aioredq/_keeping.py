@@ -46,6 +46,22 @@ class KeepingOutcomes(Outcomes):
         self.kept: dict[bytes, tuple[str, bytes]] = {}
         self.announced = 0  # results written: the in-process waiters' wake-up count
 
+    def keep_value(self, raw: bytes, job_id: str, value: Any, limit: int) -> str | None:
+        """Keep ``value`` as the result of item ``raw``; else why it cannot be kept."""
+        try:
+            result = result_json("succeeded", value=value)
+        except Exception as exc:  # a value JSON cannot carry
+            return f"UnserializableResult: {type(exc).__name__}: {exc}"
+        if len(result) > limit:
+            return (
+                f"MessageTooLarge: the result is {len(result)} bytes, over max_body_bytes={limit}"
+            )
+        self.kept[raw] = (job_id, result)
+        return None
+
+    def keep_error(self, raw: bytes, job_id: str, error: str) -> None:
+        self.kept[raw] = (job_id, result_json("dead", error=error))
+
     async def _write(self, acks: list[bytes], retries: Retries, dead: Letters) -> Written:
         kept = self.kept
         try:

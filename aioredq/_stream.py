@@ -19,6 +19,7 @@ from ._handlers import StreamHandler
 from ._message import Message
 from ._outage import Outage
 from ._stats import Counters
+from ._stream_claims import AbandonedClaims
 from ._stream_outcomes import Outcomes
 from ._transports import keys
 from ._transports.dead import TARGET_FIELD, dead_fields
@@ -34,8 +35,6 @@ from ._transports.stream import (
 )
 
 MEMORY_POLL = 0.05
-# Pending entries one claiming call looks at (it claims at most a batch of them).
-CLAIM_SCAN = 100
 
 
 def entry_size(fields: dict[bytes, bytes]) -> int:
@@ -57,6 +56,20 @@ def _addressed(entry: Entry, group: str | None) -> bool:
     of the entry, so the target group's handler never sees it."""
     target = entry.fields.pop(_TARGET, None)
     return target is None or target == (group or "").encode()
+
+
+def _letter(entry: Entry, error: str, attempt: int, max_size: int) -> DeadLetter:
+    size = entry_size(entry.fields)
+    # An oversized entry is not copied (a 50 MB entry would cost the worker and Redis several
+    # copies more): the dead letter keeps its id, size and reason, and the entry itself stays
+    # readable in the stream until it is trimmed.
+    fields_json, fields_b64, kept = "{}", "", size
+    if size > max_size:
+        error += "; its fields are not copied here: read them in the stream under original_id"
+    else:
+        (fields_json, fields_b64), kept = dead_fields(entry.fields), 0
+    now = datetime.now(UTC).isoformat()
+    return DeadLetter(entry.id, error, attempt, now, fields_json, fields_b64, kept)
 
 
 def _entry_time(entry_id: str) -> datetime | None:
@@ -180,8 +193,9 @@ class GroupConsumer(_StreamBase):
             log,
             self._in_flight,
         )
-        self._cursor = "0-0"
-        self._next_claim = 0.0
+        self._claims = AbandonedClaims(
+            self.transport, f"stream {handler.key!r} group {self.spec.group!r}", self._in_flight
+        )
         # The newest entry known to be delivered to the group: where a deleted group or
         # stream is recreated, so entries appended meanwhile are not skipped.
         self._resume = "0-0"
@@ -220,7 +234,7 @@ class GroupConsumer(_StreamBase):
                 self._resume,
             )
         await self.transport.join()
-        self._cursor = "0-0"
+        self._claims.restart()
 
     def _retry_cap(self) -> int:
         return self.pool.capacity * 10
@@ -245,28 +259,11 @@ class GroupConsumer(_StreamBase):
                 await asyncio.wait_for(written.wait(), BLOCK_SECONDS)
             return []
         if await self._pause_wait():
-            unstarted = self.pool.take_unstarted()
-            try:
-                if unstarted:
-                    await self.handback(unstarted)
-            except BaseException:
-                self.pool.put_many(unstarted)  # still ours: run them after all
-                raise
+            await self._hand_back_unstarted()
             return []
         due = self._due_retries(room)
         if due:
-            try:
-                entries = await self.transport.retry(due)
-            except BaseException:
-                now = time.monotonic()  # still ours and due: try them again next time
-                for entry_id in due:
-                    heapq.heappush(self._retry_heap, (now, entry_id))
-                raise
-            claimed = {e.id for e in entries}
-            for entry_id in due:
-                if entry_id not in claimed:  # taken over by another consumer, or deleted
-                    self._in_flight.pop(entry_id, None)
-            return self._track(entries)
+            return await self._retry_due(due)
         if len(self._retry_heap) >= self._retry_cap():
             # Enough failed entries wait here; take no new work until one is due again.
             await asyncio.sleep(min(BLOCK_SECONDS, self._retry_heap[0][0] - time.monotonic()))
@@ -274,13 +271,39 @@ class GroupConsumer(_StreamBase):
         count = min(room, self.spec.batch)
         # Abandoned entries go before new ones: they are older, and a consumer that is busy
         # with a backlog would otherwise never have room for them.
-        if self._cursor != "0-0" or time.monotonic() >= self._next_claim:
-            claimed_entries = await self._claim_abandoned(count)
-            if claimed_entries:
-                return claimed_entries
+        if self._claims.due():
+            claimed = await self._claims.claim(self.lease_ms, count, self.upkeep_interval)
+            if claimed:
+                return self._track(claimed)
+        return await self._read_new(count)
+
+    async def _hand_back_unstarted(self) -> None:
+        unstarted = self.pool.take_unstarted()
+        try:
+            if unstarted:
+                await self.handback(unstarted)
+        except BaseException:
+            self.pool.put_many(unstarted)  # still ours: run them after all
+            raise
+
+    async def _retry_due(self, due: list[str]) -> list[Entry]:
+        try:
+            entries = await self.transport.retry(due)
+        except BaseException:
+            now = time.monotonic()  # still ours and due: try them again next time
+            for entry_id in due:
+                heapq.heappush(self._retry_heap, (now, entry_id))
+            raise
+        claimed = {e.id for e in entries}
+        for entry_id in due:
+            if entry_id not in claimed:  # taken over by another consumer, or deleted
+                self._in_flight.pop(entry_id, None)
+        return self._track(entries)
+
+    async def _read_new(self, count: int) -> list[Entry]:
         block = int(BLOCK_SECONDS * 1000) if self.conn.can_block else None
         if block is not None:
-            wake = self._next_claim
+            wake = self._claims.next_at
             if self._retry_heap:
                 wake = min(wake, self._retry_heap[0][0])
             block = max(1, min(block, int((wake - time.monotonic()) * 1000)))
@@ -307,44 +330,6 @@ class GroupConsumer(_StreamBase):
             await self.handback(tracked)  # delivered while paused: uncounted, claimable
             return []
         return tracked
-
-    async def _claim_abandoned(self, count: int) -> list[Entry]:
-        """Claim other consumers' entries idle for longer than the lease, walking the cursor
-        to the end (across calls when there is not room for all of them at once)."""
-        while True:
-            cursor, entries, deleted, own = await self.transport.recover(
-                self.lease_ms, self._cursor, count, max(count, CLAIM_SCAN)
-            )
-            self._cursor = cursor
-            if cursor == "0-0":
-                self._next_claim = time.monotonic() + self.upkeep_interval
-            if deleted:
-                log.warning(
-                    "stream %r group %r: %d pending entr(y/ies) were deleted from the stream "
-                    "before they were handled: %s",
-                    self.handler.key,
-                    self.spec.group,
-                    len(deleted),
-                    ", ".join(deleted[:10]),
-                )
-            # Our own entries are never claimed from the group: one that idle is held here
-            # (upkeep could not renew it, say during an outage) and is queued, running or
-            # finished. Only one this consumer does not know of (a read whose reply was lost)
-            # is taken back, as a new delivery.
-            strays = [i for i in own if i not in self._in_flight]
-            if strays:
-                entries += await self.transport.retry(strays)
-            fresh = [e for e in entries if e.id not in self._in_flight]
-            if fresh:
-                log.warning(
-                    "stream %r group %r: claimed %d entr(y/ies) of silent consumers",
-                    self.handler.key,
-                    self.spec.group,
-                    len(fresh),
-                )
-                return self._track(fresh)
-            if cursor == "0-0":
-                return []
 
     def _track(self, entries: list[Entry]) -> list[Entry]:
         for entry in entries:
@@ -385,28 +370,7 @@ class GroupConsumer(_StreamBase):
             # Stays pending and ours (kept fresh by upkeep) until it is due again.
             heapq.heappush(self._retry_heap, (time.monotonic() + decision.delay, entry_id))
         elif isinstance(decision, Dead):
-            size = entry_size(entry.fields)
-            # An oversized entry is not copied (a 50 MB entry would cost the worker and Redis
-            # several copies more): the dead letter keeps its id, size and reason, and the
-            # entry itself stays readable in the stream until it is trimmed.
-            error, fields_json, fields_b64, kept = decision.error, "{}", "", size
-            if size > self._max_size:
-                error += (
-                    "; its fields are not copied here: read them in the stream under original_id"
-                )
-            else:
-                (fields_json, fields_b64), kept = dead_fields(entry.fields), 0
-            self._outcomes.dead_letter(
-                DeadLetter(
-                    entry_id,
-                    error,
-                    attempt,
-                    datetime.now(UTC).isoformat(),
-                    fields_json,
-                    fields_b64,
-                    kept,
-                )
-            )
+            self._outcomes.dead_letter(_letter(entry, decision.error, attempt, self._max_size))
             self.settle_soon()
 
     def has_unsettled(self) -> bool:

@@ -319,24 +319,7 @@ def _runner(sink: _Sink) -> Callable[[Frame], Awaitable[None]]:
                     call = func(body, **{message_param: _message(frame)})
                 await (call if timeout is None else within(call, timeout, handler.name))
             except Exception as exc:
-                counters.failed += 1
-                channel = text(frame[-2])
-                if isinstance(exc, HandlerTimeout):
-                    counters.timed_out += 1
-                log.error(
-                    "handler=%s channel=%s failed: %s: %s",
-                    handler.name,
-                    channel,
-                    type(exc).__name__,
-                    exc,
-                    exc_info=log.isEnabledFor(logging.DEBUG),
-                    extra={
-                        "handler": handler.name,
-                        "key": channel,
-                        "attempt": 1,
-                        "error": f"{type(exc).__name__}: {exc}",
-                    },
-                )
+                _failed(sink, frame, exc)
             else:
                 counters.succeeded += 1
             latencies.append(perf_counter() - started)
@@ -344,6 +327,30 @@ def _runner(sink: _Sink) -> Callable[[Frame], Awaitable[None]]:
             sink.active -= 1
 
     return run
+
+
+def _failed(sink: _Sink, frame: Frame, exc: Exception) -> None:
+    """Count and log a handler's failure on one frame (it is not run again)."""
+    counters = sink.counters
+    counters.failed += 1
+    channel = text(frame[-2])
+    if isinstance(exc, HandlerTimeout):
+        counters.timed_out += 1
+    name = sink.handler.name
+    log.error(
+        "handler=%s channel=%s failed: %s: %s",
+        name,
+        channel,
+        type(exc).__name__,
+        exc,
+        exc_info=exc if log.isEnabledFor(logging.DEBUG) else None,
+        extra={
+            "handler": name,
+            "key": channel,
+            "attempt": 1,
+            "error": f"{type(exc).__name__}: {exc}",
+        },
+    )
 
 
 def _message(frame: Frame) -> Message:

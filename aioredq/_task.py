@@ -21,9 +21,7 @@ It never recovers its own processing list: a live consumer settles its own work.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import time
 import uuid
 from collections import Counter
@@ -36,18 +34,19 @@ from ._connection import BLOCK_SECONDS, Connection, is_connection_error
 from ._consumer import PAUSE_POLL, Consumer, log
 from ._decisions import Ack, Again, Dead, Decision, Throttle
 from ._handlers import TaskHandler
-from ._keeping import KeepingOutcomes, result_json
+from ._keeping import KeepingOutcomes
 from ._message import Message
 from ._orphans import OrphanScan
 from ._outage import Outage
 from ._outcomes import Outcomes
 from ._stats import Counters
+from ._task_cancels import CancelWatch
+from ._task_letters import dead_letter, refusal
+from ._task_wait import BlockingWait, block_time
 from ._transports import keys
-from ._transports.cancel import KEEP_MS, new_cancels
-from ._transports.queue import Fetched, QueueTransport
+from ._transports.queue import QueueTransport
 from ._transports.results import ResultTransport
 
-MEMORY_POLL = 0.05
 # Consumers back off up to 5 s between reconnect attempts; wait that long after an outage
 # before declaring anyone dead, so live consumers are not robbed for having been cut off too.
 OUTAGE_GRACE = 6.0
@@ -95,15 +94,14 @@ class TaskConsumer(Consumer[Job]):
         self._held: Counter[bytes] = Counter()  # what our processing list should hold
         self._settling = asyncio.Lock()  # settle vs. reconcile: both compare list and _held
         self._reconcile_at = 0.0
-        self._nudge = asyncio.Event()  # a retry was written: re-size the blocking wait
-        self._waiter: asyncio.Task[None] | None = None
+        self._wait = BlockingWait(conn, self.transport, self.stop, wakeup)
+        self._nudge = self._wait.nudge
         self._registered_at: float | None = None  # when a reply first showed us registered
         self._recover_after: float | None = 0.0  # None: in an outage
         self._fetch_problem: str | None = None
         self._aside = keys.dead(handler.key) + ":"  # where FETCH keeps oversized items
         self._orphans = OrphanScan(self.transport, spec.lease)
-        self._cancel_seen = 0.0  # the newest cancel mark read (its score)
-        self._cancel_trouble = False
+        self._cancels = CancelWatch(conn, handler.key)
 
     async def start(self) -> None:
         # Register before the first fetch: a script Redis refuses (an ACL user without
@@ -153,7 +151,7 @@ class TaskConsumer(Consumer[Job]):
                     self.stop.wait(), min(fetched.rate_wait_ms / 1000, BLOCK_SECONDS)
                 )
             return []
-        await self._block(self._block_time(fetched))
+        await self._wait.block(block_time(fetched))
         return []
 
     async def _hand_back_unstarted(self) -> None:
@@ -176,49 +174,6 @@ class TaskConsumer(Consumer[Job]):
                 item.id = f"{self.transport.consumer}:{self._fetches}:x{self._seq}"
             jobs.append(Job(self._seq, item))
         return jobs
-
-    @staticmethod
-    def _block_time(fetched: Fetched) -> float:
-        if fetched.next_due_ms is None:
-            return BLOCK_SECONDS
-        return min(BLOCK_SECONDS, max((fetched.next_due_ms - fetched.now_ms) / 1000, 0.01))
-
-    async def _block(self, timeout: float) -> None:
-        """Wait for a push (or a nudge, or stop) at most ``timeout`` seconds.
-
-        A blocking read that outlives this wait is kept and awaited next time rather than
-        cancelled: cancelling redis-py inside a blocking call is unreliable, and the read
-        itself moves nothing.
-        """
-        if not self.conn.can_block:
-            # fakeredis cannot block: wake on a local enqueue, else poll.
-            assert self._wakeup is not None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), min(timeout, MEMORY_POLL))
-            return
-        if self._waiter is None:
-            self._waiter = asyncio.ensure_future(self.transport.wait(timeout))
-            self._waiter.add_done_callback(_consume_result)
-        events = [self._nudge, self.stop]
-        if self._wakeup is not None:  # a local enqueue, e.g. of a job due sooner
-            events.append(self._wakeup)
-        wakers = [asyncio.ensure_future(e.wait()) for e in events]
-        try:
-            await asyncio.wait(
-                {self._waiter, *wakers}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            for waker in wakers:
-                waker.cancel()
-        if self._waiter.done():
-            waiter, self._waiter = self._waiter, None
-            waiter.result()  # a connection error goes to the fetch loop's outage handling
-
-    async def _end_wait(self) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.cancel()
-            await asyncio.wait({waiter}, timeout=BLOCK_SECONDS + 1)
 
     async def _reconcile(self) -> list[bytes]:
         """Items in our processing list that we do not know about (see the module doc)."""
@@ -280,7 +235,8 @@ class TaskConsumer(Consumer[Job]):
         elif isinstance(decision, Again):
             self.outcomes.retries.append((item.raw, max(int(decision.delay * 1000), 1)))
         elif isinstance(decision, Dead):
-            self.outcomes.dead.append((item.raw, self._letter(item, decision.error)))
+            letter = dead_letter(item, decision.error, self.handler.key, self.spec, self._aside)
+            self.outcomes.dead.append((item.raw, letter))
         elif isinstance(decision, Throttle):
             await self.transport.throttle(int(decision.delay * 1000))
             job.started = False  # back uncounted, at the head of its list
@@ -294,22 +250,13 @@ class TaskConsumer(Consumer[Job]):
         assert self._keeping is not None
         if isinstance(decision, Ack):
             limit = self.handler.app.max_body_bytes
-            try:
-                result = result_json("succeeded", value=decision.value)
-            except Exception as exc:  # a value JSON cannot carry
-                error = f"UnserializableResult: {type(exc).__name__}: {exc}"
-            else:
-                if len(result) <= limit:
-                    self._keeping.kept[item.raw] = (item.id, result)
-                    return decision
-                error = (
-                    f"MessageTooLarge: the result is {len(result)} bytes, over "
-                    f"max_body_bytes={limit}"
-                )
+            error = self._keeping.keep_value(item.raw, item.id, decision.value, limit)
+            if error is None:
+                return decision
             # The handler ran, but its result cannot be kept: dead, so the waiter learns why.
             decision = self._dead_letter(item.id, item.attempts, error)
         if isinstance(decision, Dead):
-            self._keeping.kept[item.raw] = (item.id, result_json("dead", error=decision.error))
+            self._keeping.keep_error(item.raw, item.id, decision.error)
         return decision
 
     def message(self, job: Job) -> Message:
@@ -328,38 +275,12 @@ class TaskConsumer(Consumer[Job]):
         )
 
     def decode(self, job: Job) -> Any:
-        """The handler's body. An item over ``max_body_bytes`` (pushed by another program:
-        the app refuses to produce one) was kept aside by FETCH and is refused like an
-        invalid one; so is an item that starts like an envelope but is not one."""
+        """The handler's body; an item too large or not an envelope is refused."""
         item = job.item
-        if item.oversized is not None and item.oversized[1].startswith(self._aside):
-            limit = self.handler.app.max_body_bytes
-            raise DecodeError(
-                f"MessageTooLarge: item is {item.oversized[0]} bytes, over "
-                f"max_body_bytes={limit}; kept as it is under {item.oversized[1]!r}"
-            )
-        if item.broken is not None or item.oversized is not None:
-            raise DecodeError(
-                f"InvalidEnvelope: starts like an aioredq envelope but is not one "
-                f"({item.broken or 'oversized item kept under a foreign key'})"
-            )
+        problem = refusal(item, self._aside, self.handler.app.max_body_bytes)
+        if problem is not None:
+            raise DecodeError(problem)
         return self.handler.codec.decode_item(item)
-
-    def _letter(self, item: TaskItem, error: str) -> bytes:
-        # A delivery past max_attempts is refused without running: it does not count as one.
-        attempts = min(item.attempts, max(self.spec.max_attempts, 1))
-        letter: dict[str, Any] = {"id": item.id, "queue": self.handler.key}
-        if item.oversized is not None and item.oversized[1].startswith(self._aside):
-            # The item itself stays, byte for byte, in its own key: never copied whole
-            # into a letter (a requeue reads it from there).
-            letter["size"], letter["body_key"] = item.oversized
-        else:
-            try:
-                letter["body"] = item.original.decode()
-            except UnicodeDecodeError:  # kept exactly: a requeue puts back the same bytes
-                letter["body_b64"] = base64.b64encode(item.original).decode()
-        letter |= {"error": error, "attempts": attempts, "failed_at": datetime.now(UTC).isoformat()}
-        return json.dumps(letter).encode()
 
     # settling ----------------------------------------------------------------------------
     def has_unsettled(self) -> bool:
@@ -402,7 +323,7 @@ class TaskConsumer(Consumer[Job]):
             raise
         self._check_registration(registered_now, sent)
         self.renewed()
-        await self._check_cancels()
+        await self._cancels.check(self)
         if self._recover_after is None:
             self._recover_after = time.monotonic() + OUTAGE_GRACE
         if time.monotonic() < self._recover_after:
@@ -416,40 +337,11 @@ class TaskConsumer(Consumer[Job]):
             )
         await self._orphans.step()
 
-    async def _check_cancels(self) -> None:
-        """Read the cancel marks added since the last look and interrupt the jobs they name
-        that run here (a job fetched but not started is refused when its turn comes)."""
-        try:
-            found = await new_cancels(self.conn, self.handler.key, self._cancel_seen)
-        except Exception as exc:
-            if is_connection_error(exc):
-                raise
-            if not self._cancel_trouble:
-                self._cancel_trouble = True
-                log.error(
-                    "queue %r: cannot read cancels: %s: %s",
-                    self.handler.key,
-                    type(exc).__name__,
-                    exc,
-                )
-            return
-        self._cancel_trouble = False
-        for job_id, forget_at in found:
-            if job_id in self.cancels:
-                continue
-            self.cancels[job_id] = forget_at
-            self._cancel_seen = max(self._cancel_seen, forget_at)
-            if self.cancel_running(job_id):
-                log.warning("queue %r: job %s cancelled while running", self.handler.key, job_id)
-        stale = [i for i, at in self.cancels.items() if at < self._cancel_seen - KEEP_MS]
-        for job_id in stale:
-            del self.cancels[job_id]
-
     # stopping ----------------------------------------------------------------------------
     async def handback(self, jobs: list[Job]) -> None:
         """Give back unfinished jobs in fetch order. Unstarted ones get their delivery
         uncounted; interrupted ones keep it (they ran, like a crash)."""
-        await self._end_wait()
+        await self._wait.end()
         await self._return(jobs)
 
     def retry_soon(self, job: Job) -> None:
@@ -467,11 +359,5 @@ class TaskConsumer(Consumer[Job]):
             self._release([raw for raw, _ in pairs])
 
     async def leave(self) -> None:
-        await self._end_wait()
+        await self._wait.end()
         await self.transport.leave()
-
-
-def _consume_result(task: asyncio.Future[None]) -> None:
-    # A wait that ends while nobody awaits it must not log "exception never retrieved".
-    if not task.cancelled():
-        task.exception()

@@ -1,5 +1,6 @@
 """The package's imports point down (CLI -> App -> consumers -> transports -> connection) and
-never go round in a circle, type-only and function-local imports included."""
+never go round in a circle, type-only and function-local imports included; and its units stay
+small: no class over 300 lines, no function over 60."""
 
 from __future__ import annotations
 
@@ -28,6 +29,10 @@ LAYERS: dict[int, set[str]] = {
         "_outcomes",
         "_group_checks",
         "_orphans",
+        "_task_wait",
+        "_task_cancels",
+        "_task_letters",
+        "_stream_claims",
         "_stream_outcomes",
         "_pool",
         "_startup",
@@ -246,3 +251,52 @@ if self.conn.can_block and app.connection.is_open:
     await QueueTransport.for_consumer(self.conn, queue, consumer).wait(1.0)
 """
     assert _client_uses(good, api) == []
+
+
+MAX_CLASS_LINES = 300
+MAX_FUNCTION_LINES = 60
+
+
+def _oversized(source: str) -> list[str]:
+    """Classes over ``MAX_CLASS_LINES`` and functions (methods and nested ones included) over
+    ``MAX_FUNCTION_LINES`` in ``source``, decorators not counted."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ClassDef):
+            limit = MAX_CLASS_LINES
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            limit = MAX_FUNCTION_LINES
+        else:
+            continue
+        assert node.end_lineno is not None
+        lines = node.end_lineno - node.lineno + 1
+        if lines > limit:
+            found.append(f"{node.name}: {lines} lines")
+    return found
+
+
+def test_no_class_or_function_is_too_long() -> None:
+    oversized = {
+        str(path.relative_to(PACKAGE)): found
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if (found := _oversized(path.read_text()))
+    }
+    assert oversized == {}
+
+
+def test_a_too_long_class_or_function_would_be_seen() -> None:
+    def function(name: str, lines: int, indent: str = "") -> str:
+        return f"{indent}def {name}():\n" + f"{indent}    x = 1\n" * (lines - 1)
+
+    def cls(methods: int) -> str:  # 1 + 10 lines a method
+        return "class C:\n" + function("m", 10, "    ") * methods
+
+    assert _oversized(function("f", 60) + cls(29)) == []
+    assert _oversized(function("f", 61)) == ["f: 61 lines"]
+    assert _oversized("async " + function("g", 62)) == ["g: 62 lines"]
+    assert _oversized("class K:\n" + function("m", 61, "    ")) == ["m: 61 lines"]
+    assert _oversized(function("outer", 5) + function("inner", 61, "    ")) == [
+        "outer: 66 lines",
+        "inner: 61 lines",
+    ]
+    assert _oversized(cls(30)) == ["C: 301 lines"]

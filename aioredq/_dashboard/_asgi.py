@@ -110,20 +110,7 @@ class Dashboard:
             await self._send(send, 307, b"", "text/plain", [(b"location", f"{root}/".encode())])
             return
         if method in ("GET", "HEAD"):
-            if path == "/":
-                await self._send(send, 200, _asset("index.html"), "text/html; charset=utf-8")
-            elif path.startswith("/static/") and path[8:] in STATIC:
-                await self._send(send, 200, _asset(path[8:]), STATIC[path[8:]])
-            elif path == "/api/session":
-                await self._json(send, self._session(scope))
-            elif path == "/api/figures":
-                await self._json(send, await self._figures(scope))
-            elif path == "/api/dead":
-                await self._json(send, await self._dead_page(scope))
-            elif path.startswith("/api/section/"):
-                await self._json(send, await self._section_read(self._section(path[13:])))
-            else:
-                raise _Refused(404, "not found")
+            await self._read_route(scope, send, path)
             return
         if method != "POST":
             raise _Refused(405, "method not allowed")
@@ -151,6 +138,27 @@ class Dashboard:
             self._read.clear()  # the page reads the section again to show what changed
             await self._json(send, await self._redis(lambda: action(self.app, conn, data)))
             return
+        await self._json(send, await self._dead_action(path, data))
+
+    async def _read_route(self, scope: Scope, send: Send, path: str) -> None:
+        if path == "/":
+            await self._send(send, 200, _asset("index.html"), "text/html; charset=utf-8")
+        elif path.startswith("/static/") and path[8:] in STATIC:
+            await self._send(send, 200, _asset(path[8:]), STATIC[path[8:]])
+        elif path == "/api/session":
+            await self._json(send, self._session(scope))
+        elif path == "/api/figures":
+            await self._json(send, await self._figures(scope))
+        elif path == "/api/dead":
+            await self._json(send, await self._dead_page(scope))
+        elif path.startswith("/api/section/"):
+            await self._json(send, await self._section_read(self._section(path[13:])))
+        else:
+            raise _Refused(404, "not found")
+
+    async def _dead_action(self, path: str, data: dict[str, Any]) -> Any:
+        """A requeue or purge of a handler's dead letters."""
+        conn = self.app.connection
         name = data.get("handler")
         if not isinstance(name, str):
             raise _Refused(400, "'handler' must be a handler's name")
@@ -165,7 +173,7 @@ class Dashboard:
             result = await self._redis(lambda: _letters.purge(conn, self.app, name))
         else:
             raise _Refused(404, "not found")
-        await self._json(send, result)
+        return result
 
     # reading ------------------------------------------------------------------------------
     def _section(self, name: str) -> _sections.Section:
