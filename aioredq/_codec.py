@@ -195,8 +195,11 @@ def parse_task_item(raw: bytes) -> TaskItem:
     if match is None:
         return TaskItem(raw, "", 1, raw, None)
     attempts = int(match.group(1))
-    env = _loads_envelope(raw)
-    if env is None:
+    try:
+        env = pydantic_core.from_json(raw)
+    except ValueError:
+        env = _loads_escaped(raw)
+    if type(env) is not dict:
         return TaskItem(raw, "", attempts, None, None, broken="not a JSON object")
     msg_id = env.get("id", "")
     if type(msg_id) is not str:
@@ -216,19 +219,15 @@ def parse_task_item(raw: bytes) -> TaskItem:
     return TaskItem(raw, msg_id, attempts, None, env)
 
 
-def _loads_envelope(raw: bytes) -> dict[str, Any] | None:
-    """The envelope as a dict, or None. Never raises: a bad item must not stop a consumer."""
+def _loads_escaped(raw: bytes) -> Any:
+    """An envelope that pydantic cannot parse, or None. Lua's cjson copies the bytes of a
+    wrapped foreign item into the JSON text as they are, so an item that is not UTF-8 gives an
+    envelope that is not UTF-8 either: the standard library parses the escaped text and the
+    bytes round-trip exactly. Never raises: a bad item must not stop a consumer."""
     try:
-        env = pydantic_core.from_json(raw)
+        return json.loads(raw.decode("utf-8", "surrogateescape"))
     except ValueError:
-        # Lua's cjson copies the bytes of a wrapped foreign item into the JSON text as they
-        # are, so an item that is not UTF-8 gives an envelope that is not UTF-8 either. The
-        # standard library parses the escaped text and the bytes round-trip exactly.
-        try:
-            env = json.loads(raw.decode("utf-8", "surrogateescape"))
-        except ValueError:
-            return None
-    return env if isinstance(env, dict) else None
+        return None
 
 
 def envelope_metadata(env: dict[str, Any]) -> tuple[float | None, dict[str, str]]:
@@ -300,11 +299,18 @@ class Codec:
 
     def decode_item(self, item: TaskItem) -> Any:
         """The body of a task item (an envelope written by aioredq, or a foreign item)."""
+        env = item.envelope
+        if env is not None and self.takes_dict and "body_b64" not in env:
+            body = env.get("body")
+            if type(body) is dict:
+                return body  # nothing to validate
         return _total(self._decode_item, item)
 
     # streams ----------------------------------------------------------------------------
     def decode_fields(self, fields: dict[str, str]) -> Any:
         """The body of a stream entry from its fields (a mapping, or one ``body`` field)."""
+        if self.takes_dict or self.takes_any:
+            return fields  # nothing to decode or validate
         return _total(self._decode_fields, fields)
 
     def _decode_text(self, data: bytes) -> Any:
@@ -403,7 +409,8 @@ def _validation_text(exc: ValidationError) -> str:
 def decode_fields_raw(fields: Mapping[bytes, bytes]) -> dict[str, str]:
     """Stream field names and values as text (bytes that are not UTF-8 are escaped)."""
     try:
-        return {k.decode(): v.decode() for k, v in fields.items()}
+        names, values = map(bytes.decode, fields), map(bytes.decode, fields.values())
+        return dict(zip(names, values, strict=False))  # one length: a dict's own
     except UnicodeDecodeError:
         return {
             k.decode("utf-8", "surrogateescape"): v.decode("utf-8", "surrogateescape")

@@ -8,8 +8,8 @@ import abc
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import anyio
 from anyio import TASK_STATUS_IGNORED
@@ -56,18 +56,26 @@ class Consumer(Calls, Decider[J]):
         spec = handler.spec
         assert isinstance(spec, (TaskSpec, StreamSpec))
         concurrency, batch = spec.concurrency, spec.batch
-        capacity = concurrency + batch
+        # Room for two batches beside the running jobs: one read arrives while the previous
+        # batch is still being worked through.
+        capacity = concurrency + 2 * batch
         url = conn.target.safe_url
         self.handler = handler
         self.chain = chain(handler.app.middleware, handler)
         self.conn = conn
         self.counters = counters
         self.cancels = {}
-        self.running = {}
-        self.pool: Pool[J] = Pool(concurrency, capacity, self.process, self._process_failed)
-        # Fetch when a good part of a batch fits: a busy consumer then reads in large batches
-        # (fewer round trips) while the jobs already queued keep every slot busy.
-        self.min_room = max(1, min(batch, self.pool.capacity - concurrency) // 2)
+        self.pool: Pool[J] = Pool(
+            concurrency,
+            capacity,
+            self.begin,
+            self._process_failed,
+            end=self.end,
+            fail=self.fail,
+        )
+        # Fetch when a whole batch fits: a busy consumer then reads full batches (fewer
+        # round trips) while the batch already queued keeps every slot busy.
+        self.min_room = max(1, min(batch, self.pool.capacity - concurrency))
         self.stop = asyncio.Event()
         self._settle_needed = asyncio.Event()
         # Outcomes wait to be written: wake the settle loop (which batches them).
@@ -99,8 +107,12 @@ class Consumer(Calls, Decider[J]):
         """Take up to ``room`` jobs, waiting briefly (about a second) when there are none."""
 
     @abc.abstractmethod
-    async def process(self, job: J) -> None:
-        """Run the handler on ``job`` and record its outcome for ``settle``."""
+    def begin(self, job: J) -> Awaitable[Any] | None:
+        """The handler's call on ``job`` (see ``Decider.call``), or None when there is none;
+        its outcome is recorded for ``settle`` by ``record``."""
+
+    def cancel_running(self, msg_id: str) -> bool:
+        return self.pool.cancel_job(lambda job: self.delivery(job)[0] == msg_id)
 
     @abc.abstractmethod
     def has_unsettled(self) -> bool: ...
@@ -114,6 +126,10 @@ class Consumer(Calls, Decider[J]):
 
     async def start(self) -> None:
         """Prepare Redis before the first fetch (e.g. create a consumer group)."""
+
+    def refusing(self) -> bool:
+        """Whether Redis refuses some outcomes now (they wait here to be tried again)."""
+        return False
 
     async def handback(self, jobs: list[J]) -> None:
         """Give back jobs that were fetched but not finished, so others take them at once."""
@@ -248,9 +264,11 @@ class Consumer(Calls, Decider[J]):
             try:
                 await self._settle_all()
             except Exception as exc:
+                self.pool.writes_ok(False)
                 self._settle_needed.set()
                 await self._failed(exc, self._settle_trouble)
             else:
+                self.pool.writes_ok(not self.refusing())
                 self._worked(self._settle_trouble)
 
     async def _upkeep_loop(self) -> None:
@@ -294,7 +312,7 @@ class Consumer(Calls, Decider[J]):
             )
 
     async def _process_failed(self, job: J) -> None:
-        """``process`` raised: not the handler (its errors are outcomes), aioredq itself
+        """A step raised: not the handler (its errors are outcomes), aioredq itself
         failed on this job. Run it again with its delivery counted, so a job that keeps
         failing this way ends in the dead letters instead of looping."""
         log.exception("%s: internal error while processing a message", self.handler.name)

@@ -7,6 +7,7 @@ import abc
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -55,25 +56,24 @@ def error_text(exc: BaseException) -> str:
 
 
 class Decider(abc.ABC, Generic[J]):
-    """Runs the handler on a job and turns what it did into a ``Decision``."""
+    """Runs the handler on a job and turns what it did into a ``Decision``.
+
+    The pool's worker calls the steps: ``call`` (through the model's ``begin``) returns the
+    handler's call, the worker awaits it, then ``end`` or ``fail`` decides and hands the
+    decision to the model's ``record``. The success path is a few plain calls: no coroutine
+    of its own, no per-message bookkeeping beyond the counters."""
 
     handler: Handler
     counters: Counters
     # The handler's call through the app's middleware; None without middleware, and then
     # the handler is called directly (no extra await or frame per message).
     chain: Chain | None = None
-    # Ids cancelled by ``app.cancel`` (id -> when the mark is forgotten, server ms), and the
-    # tasks running a handler now, by message id: what a cancel interrupts.
+    # Ids cancelled by ``app.cancel`` (id -> when the mark is forgotten, server ms).
     cancels: dict[str, float]
-    running: dict[str, asyncio.Task[Any]]
 
+    @abc.abstractmethod
     def cancel_running(self, msg_id: str) -> bool:
         """Interrupt the handler running message ``msg_id``, if any runs here."""
-        task = self.running.get(msg_id)
-        if task is None:
-            return False
-        task.cancel()
-        return True
 
     @abc.abstractmethod
     def decode(self, job: J) -> Any:
@@ -83,62 +83,76 @@ class Decider(abc.ABC, Generic[J]):
     def message(self, job: J) -> Message:
         """The ``Message`` of ``job``: built only for a handler that asks for one."""
 
-    async def execute(
-        self, job: J, msg_id: str, attempt: int, max_attempts: int, backoff: Backoff
-    ) -> Decision:
-        """Decode, run the handler and decide: ack, run again after a delay, or dead-letter."""
-        counters = self.counters
-        counters.received += 1
+    @abc.abstractmethod
+    def delivery(self, job: J) -> tuple[str, int, int, Backoff]:
+        """``job``'s message id, attempt, attempt limit and backoff."""
+
+    @abc.abstractmethod
+    def record(self, job: J, decision: Decision) -> Awaitable[None] | None:
+        """Act on the decision for ``job``; what it returns is awaited before the worker's
+        next job (None on the usual paths)."""
+
+    def call(self, job: J, msg_id: str, attempt: int, max_attempts: int) -> Awaitable[Any] | None:
+        """The handler's call on ``job``, or None when the job is decided without one (its
+        attempts spent, its body unreadable, or cancelled): then it is recorded here."""
+        self.counters.received += 1
         if attempt > max_attempts:
-            return self._exceeded(msg_id, attempt, max_attempts)
+            return self.record(job, self._exceeded(msg_id, attempt, max_attempts))
         try:
             body = self.decode(job)
         except DecodeError as exc:
-            return self._dead_letter(msg_id, attempt, str(exc))
-        if msg_id in self.cancels:
-            return self._cancelled(msg_id, attempt)
+            return self.record(job, self._dead_letter(msg_id, attempt, str(exc)))
+        if self.cancels and msg_id in self.cancels:
+            return self.record(job, self._cancelled(msg_id, attempt))
         handler = self.handler
         chain = self.chain
-        started = time.perf_counter()
-        current = asyncio.current_task()
-        if current is not None:
-            self.running[msg_id] = current
-        try:
-            if chain is not None:
-                call = chain(self.message(job), body)
-            elif handler.message_param is None:
-                call = handler.func(body)
-            else:
-                call = handler.func(body, **{handler.message_param: self.message(job)})
-            timeout = handler.spec.timeout
-            # Without a time limit the call is awaited here: no extra frame per message.
-            value = await (call if timeout is None else within(call, timeout, handler.name))
-        except RateLimited as exc:
-            return self._run_throttled(msg_id, started, exc)
-        except (Reject, Cancelled) as exc:
-            return self._run_refused(msg_id, attempt, started, exc)
-        except Exception as exc:
-            return self._run_failed(msg_id, attempt, max_attempts, started, backoff, exc)
-        except asyncio.CancelledError as exc:
-            self.running.pop(msg_id, None)
-            if msg_id in self.cancels and current is not None and current.uncancel() == 0:
-                return self._run_cancelled(msg_id, attempt, started)
-            if current is None or current.cancelling():
-                raise  # we are being cancelled (shutdown): not the handler's outcome
-            return self._run_failed(msg_id, attempt, max_attempts, started, backoff, exc)
+        if chain is not None:
+            call = chain(self.message(job), body)
+        elif handler.message_param is None:
+            call = handler.func(body)
         else:
-            if self.running.pop(msg_id, None) is not None and msg_id in self.cancels:
+            call = handler.func(body, **{handler.message_param: self.message(job)})
+        timeout = handler.spec.timeout
+        return call if timeout is None else within(call, timeout, handler.name)
+
+    def end(self, job: J, value: Any, started: float) -> Awaitable[None] | None:
+        """The call returned ``value``."""
+        counters = self.counters
+        if self.cancels:
+            msg_id, attempt, _, _ = self.delivery(job)
+            if msg_id in self.cancels:
                 # Cancelled, and the handler swallowed it: cancelled all the same.
+                current = asyncio.current_task()
                 if current is not None and current.cancelling():
                     current.uncancel()
-                return self._run_cancelled(msg_id, attempt, started)
-            counters.latencies.append(time.perf_counter() - started)
-            counters.succeeded += 1
-            return ACK if value is None else Ack(value)
+                return self.record(job, self._run_cancelled(msg_id, attempt, started))
+        counters.latencies.append(time.perf_counter() - started)
+        counters.succeeded += 1
+        return self.record(job, ACK if value is None else Ack(value))
+
+    def fail(self, job: J, exc: BaseException, started: float) -> Awaitable[None] | None:
+        """The call raised ``exc``; a cancellation of the worker itself (shutdown) is raised
+        again: it is not the handler's outcome."""
+        msg_id, attempt, max_attempts, backoff = self.delivery(job)
+        decision: Decision
+        if isinstance(exc, asyncio.CancelledError):
+            current = asyncio.current_task()
+            if msg_id in self.cancels and current is not None and current.uncancel() == 0:
+                decision = self._run_cancelled(msg_id, attempt, started)
+            elif current is None or current.cancelling():
+                raise exc
+            else:
+                decision = self._run_failed(msg_id, attempt, max_attempts, started, backoff, exc)
+        elif isinstance(exc, RateLimited):
+            decision = self._run_throttled(msg_id, started, exc)
+        elif isinstance(exc, (Reject, Cancelled)):
+            decision = self._run_refused(msg_id, attempt, started, exc)
+        else:
+            decision = self._run_failed(msg_id, attempt, max_attempts, started, backoff, exc)
+        return self.record(job, decision)
 
     # The outcomes other than success: off the hot path, one method each.
     def _run_throttled(self, msg_id: str, started: float, exc: RateLimited) -> Throttle:
-        self.running.pop(msg_id, None)
         self.counters.latencies.append(time.perf_counter() - started)
         log.warning(
             "handler=%s key=%s id=%s rate limited: holding every worker off for %.2fs",
@@ -153,7 +167,6 @@ class Decider(abc.ABC, Generic[J]):
         self, msg_id: str, attempt: int, started: float, exc: Reject | Cancelled
     ) -> Dead:
         """The handler refused the message for good (Reject, Cancelled): dead at once."""
-        self.running.pop(msg_id, None)
         self.counters.latencies.append(time.perf_counter() - started)
         self.counters.failed += 1
         if isinstance(exc, Reject):
@@ -177,7 +190,6 @@ class Decider(abc.ABC, Generic[J]):
         exc: BaseException,
     ) -> Decision:
         """A failed run: again after a delay, or dead once its attempts are spent."""
-        self.running.pop(msg_id, None)
         if isinstance(exc, Retry):
             delay = backoff.delay(attempt) if exc.delay is None else exc.delay
             error = "Retry: the handler asked for a retry"

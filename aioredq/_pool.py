@@ -9,16 +9,25 @@ Workers are woken one at a time: a new job wakes one idle worker, and a worker t
 while more are queued wakes the next. Handlers that suspend (I/O) so bring in as many workers as
 there are jobs, while handlers that never suspend are run by one worker without waking the other
 fifteen for nothing.
+
+A job runs in steps the worker calls itself, so running one costs no coroutine frame beside the
+handler's own: ``begin`` (synchronous) returns the call to await, or None when the job is done
+without one; then ``end`` with what the call returned, or ``fail`` with what it raised; either
+may return something to await before the worker takes its next job (rare: writing to Redis).
+Without ``end``, the call is all there is to the job (its exceptions go to ``failed``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 J = TypeVar("J")
+# What a worker awaits after a job's call, if anything.
+After = Awaitable[None] | None
 
 
 class Pool(Generic[J]):
@@ -26,15 +35,23 @@ class Pool(Generic[J]):
         self,
         size: int,
         capacity: int,
-        process: Callable[[J], Awaitable[None]],
+        begin: Callable[[J], Awaitable[Any] | None],
         failed: Callable[[J], Awaitable[None]] | None = None,
+        *,
+        end: Callable[[J, Any, float], After] | None = None,
+        fail: Callable[[J, BaseException, float], After] | None = None,
     ) -> None:
         self.size = size
         self.capacity = max(capacity, size)
-        self._process = process
-        self._failed = failed  # called when ``process`` raises
+        self._begin = begin
+        self._end = end
+        self._fail = fail
+        self._failed = failed  # called when a step raises
         self._queued: deque[J] = deque()
+        # Jobs whose call is being awaited, by worker (what ``cancel_job`` may interrupt), and
+        # jobs past their call whose worker awaits what ``end`` or ``fail`` returned.
         self._running: dict[asyncio.Task[None], J] = {}
+        self._finishing: dict[asyncio.Task[None], J] = {}
         self._workers: list[asyncio.Task[None]] = []
         self._sleepers: deque[asyncio.Future[None]] = deque()  # idle workers, to wake
         self._waking = 0  # woken, not yet running
@@ -47,18 +64,29 @@ class Pool(Generic[J]):
         self._stop_waiting = False
         self._resumed = asyncio.Event()  # cleared: workers start no new job
         self._resumed.set()
+        self._paused = False  # the same, read by the workers for each job
         self.stragglers = 0  # workers that outlived their cancellation at ``close``
-        # Finished jobs whose outcome is not written to Redis yet (see ``hold``).
+        # Finished jobs whose outcome is not written to Redis yet (see ``hold``), and how many
+        # of them take no room: while writes go well, up to a capacity's worth wait for the
+        # next settle without holding up the next fetch (so a read overlaps the previous
+        # write); while writes fail or are refused, every one of them counts.
         self.unsettled = 0
+        self.unsettled_free = self.capacity
 
     # feeding -----------------------------------------------------------------------------
     @property
     def room(self) -> int:
-        return self.capacity - len(self._queued) - self._busy - self.unsettled
+        held = self.unsettled - self.unsettled_free
+        return self.capacity - len(self._queued) - self._busy - (held if held > 0 else 0)
+
+    def writes_ok(self, ok: bool) -> None:
+        """Whether outcomes are being written: if not, each held one takes room."""
+        self.unsettled_free = self.capacity if ok else 0
 
     def hold(self, count: int = 1) -> None:
-        """``count`` finished jobs wait to be settled: they keep their place in the pool, so
-        outcomes that Redis refuses to take cannot pile up without bound."""
+        """``count`` finished jobs wait to be settled: beyond ``unsettled_free`` they keep
+        their place in the pool, so outcomes that Redis refuses to take cannot pile up
+        without bound."""
         self.unsettled += count
 
     def settled(self, count: int) -> None:
@@ -88,13 +116,15 @@ class Pool(Generic[J]):
     # pausing ------------------------------------------------------------------------------
     @property
     def paused(self) -> bool:
-        return not self._resumed.is_set()
+        return self._paused
 
     def pause(self) -> None:
         """Start no new job (running ones go on) until ``resume``."""
+        self._paused = True
         self._resumed.clear()
 
     def resume(self) -> None:
+        self._paused = False
         self._resumed.set()
 
     async def wait_resumed(self) -> None:
@@ -131,7 +161,16 @@ class Pool(Generic[J]):
                 return
 
     def running_jobs(self) -> list[J]:
-        return list(self._running.values())
+        return [*self._running.values(), *self._finishing.values()]
+
+    def cancel_job(self, wanted: Callable[[J], bool]) -> bool:
+        """Cancel the calls of the running jobs for which ``wanted`` is true; False if none."""
+        found = False
+        for task, job in self._running.items():
+            if wanted(job):
+                task.cancel()
+                found = True
+        return found
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
@@ -145,6 +184,9 @@ class Pool(Generic[J]):
         current = asyncio.current_task()
         assert current is not None
         loop = asyncio.get_running_loop()
+        begin, end, fail = self._begin, self._end, self._fail
+        running = self._running
+        clock = time.perf_counter
         while True:
             if self._wanted and self.room >= self._wanted:
                 # The feeder waits for this much room: let it send its next read before more
@@ -153,38 +195,68 @@ class Pool(Generic[J]):
                 self._room.set()
                 await asyncio.sleep(0)
                 continue
-            while not self._queued:
+            if not self._queued:
                 if self._closing:
                     return
-                sleeper = loop.create_future()
-                self._sleepers.append(sleeper)
-                try:
-                    await sleeper
-                except asyncio.CancelledError:
-                    if sleeper.done() and not sleeper.cancelled():
-                        self._waking -= 1
-                        self._wake_one()  # pass on the wake-up this worker will not use
-                    raise
-                self._waking -= 1
-            if not self._resumed.is_set():
+                await self._sleep(loop)
+                continue
+            if self._paused:
                 await self._resumed.wait()
                 continue
             job = self._queued.popleft()
             if self._queued and self._sleepers and not self._waking:
                 self._wake_one()  # it runs if this job suspends (one on its way is enough)
             self._busy += 1
-            self._running[current] = job
+            after: After = None
             try:
-                await self._process(job)
+                call = begin(job)
+                if call is not None:
+                    running[current] = job
+                    if end is None or fail is None:
+                        try:
+                            await call
+                        finally:
+                            del running[current]
+                    else:
+                        started = clock()
+                        try:
+                            value = await call
+                        except (Exception, asyncio.CancelledError) as exc:
+                            del running[current]
+                            after = fail(job, exc, started)
+                        else:
+                            del running[current]
+                            after = end(job, value, started)
+                if after is not None:
+                    await self._finish(current, job, after)
             except Exception:
                 if self._failed is None:
                     raise
-                await self._failed(job)
+                await self._finish(current, job, self._failed(job))
             finally:
-                del self._running[current]
                 self._busy -= 1
                 if not self._busy and not self._queued:
                     self._idle.set()
+
+    async def _sleep(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait to be woken (a job came, or the pool closes)."""
+        sleeper = loop.create_future()
+        self._sleepers.append(sleeper)
+        try:
+            await sleeper
+        except asyncio.CancelledError:
+            if sleeper.done() and not sleeper.cancelled():
+                self._waking -= 1
+                self._wake_one()  # pass on the wake-up this worker will not use
+            raise
+        self._waking -= 1
+
+    async def _finish(self, worker: asyncio.Task[None], job: J, after: Awaitable[None]) -> None:
+        self._finishing[worker] = job
+        try:
+            await after
+        finally:
+            del self._finishing[worker]
 
     def take_unstarted(self) -> list[J]:
         """Remove and return the jobs that no worker has started, in arrival order."""
@@ -207,13 +279,14 @@ class Pool(Generic[J]):
         Call ``take_unstarted`` first: workers still take queued jobs until the buffer is empty.
         """
         self._closing = True
-        self._resumed.set()
+        self.resume()
         while self._sleepers:
             self._wake_one()
         if not self._workers:
             return []
         done, pending = await asyncio.wait(self._workers, timeout=timeout)
-        interrupted = [self._running[t] for t in pending if t in self._running]
+        jobs = self._running | self._finishing
+        interrupted = [jobs[t] for t in pending if t in jobs]
         for task in pending:
             task.cancel()
         if pending:

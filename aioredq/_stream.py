@@ -7,13 +7,15 @@ import contextlib
 import heapq
 import json
 import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any
 
+from ._backoff import Backoff
 from ._codec import HEADERS_FIELD_BYTES, DecodeError, decode_fields_raw, entry_headers
 from ._connection import BLOCK_SECONDS, Connection
 from ._consumer import PAUSE_POLL, Consumer, log
-from ._decisions import Ack, Again, Dead, Throttle, error_text
+from ._decisions import Ack, Again, Dead, Decision, Throttle, error_text
 from ._group_checks import GroupChecks
 from ._handlers import StreamHandler
 from ._message import Message
@@ -137,11 +139,12 @@ class _StreamBase(Consumer[Entry]):
     def decode(self, entry: Entry) -> Any:
         """The handler's body; an entry over ``max_body_bytes`` (written by another program:
         the app refuses to produce one) is refused like an invalid one."""
-        size = entry_size(entry.fields)
+        raw = entry.fields
+        size = sum(map(len, raw)) + sum(map(len, raw.values()))  # entry_size, inlined
         if size > self._max_size:
             raise DecodeError(_too_large(size, self._max_size))
-        fields = decode_fields_raw(entry.fields)
-        if HEADERS_FIELD_BYTES in entry.fields:
+        fields = decode_fields_raw(raw)
+        if HEADERS_FIELD_BYTES in raw:
             entry_headers(fields)
         return self._codec.decode_fields(fields)
 
@@ -250,8 +253,11 @@ class GroupConsumer(_StreamBase):
 
     async def _fetch(self, room: int) -> list[Entry]:
         # Finished entries whose ack or dead letter is not written yet take room like queued
-        # ones: while writes are refused, memory stays bounded by the pool's capacity.
-        room -= self._outcomes.count
+        # ones beyond those the pool lets wait (none while writes fail or are refused), so
+        # memory stays bounded by twice the pool's capacity.
+        held = self._outcomes.count - self.pool.unsettled_free
+        if held > 0:
+            room -= held
         if room < self.min_room:
             written = self._outcomes.written
             written.clear()
@@ -345,33 +351,43 @@ class GroupConsumer(_StreamBase):
             due.append(heapq.heappop(self._retry_heap)[1])
         return due
 
-    async def process(self, entry: Entry) -> None:
+    def begin(self, entry: Entry) -> Awaitable[Any] | None:
         entry_id = entry.id
-        if not _addressed(entry, self.spec.group):
+        if _TARGET in entry.fields and not _addressed(entry, self.spec.group):
             self._outcomes.ack(entry_id)  # addressed to another group: not ours to run
             self.settle_soon()
-            return
-        attempt = max(entry.deliveries, 1)
+            return None
         # Left in place when the run is cancelled at shutdown: handback then counts it.
         self._started.add(entry_id)
-        decision = await self.execute(
-            entry, entry_id, attempt, self.spec.max_deliveries, self.spec.backoff
+        deliveries = entry.deliveries
+        return self.call(
+            entry, entry_id, deliveries if deliveries > 1 else 1, self.spec.max_deliveries
         )
+
+    def delivery(self, entry: Entry) -> tuple[str, int, int, Backoff]:
+        return entry.id, max(entry.deliveries, 1), self.spec.max_deliveries, self.spec.backoff
+
+    def record(self, entry: Entry, decision: Decision) -> Awaitable[None] | None:
+        entry_id = entry.id
         self._started.discard(entry_id)
-        if isinstance(decision, Throttle):
-            await self.transport.throttle(self._throttle_key, int(decision.delay * 1000))
-            self._pause_checked = -PAUSE_POLL  # look again before the next read
-            await self.handback([entry])  # claimable at once, its delivery uncounted
-            return
         if isinstance(decision, Ack):
-            self._outcomes.ack(entry_id)
+            self._outcomes.acks.append(entry_id)
             self.settle_soon()
         elif isinstance(decision, Again):
             # Stays pending and ours (kept fresh by upkeep) until it is due again.
             heapq.heappush(self._retry_heap, (time.monotonic() + decision.delay, entry_id))
         elif isinstance(decision, Dead):
+            attempt = max(entry.deliveries, 1)
             self._outcomes.dead_letter(_letter(entry, decision.error, attempt, self._max_size))
             self.settle_soon()
+        elif isinstance(decision, Throttle):
+            return self._throttled(entry, decision)
+        return None
+
+    async def _throttled(self, entry: Entry, decision: Throttle) -> None:
+        await self.transport.throttle(self._throttle_key, int(decision.delay * 1000))
+        self._pause_checked = -PAUSE_POLL  # look again before the next read
+        await self.handback([entry])  # claimable at once, its delivery uncounted
 
     def has_unsettled(self) -> bool:
         return self._outcomes.due
@@ -379,6 +395,9 @@ class GroupConsumer(_StreamBase):
     @property
     def idle(self) -> bool:
         return super().idle and not self._outcomes.dead
+
+    def refusing(self) -> bool:
+        return self._outcomes.refusing
 
     def request_stop(self) -> None:
         super().request_stop()
@@ -465,9 +484,17 @@ class TailConsumer(_StreamBase):
             await self._idle_wait()
         return entries
 
-    async def process(self, entry: Entry) -> None:
+    def begin(self, entry: Entry) -> Awaitable[Any] | None:
         if _addressed(entry, None):
-            await self.execute(entry, entry.id, 1, 1, self.spec.backoff)
+            return self.call(entry, entry.id, 1, 1)
+        return None
+
+    def delivery(self, entry: Entry) -> tuple[str, int, int, Backoff]:
+        return entry.id, 1, 1, self.spec.backoff
+
+    def record(self, entry: Entry, decision: Decision) -> Awaitable[None] | None:
+        """Nothing to write without a group: a failed entry stays in the stream."""
+        return None
 
     def _dead_letter(self, msg_id: str, attempt: int, error: str) -> Dead:
         # No group, no dead letters: the entry stays in the stream, nothing else is written.

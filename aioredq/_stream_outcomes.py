@@ -65,6 +65,11 @@ class Outcomes:
         )
 
     @property
+    def refusing(self) -> bool:
+        """Whether a dead letter was refused and waits to be tried again."""
+        return self._refused_since is not None
+
+    @property
     def dead_due(self) -> bool:
         return bool(self.dead) and time.monotonic() >= self._dead_retry_at
 

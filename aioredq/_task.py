@@ -25,11 +25,12 @@ import contextlib
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from ._codec import DecodeError, TaskItem, envelope_metadata, parse_task_item
+from ._backoff import Backoff
+from ._codec import DecodeError, TaskItem, parse_task_item
 from ._connection import BLOCK_SECONDS, Connection, is_connection_error
 from ._consumer import PAUSE_POLL, Consumer, log
 from ._decisions import Ack, Again, Dead, Decision, Throttle
@@ -41,7 +42,7 @@ from ._outage import Outage
 from ._outcomes import Outcomes
 from ._stats import Counters
 from ._task_cancels import CancelWatch
-from ._task_letters import dead_letter, refusal
+from ._task_letters import dead_letter, refusal, task_message
 from ._task_wait import BlockingWait, block_time
 from ._transports import keys
 from ._transports.queue import QueueTransport
@@ -57,12 +58,6 @@ class Job:
     seq: int  # fetch order, so work handed back keeps its order
     item: TaskItem
     started: bool = False
-
-
-def parse_item(raw: bytes) -> TaskItem:
-    """``parse_task_item`` never raises: an unreadable envelope is marked broken and
-    dead-lettered, its delivery count still the one the scripts keep."""
-    return parse_task_item(raw)
 
 
 class TaskConsumer(Consumer[Job]):
@@ -169,7 +164,9 @@ class TaskConsumer(Consumer[Job]):
         jobs = []
         for raw in raws:
             self._seq += 1
-            item = parse_item(raw)
+            # Never raises: an unreadable envelope is marked broken and dead-lettered, its
+            # delivery count still the one the scripts keep.
+            item = parse_task_item(raw)
             if not item.id:  # a broken envelope: its dead letter still needs an id
                 item.id = f"{self.transport.consumer}:{self._fetches}:x{self._seq}"
             jobs.append(Job(self._seq, item))
@@ -222,12 +219,17 @@ class TaskConsumer(Consumer[Job]):
             self._registered_at = time.monotonic()
 
     # running -----------------------------------------------------------------------------
-    async def process(self, job: Job) -> None:
+    def begin(self, job: Job) -> Awaitable[Any] | None:
         job.started = True
         item = job.item
-        decision = await self.execute(
-            job, item.id, item.attempts, self.spec.max_attempts, self.spec.backoff
-        )
+        return self.call(job, item.id, item.attempts, self.spec.max_attempts)
+
+    def delivery(self, job: Job) -> tuple[str, int, int, Backoff]:
+        item = job.item
+        return item.id, item.attempts, self.spec.max_attempts, self.spec.backoff
+
+    def record(self, job: Job, decision: Decision) -> Awaitable[None] | None:
+        item = job.item
         if self._keeping is not None:
             decision = self._keep(item, decision)
         if isinstance(decision, Ack):
@@ -238,12 +240,15 @@ class TaskConsumer(Consumer[Job]):
             letter = dead_letter(item, decision.error, self.handler.key, self.spec, self._aside)
             self.outcomes.dead.append((item.raw, letter))
         elif isinstance(decision, Throttle):
-            await self.transport.throttle(int(decision.delay * 1000))
-            job.started = False  # back uncounted, at the head of its list
-            await self._return([job])
-            return
+            return self._throttled(job, decision)
         self.pool.hold()
         self.settle_soon()
+        return None
+
+    async def _throttled(self, job: Job, decision: Throttle) -> None:
+        await self.transport.throttle(int(decision.delay * 1000))
+        job.started = False  # back uncounted, at the head of its list
+        await self._return([job])
 
     def _keep(self, item: TaskItem, decision: Decision) -> Decision:
         """Note the result that settling ``item`` stores beside its ack or dead letter."""
@@ -260,26 +265,15 @@ class TaskConsumer(Consumer[Job]):
         return decision
 
     def message(self, job: Job) -> Message:
-        item = job.item
-        enqueued, headers = envelope_metadata(item.envelope or {})
-        return Message(
-            id=item.id,
-            kind="task",
-            name=self.handler.key,
-            channel=self.handler.key,
-            attempt=item.attempts,
-            raw=item.original,
-            headers=headers,
-            enqueued_at=None if enqueued is None else datetime.fromtimestamp(enqueued, UTC),
-            max_attempts=self.spec.max_attempts,
-        )
+        return task_message(job.item, self.handler.key, self.spec.max_attempts)
 
     def decode(self, job: Job) -> Any:
         """The handler's body; an item too large or not an envelope is refused."""
         item = job.item
-        problem = refusal(item, self._aside, self.handler.app.max_body_bytes)
-        if problem is not None:
-            raise DecodeError(problem)
+        if item.oversized is not None or item.broken is not None:
+            problem = refusal(item, self._aside, self.handler.app.max_body_bytes)
+            if problem is not None:
+                raise DecodeError(problem)
         return self.handler.codec.decode_item(item)
 
     # settling ----------------------------------------------------------------------------
@@ -289,6 +283,9 @@ class TaskConsumer(Consumer[Job]):
     @property
     def idle(self) -> bool:
         return super().idle and not self.outcomes.refused()
+
+    def refusing(self) -> bool:
+        return self.outcomes.refused()
 
     async def settle(self) -> None:
         async with self._settling:

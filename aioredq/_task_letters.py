@@ -1,4 +1,5 @@
-"""What a task consumer refuses to run, and the dead letter it writes for an item."""
+"""What a task consumer refuses to run, the dead letter it writes for an item, and the
+``Message`` its handler may ask for."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from ._codec import TaskItem
+from ._codec import TaskItem, envelope_metadata
 from ._handlers import TaskSpec
+from ._message import Message
 
 
 def refusal(item: TaskItem, aside: str, limit: int) -> str | None:
@@ -44,3 +46,19 @@ def dead_letter(item: TaskItem, error: str, queue: str, spec: TaskSpec, aside: s
             letter["body_b64"] = base64.b64encode(item.original).decode()
     letter |= {"error": error, "attempts": attempts, "failed_at": datetime.now(UTC).isoformat()}
     return json.dumps(letter).encode()
+
+
+def task_message(item: TaskItem, queue: str, max_attempts: int) -> Message:
+    """The ``Message`` a handler that asks for one gets for ``item``."""
+    enqueued, headers = envelope_metadata(item.envelope or {})
+    return Message(
+        id=item.id,
+        kind="task",
+        name=queue,
+        channel=queue,
+        attempt=item.attempts,
+        raw=item.original,
+        headers=headers,
+        enqueued_at=None if enqueued is None else datetime.fromtimestamp(enqueued, UTC),
+        max_attempts=max_attempts,
+    )

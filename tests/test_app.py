@@ -459,15 +459,15 @@ async def test_a_message_aioredq_itself_failed_on_is_run_again(
     from aioredq._task import TaskConsumer
 
     cls: Any = TaskConsumer if kind == "task" else GroupConsumer
-    original = cls.process
+    original = cls.begin
     faults = [RuntimeError("injected fault")]
 
-    async def faulty(self: Any, job: Any) -> None:
+    def faulty(self: Any, job: Any) -> Any:
         if faults:
             raise faults.pop()
-        await original(self, job)
+        return original(self, job)
 
-    monkeypatch.setattr(cls, "process", faulty)
+    monkeypatch.setattr(cls, "begin", faulty)
     app = App(redis_url)
     attempts: list[int] = []
 

@@ -210,8 +210,8 @@ def test_stop_finishes_in_flight_work_and_hands_back_the_rest(
     worker = start_worker(APP, "--url", redis_url)
     eventually(lambda: subscribers(r) == 1, "the worker to subscribe")
     r.lpush(QUEUE, *["slow:2"] * 6)
-    # concurrency 2 + batch 1: two running, one fetched and waiting, three still queued
-    eventually(lambda: in_flight(r) == 3 and r.llen(QUEUE) == 3, "3 items taken")
+    # concurrency 2 + 2 x batch 1: two running, two fetched and waiting, two still queued
+    eventually(lambda: in_flight(r) == 4 and r.llen(QUEUE) == 2, "4 items taken")
     assert worker.stop() == 0, worker.output()
     finished = len(handled(out))
     assert finished == 2  # the running handlers were allowed to finish
@@ -729,26 +729,26 @@ def test_inspect_sees_a_running_worker(
 ) -> None:
     worker = start_worker(APP, "--url", redis_url, "--shutdown-timeout", "0.5")
     eventually(lambda: subscribers(r) == 1, "the worker to subscribe")
-    r.lpush(QUEUE, *["slow:60"] * 5)
-    for _ in range(5):
+    r.lpush(QUEUE, *["slow:60"] * 6)
+    for _ in range(6):
         r.xadd(STREAM, {"sleep": "60"})
-    # concurrency 2 + batch 1: each handler holds 3 messages, the rest wait.
-    eventually(lambda: in_flight(r) == 3, "3 jobs taken")
-    eventually(lambda: r.xpending(STREAM, GROUP)["pending"] == 3, "3 entries delivered")
+    # concurrency 2 + 2 x batch 1: each handler holds 4 messages, the rest wait.
+    eventually(lambda: in_flight(r) == 4, "4 jobs taken")
+    eventually(lambda: r.xpending(STREAM, GROUP)["pending"] == 4, "4 entries delivered")
     rows = inspect_json(redis_url)
     [processing_key] = list(r.scan_iter(match=f"{{{QUEUE}}}:processing:*"))
     job, event, notice = rows["job"], rows["event"], rows["notice"]
-    assert job["processing"] == int(redis_cli(redis_url, "LLEN", processing_key)[0]) == 3
+    assert job["processing"] == int(redis_cli(redis_url, "LLEN", processing_key)[0]) == 4
     assert job["length"] == int(redis_cli(redis_url, "LLEN", QUEUE)[0]) == 2
     assert job["consumers"] == {"alive": 1, "dead": 0}
     group = xinfo_group(redis_url)
-    assert event["pending"] == int(group["pending"]) == 3
+    assert event["pending"] == int(group["pending"]) == 4
     assert event["lag"] == int(group["lag"]) == 2
     assert event["consumers"] == {"alive": 1, "dead": 0}
     assert notice["subscribers"] == 1
     # The slow handlers are interrupted after --shutdown-timeout; their work is handed back.
     assert worker.stop() == 0, worker.output()
-    assert in_flight(r) == 0 and r.llen(QUEUE) == 5
+    assert in_flight(r) == 0 and r.llen(QUEUE) == 6
     assert handled(out) == []
 
 

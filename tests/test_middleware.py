@@ -235,7 +235,8 @@ async def test_without_middleware_the_consumer_calls_the_handler_itself(redis_ur
         await app.enqueue("mw-direct", "x")
         await app.publish("mw-direct-c", "y")
         await until(lambda: len(callers) == 2, "both handlers")
-    assert sorted(callers) == ["execute", "run"]  # not a middleware chain's ``innermost``
+    # The pool's worker (tasks) and the subscriber's runner: not a chain's ``innermost``.
+    assert sorted(callers) == ["_work", "run"]
 
 
 def test_middleware_must_be_an_async_callable() -> None:

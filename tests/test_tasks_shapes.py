@@ -151,15 +151,27 @@ async def test_refused_outcomes_count_against_prefetch(redis_url: str, redis_cli
         raise Reject("no")
 
     await redis_client.set("{jobs}:dead", "not a list")
-    bodies = [f"b{i}" for i in range(40)]
+    bodies = [f"b{i}" for i in range(60)]
     async with app:
+        [consumer] = app._workers
+        capacity = consumer.pool.capacity  # 2 + 2 x 5
         await app.enqueue_many("jobs", bodies)
-        await until(lambda: len(ran) >= 7, "a pool's worth of jobs")  # capacity 2 + 5
-        await until_redis(lambda: redis_client.llen("jobs"), 33, "fetching to stop")
-        assert len(ran) == 7  # memory stays bounded: nothing more is fetched
+        # Until the first refusal is seen, up to a capacity's worth of outcomes wait for their
+        # write without taking room; from then on every one does, and fetching stops.
+        await until(
+            lambda: (
+                consumer.refusing()
+                and consumer.pool.outstanding == 0
+                and consumer.pool.room < consumer.min_room
+            ),
+            "fetching to stop",
+        )
+        stopped_at = len(ran)
+        assert 0 < stopped_at <= 2 * capacity  # memory stays bounded
+        assert await redis_client.llen("jobs") == 60 - stopped_at
         await redis_client.delete("{jobs}:dead")
-        await until(lambda: len(ran) == 40, "every job, once the key is fixed")
-        await until_redis(lambda: redis_client.llen("{jobs}:dead"), 40, "every dead letter")
+        await until(lambda: len(ran) == 60, "every job, once the key is fixed")
+        await until_redis(lambda: redis_client.llen("{jobs}:dead"), 60, "every dead letter")
         await until_redis(lambda: held(redis_client, "jobs"), [], "nothing held")
 
 
