@@ -8,7 +8,7 @@ import abc
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import anyio
@@ -78,8 +78,8 @@ class Consumer(Calls, Decider[J]):
         self.min_room = max(1, min(batch, self.pool.capacity - concurrency))
         self.stop = asyncio.Event()
         self._settle_needed = asyncio.Event()
-        # Outcomes wait to be written: wake the settle loop (which batches them).
-        self.settle_soon: Callable[[], None] = self._settle_needed.set
+        # The same, read for each outcome: the settle loop is woken once per batch.
+        self.settle_asked = False
         what = f"{handler.kind} handler {handler.name!r} ({handler.key})"
         # Redis unreachable: one warning for the whole app (the outage is shared). Commands
         # refused (WRONGTYPE, OOM, a bug): one error for this consumer, and a pause.
@@ -126,6 +126,12 @@ class Consumer(Calls, Decider[J]):
 
     async def start(self) -> None:
         """Prepare Redis before the first fetch (e.g. create a consumer group)."""
+
+    def settle_soon(self) -> None:
+        """Outcomes wait to be written: wake the settle loop (which batches them)."""
+        if not self.settle_asked:
+            self.settle_asked = True
+            self._settle_needed.set()
 
     def refusing(self) -> bool:
         """Whether Redis refuses some outcomes now (they wait here to be tried again)."""
@@ -261,11 +267,12 @@ class Consumer(Calls, Decider[J]):
         while True:
             await self._settle_needed.wait()
             self._settle_needed.clear()
+            self.settle_asked = False
             try:
                 await self._settle_all()
             except Exception as exc:
                 self.pool.writes_ok(False)
-                self._settle_needed.set()
+                self.settle_soon()
                 await self._failed(exc, self._settle_trouble)
             else:
                 self.pool.writes_ok(not self.refusing())

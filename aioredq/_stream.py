@@ -372,7 +372,8 @@ class GroupConsumer(_StreamBase):
         self._started.discard(entry_id)
         if isinstance(decision, Ack):
             self._outcomes.acks.append(entry_id)
-            self.settle_soon()
+            if not self.settle_asked:
+                self.settle_soon()
         elif isinstance(decision, Again):
             # Stays pending and ours (kept fresh by upkeep) until it is due again.
             heapq.heappush(self._retry_heap, (time.monotonic() + decision.delay, entry_id))

@@ -241,8 +241,9 @@ class TaskConsumer(Consumer[Job]):
             self.outcomes.dead.append((item.raw, letter))
         elif isinstance(decision, Throttle):
             return self._throttled(job, decision)
-        self.pool.hold()
-        self.settle_soon()
+        self.pool.unsettled += 1  # hold(), inlined
+        if not self.settle_asked:
+            self.settle_soon()
         return None
 
     async def _throttled(self, job: Job, decision: Throttle) -> None:

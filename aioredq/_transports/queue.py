@@ -11,8 +11,10 @@ head of the queue. Every script gets all of its keys through KEYS, all in one ha
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 from .._connection import Connection
@@ -40,6 +42,9 @@ COMMANDS = (
     *("zadd", "zrem", "zrange", "zrangebyscore", "zscore", "zmscore"),
     *("set", "get", "del", "type", "pexpire", "zcard", "zremrangebyscore"),
 )
+
+# Where dedup.py looks for an item's dedup key: its field among the first 512 bytes.
+_DEDUP_FIELD = re.compile(rb',"dedup":')
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,11 +229,14 @@ class QueueTransport:
         if dead:
             declared.append(self.dead)
         # Finished jobs enqueued with a dedup key free it in the same call (see dedup.py).
-        first_dead = 3 + len(acks) + 2 * len(retries)
-        finished = [(3 + k, item) for k, item in enumerate(acks)]
-        finished += [(first_dead + 2 * j, item) for j, (item, _) in enumerate(dead)]
-        dedup_keys, dedup_args = free_args(self.queue, finished)
         script = self._settle
+        dedup_keys: list[str] = []
+        dead_items = [item for item, _ in dead]
+        if any(map(_DEDUP_FIELD.search, [*acks, *dead_items], repeat(0), repeat(512))):
+            first_dead = 3 + len(acks) + 2 * len(retries)
+            finished = [(3 + k, item) for k, item in enumerate(acks)]
+            finished += [(first_dead + 2 * j, item) for j, item in enumerate(dead_items)]
+            dedup_keys, dedup_args = free_args(self.queue, finished)
         if dedup_keys:
             script = self._settle_keyed
             declared += dedup_keys
