@@ -62,7 +62,6 @@ def encode_fields(body: Any) -> dict[str, str | bytes]:
 # A reserved stream field: the headers that produce hooks added (tracing's traceparent), as a
 # JSON object. Consumers take it out of the entry's fields, so no handler body includes it.
 HEADERS_FIELD = "aioredq-headers"
-HEADERS_FIELD_BYTES = HEADERS_FIELD.encode()
 
 
 def with_headers(
@@ -416,3 +415,13 @@ def decode_fields_raw(fields: Mapping[bytes, bytes]) -> dict[str, str]:
             k.decode("utf-8", "surrogateescape"): v.decode("utf-8", "surrogateescape")
             for k, v in fields.items()
         }
+
+
+def decode_flat(flat: list[bytes]) -> dict[str, str]:
+    """Stream field names and values (alternating, as read) as text; bytes that are not
+    UTF-8 are escaped."""
+    try:
+        text = list(map(bytes.decode, flat))
+    except UnicodeDecodeError:
+        text = [part.decode("utf-8", "surrogateescape") for part in flat]
+    return dict(zip(text[::2], text[1::2], strict=False))  # an even length: Redis pairs them

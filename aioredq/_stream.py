@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ._backoff import Backoff
-from ._codec import HEADERS_FIELD_BYTES, DecodeError, decode_fields_raw, entry_headers
+from ._codec import HEADERS_FIELD, DecodeError, decode_flat, entry_headers
 from ._connection import BLOCK_SECONDS, Connection
 from ._consumer import PAUSE_POLL, Consumer, log
 from ._decisions import Ack, Again, Dead, Decision, Throttle, error_text
@@ -39,10 +39,10 @@ from ._transports.stream import (
 MEMORY_POLL = 0.05
 
 
-def entry_size(fields: dict[bytes, bytes]) -> int:
+def entry_size(entry: Entry) -> int:
     """Bytes of an entry as stored: its field names and values (what ``check_size`` counts
     when the app produces one)."""
-    return sum(map(len, fields)) + sum(map(len, fields.values()))
+    return sum(map(len, entry.flat))
 
 
 def _too_large(size: int, limit: int) -> str:
@@ -56,12 +56,18 @@ def _addressed(entry: Entry, group: str | None) -> bool:
     """False for an entry requeued from the dead letters of another group (its
     ``TARGET_FIELD`` names that group): acknowledged without running. The field is taken out
     of the entry, so the target group's handler never sees it."""
-    target = entry.fields.pop(_TARGET, None)
-    return target is None or target == (group or "").encode()
+    flat = entry.flat
+    names = flat[::2]
+    if _TARGET not in names:
+        return True
+    at = 2 * names.index(_TARGET)
+    target = flat[at + 1]
+    del flat[at : at + 2]
+    return target == (group or "").encode()
 
 
 def _letter(entry: Entry, error: str, attempt: int, max_size: int) -> DeadLetter:
-    size = entry_size(entry.fields)
+    size = entry_size(entry)
     # An oversized entry is not copied (a 50 MB entry would cost the worker and Redis several
     # copies more): the dead letter keeps its id, size and reason, and the entry itself stays
     # readable in the stream until it is trimmed.
@@ -139,17 +145,17 @@ class _StreamBase(Consumer[Entry]):
     def decode(self, entry: Entry) -> Any:
         """The handler's body; an entry over ``max_body_bytes`` (written by another program:
         the app refuses to produce one) is refused like an invalid one."""
-        raw = entry.fields
-        size = sum(map(len, raw)) + sum(map(len, raw.values()))  # entry_size, inlined
+        flat = entry.flat
+        size = sum(map(len, flat))  # entry_size, inlined
         if size > self._max_size:
             raise DecodeError(_too_large(size, self._max_size))
-        fields = decode_fields_raw(raw)
-        if HEADERS_FIELD_BYTES in raw:
+        fields = decode_flat(flat)
+        if HEADERS_FIELD in fields:
             entry_headers(fields)
         return self._codec.decode_fields(fields)
 
     def message(self, entry: Entry) -> Message:
-        fields = decode_fields_raw(entry.fields)
+        fields = decode_flat(entry.flat)
         headers = entry_headers(fields)
         return Message(
             id=entry.id,
@@ -353,7 +359,7 @@ class GroupConsumer(_StreamBase):
 
     def begin(self, entry: Entry) -> Awaitable[Any] | None:
         entry_id = entry.id
-        if _TARGET in entry.fields and not _addressed(entry, self.spec.group):
+        if _TARGET in entry.flat and not _addressed(entry, self.spec.group):
             self._outcomes.ack(entry_id)  # addressed to another group: not ours to run
             self.settle_soon()
             return None

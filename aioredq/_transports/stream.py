@@ -255,8 +255,13 @@ LAG_COUNT_LIMIT = 100_000
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs ~4x to create
 class Entry:
     id: str
-    fields: dict[bytes, bytes]
+    flat: list[bytes]  # field names and values, alternating, as Redis returned them
     deliveries: int
+
+    @property
+    def fields(self) -> dict[bytes, bytes]:
+        flat = self.flat
+        return dict(zip(flat[::2], flat[1::2], strict=False))  # an even length: see _flat
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,15 +281,17 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _fields(raw: Any) -> dict[bytes, bytes]:
+def _flat(raw: Any) -> list[bytes]:
+    """An entry's field names and values, alternating, from whatever shape the reply has."""
+    if type(raw) is list and not len(raw) % 2:
+        return raw
     if isinstance(raw, dict):
-        return raw  # redis-py builds a new dict per entry
+        return [part for pair in raw.items() for part in pair]
     if not raw:
-        return {}
+        return []
     if len(raw) % 2:
         raise ValueError(f"a stream entry with an odd number of field names and values: {raw!r}")
-    it = iter(raw)
-    return dict(zip(it, it, strict=False))  # an even length: checked above
+    return list(raw)
 
 
 def _as_read(response: Any, **options: Any) -> Any:
@@ -434,18 +441,13 @@ class StreamTransport:
             client = self.reader
             args += ["BLOCK", block_ms]
         reply = await client.execute_command("XREADGROUP", *args, "STREAMS", self.stream, ">")
-        entries = [
-            Entry(i.decode(), dict(zip(f[::2], f[1::2], strict=False)), 1)
-            if type(i) is bytes and type(f) is list and not len(f) % 2
-            else Entry(_text(i), _fields(f), 1)  # another reply shape (a dict per entry)
-            for i, f in _entries(reply)
-        ]
+        entries = [Entry(_text(i), _flat(f), 1) for i, f in _entries(reply)]
         self._full = len(entries) >= count
         return entries
 
     async def read_tail(self, after: str, count: int, block_ms: int | None) -> list[Entry]:
         reply = await self.reader.xread({self.stream: after}, count=count, block=block_ms)
-        return [Entry(_text(i), _fields(f), 0) for i, f in _entries(reply)]
+        return [Entry(_text(i), _flat(f), 0) for i, f in _entries(reply)]
 
     async def last_id(self) -> str:
         last = await self.client.xrevrange(self.stream, count=1)
@@ -501,7 +503,7 @@ class StreamTransport:
         after a lost read reply): XCLAIM to itself, which counts one more delivery; entries
         another consumer claimed meanwhile are skipped (CLAIM_OWN)."""
         reply = await self._claim_own(keys=[self.stream], args=[self.group, self.consumer, *ids])
-        return [Entry(_text(i), _fields(f), int(n)) for i, f, n in reply]
+        return [Entry(_text(i), _flat(f), int(n)) for i, f, n in reply]
 
     async def touch(self, ids: Sequence[str]) -> list[str]:
         """Keep our entries fresh; returns the ids that are no longer ours."""
@@ -533,7 +535,7 @@ class StreamTransport:
             keys=[self.stream],
             args=[self.group, self.consumer, min_idle_ms, cursor, max(count, 1), max(scan, count)],
         )
-        entries = [Entry(_text(i), _fields(f), int(n)) for i, f, n in claimed]
+        entries = [Entry(_text(i), _flat(f), int(n)) for i, f, n in claimed]
         return _text(nxt), entries, [_text(d) for d in deleted], [_text(i) for i in own]
 
     # liveness ----------------------------------------------------------------------------
