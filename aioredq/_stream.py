@@ -9,6 +9,7 @@ import json
 import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
 from ._backoff import Backoff
@@ -50,6 +51,7 @@ def _too_large(size: int, limit: int) -> str:
 
 
 _TARGET = TARGET_FIELD.encode()
+_ID, _DELIVERIES = attrgetter("id"), attrgetter("deliveries")
 
 
 def _addressed(entry: Entry, group: str | None) -> bool:
@@ -344,8 +346,7 @@ class GroupConsumer(_StreamBase):
         return tracked
 
     def _track(self, entries: list[Entry]) -> list[Entry]:
-        for entry in entries:
-            self._in_flight[entry.id] = entry.deliveries
+        self._in_flight.update(zip(map(_ID, entries), map(_DELIVERIES, entries), strict=True))
         if entries:
             self._seen(entries[-1].id)
         return entries

@@ -13,7 +13,9 @@ import asyncio
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable
+from itertools import repeat
 
 from ._connection import is_connection_error
 from ._transports.stream import DeadLetter, StreamTransport
@@ -121,9 +123,7 @@ class Outcomes:
             await call
         finally:
             self._writing = [batch for batch in self._writing if batch is not ids]
-        forget = self._held.pop
-        for entry_id in ids:
-            forget(entry_id, None)
+        deque(map(self._held.pop, ids, repeat(None)), maxlen=0)  # each forgotten
         self.written.set()
 
     def _refused(self, exc: Exception) -> None:
