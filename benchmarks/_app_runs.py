@@ -31,7 +31,7 @@ from ._features import Armed, Feature, arm
 # reads it, and the stop comes after the timing. Bounded, the stop ends the blocking read in
 # flight at once instead of waiting out its BLOCK (a second per run).
 STOP_WITHIN = 0.1
-PHASE_PAUSE = 0.1  # between two latency rates: the consumer catches up
+PHASE_PAUSE = 0.05  # between two latency rates: the consumer catches up
 
 
 def _app_with_handler(

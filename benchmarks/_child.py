@@ -50,7 +50,9 @@ def main() -> None:
 
         emit("RESULT", flood(job["url"], job["n"], job["batch"]))
         return
-    coro = _job(job)
+    coro = _job(job)  # imports what the run needs
+    if job.get("gated"):  # the parent says when to start
+        sys.stdin.readline()
     profiler = cProfile.Profile() if job.get("profile") else None
     if profiler is not None:
         profiler.enable()

@@ -208,7 +208,9 @@ def _model_steps(
                 )
     if "latency" in args.parts:
         yield at | {"kind": "latency", "impl": "aioredq"}, partial(runner.latency, model, loop)
-    if "webapp" in args.parts and model in _extra_report.WEBAPP_MODELS:
+    # A smoke run (--quick) has them under the first loop only.
+    first = loop == args.loops[0] or not args.quick
+    if "webapp" in args.parts and model in _extra_report.WEBAPP_MODELS and first:
         for impl in order:
             yield (
                 at | {"kind": "webapp", "impl": impl},
@@ -343,7 +345,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             meta["features_skipped"] = notes
             meta["scaling_notes"] = skipped = []
             for label, measure in _plan(runner, args, sizes, priced):
+                took = time.perf_counter()
                 result = measure()
+                took = time.perf_counter() - took
                 if "skipped" in result:
                     if result["skipped"] not in skipped:
                         skipped.append(result["skipped"])
@@ -354,7 +358,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 records.append(label | result)
                 _progress(
                     f"[{label['rep'] + 1}/{args.reps} {label['loop']} {label['model']}] "
-                    f"{_shown(label, result)}"
+                    f"{_shown(label, result)} ({took:.1f} s)"
                 )
             profiles = _profile(runner, args, sizes) if args.profile else {}
         finally:

@@ -155,8 +155,10 @@ class Runner:
         # Generous: the sender may reach far less than the rate asked of it.
         timeout = 30 + sum(c / min(r, 2000.0) for r, c in zip(rates, counts, strict=True))
         consumer = self._spawn({**common, "role": "latency-consumer", "timeout": timeout})
+        # The producer starts (imports) meanwhile, and sends once the consumer listens.
+        producer = self._spawn({**common, "role": "latency-producer", "rates": rates}, gated=True)
         self._wait_ready(consumer)
-        producer = self._spawn({**common, "role": "latency-producer", "rates": rates})
+        producer.open_gate()
         sent = self._finish(producer, timeout)
         result = self._finish(consumer, IDLE_END + STOP_GRACE)
         for phase, rate, achieved in zip(result["phases"], rates, sent["rates"], strict=True):
@@ -234,12 +236,13 @@ class Runner:
         if written.get("ids") != n:
             raise RunFailed(f"the {feature.name} prefill wrote {written.get('ids')} of {n}")
 
-    def _spawn(self, job: dict[str, Any]) -> _Child:
-        job = {"url": self.url, **job}
+    def _spawn(self, job: dict[str, Any], gated: bool = False) -> _Child:
+        """``gated``: the process loads what it needs, then waits for ``open_gate``."""
+        job = {"url": self.url, **job, "gated": gated}
         stderr = tempfile.TemporaryFile()  # shown only when the run fails
         proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks._child", json.dumps(job)],
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if gated else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=stderr,
             preexec_fn=die_with_parent,
@@ -288,6 +291,12 @@ class _Child:
                 raise RunFailed(self.failure("ended without a result"))
             if line.startswith(("READY", "RESULT ")):
                 return line.strip()
+
+    def open_gate(self) -> None:
+        stdin = self.proc.stdin
+        assert stdin is not None
+        stdin.write(b"GO\n")
+        stdin.close()
 
     def kill(self) -> None:
         if self.proc.poll() is None:
