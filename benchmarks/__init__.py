@@ -29,6 +29,7 @@ raw redis-py loop (``_raw_runs.py``), in the same run:
   the feature on against the plain aioredq run, same run, under the first event loop.
 
 Every measurement runs in a fresh process (``_child.py``); medians of the repetitions (3, or 1
-with ``--quick``, whose sizes are tiny: a smoke run) are printed with their spread, and ``--json PATH`` writes every number, including how many times
-the server ran each command during each consume run.
+with ``--quick``, whose sizes are tiny: a smoke run) are printed with their spread, and
+``--json PATH`` writes every number, including how many times the server ran each command
+during each consume run.
 """
