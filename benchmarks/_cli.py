@@ -101,7 +101,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=_rates,
         metavar="R,R,...",
         help="send rates of the latency part, msg/s (default 1000,10000,50000); each rate "
-        "sends for at least a second (0.1 s with --quick)",
+        "sends for at least half a second at its rate (0.05 s with --quick)",
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the numbers here")
     parser.add_argument(

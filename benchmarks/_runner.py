@@ -51,9 +51,9 @@ FULL = Sizes(
     produce=200_000,
     batch=100,
     latency=5_000,
-    latency_seconds=1.0,
+    latency_seconds=0.5,
     rss=1_000_000,
-    webapp=100_000,
+    webapp=30_000,
     scaling=100_000,
 )
 QUICK = Sizes(
