@@ -51,6 +51,29 @@ def _feature_names(text: str) -> list[str]:
     return [] if text.strip() == "none" else _names(text, tuple(BY_NAME), "--features")
 
 
+def _add_size_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--size", type=int, help="messages per consume/produce run")
+    parser.add_argument("--rss-size", type=int, help="backlog drained in the RSS run")
+    parser.add_argument("--webapp-size", type=int, help="messages per web-app producer run")
+    parser.add_argument(
+        "--scaling-size",
+        type=int,
+        help="backlog per scaling run: each of task and stream; the cluster's total",
+    )
+    parser.add_argument(
+        "--latency-count",
+        type=int,
+        help="at least this many messages at each latency rate (default 5000; quick 300)",
+    )
+    parser.add_argument(
+        "--latency-rates",
+        type=_rates,
+        metavar="R,R,...",
+        help="send rates of the latency part, msg/s (default 1000,10000,50000); each rate "
+        "sends for at least half a second at its rate (0.05 s with --quick)",
+    )
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
@@ -89,20 +112,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         f"--loops: {','.join(BY_NAME)}; 'none' for none (default: all the installed "
         "aioredq accepts)",
     )
-    parser.add_argument("--size", type=int, help="messages per consume/produce run")
-    parser.add_argument("--rss-size", type=int, help="backlog drained in the RSS run")
-    parser.add_argument(
-        "--latency-count",
-        type=int,
-        help="at least this many messages at each latency rate (default 5000; quick 300)",
-    )
-    parser.add_argument(
-        "--latency-rates",
-        type=_rates,
-        metavar="R,R,...",
-        help="send rates of the latency part, msg/s (default 1000,10000,50000); each rate "
-        "sends for at least half a second at its rate (0.05 s with --quick)",
-    )
+    _add_size_options(parser)
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the numbers here")
     parser.add_argument(
         "--profile",
@@ -126,6 +136,8 @@ def _sizes(args: argparse.Namespace) -> Sizes:
         "produce": args.size,
         "rss": args.rss_size,
         "latency": args.latency_count,
+        "webapp": args.webapp_size,
+        "scaling": args.scaling_size,
     }
     sizes = dataclasses.replace(sizes, **{k: v for k, v in overrides.items() if v})
     if args.latency_rates:
