@@ -4,6 +4,7 @@ with ``feature`` (``_features.py``), the same with that one feature on."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -30,6 +31,7 @@ from ._features import Armed, Feature, arm
 # reads it, and the stop comes after the timing. Bounded, the stop ends the blocking read in
 # flight at once instead of waiting out its BLOCK (a second per run).
 STOP_WITHIN = 0.1
+PHASE_PAUSE = 0.05  # between two latency rates: the consumer catches up
 
 
 def _app_with_handler(
@@ -189,15 +191,17 @@ async def produce(
     }
 
 
-async def latency_consumer(url: str, model: str, n: int, timeout: float) -> dict[str, Any]:
-    """Publish -> handler-start latency: the producer puts its clock in the body."""
-    samples: list[float] = []
-    seqs: list[int] = []
+async def latency_consumer(
+    url: str, model: str, counts: list[int], timeout: float
+) -> dict[str, Any]:
+    """Publish -> handler-start latency: the producer puts its clock in the body. It sends
+    ``counts[k]`` messages at its k-th rate, numbered on from the previous phase."""
+    n = sum(counts)
+    samples: list[float] = [math.nan] * n
     tally = Tally(n)
 
     def on_body(received: dict[str, Any]) -> None:
-        samples.append(time.monotonic() - float(received["ts"]))
-        seqs.append(int(received["seq"]))
+        samples[int(received["seq"])] = time.monotonic() - float(received["ts"])
         tally.hit()
 
     app = _app_with_handler(url, model, on_body)
@@ -207,19 +211,23 @@ async def latency_consumer(url: str, model: str, n: int, timeout: float) -> dict
         await tally.wait_stream_end(time.perf_counter() + timeout)
     finally:
         await app.aclose()
-    warmup = min(100, len(samples) // 10)  # first connections, script loads
-    # The slowest deliveries by sequence number (sent 1 ms apart): periodic stalls show here.
-    slowest = sorted(zip(samples[warmup:], seqs[warmup:], strict=True), reverse=True)[:10]
-    return {
-        "count": len(samples),
-        "dropped": n - len(samples),
-        **percentiles(samples[warmup:]),
-        "slowest": [[seq, round(lat * 1000, 2)] for lat, seq in slowest],
-    }
+    phases = []
+    base = 0
+    for k, count in enumerate(counts):
+        # The first phase's first messages open connections and load scripts: left out.
+        skip = min(100, count // 10) if k == 0 else 0
+        mine = samples[base + skip : base + count]
+        got = [s for s in mine if not math.isnan(s)]
+        phases.append({"count": len(got), "dropped": len(mine) - len(got), **percentiles(got)})
+        base += count
+    return {"count": tally.seen, "dropped": n - tally.seen, "phases": phases}
 
 
-async def latency_producer(url: str, model: str, n: int, rate: float) -> dict[str, Any]:
-    """One message at a time through the single-message API, on a fixed schedule."""
+async def latency_producer(
+    url: str, model: str, rates: list[float], counts: list[int]
+) -> dict[str, Any]:
+    """The single-message API (one call per message), sent on a fixed schedule at each rate
+    in turn (``paced``), with a pause between rates for the consumer to catch up."""
     app = App(url)
 
     async def send(i: int) -> object:
@@ -230,9 +238,15 @@ async def latency_producer(url: str, model: str, n: int, rate: float) -> dict[st
             return await app.append(STREAM, message)
         return await app.publish(CHANNEL, message)
 
+    achieved = []
     try:
         await app.connect()
-        achieved = await paced(n, rate, send)
+        base = 0
+        for rate, count in zip(rates, counts, strict=True):
+            if base:
+                await asyncio.sleep(PHASE_PAUSE)
+            achieved.append(await paced(count, rate, lambda i, b=base: send(b + i)))
+            base += count
     finally:
         await app.aclose()
-    return {"count": n, "rate": achieved}
+    return {"count": base, "rates": achieved}

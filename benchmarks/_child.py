@@ -19,6 +19,10 @@ from ._common import emit
 
 def _job(job: dict[str, Any]) -> Any:
     role, impl, url, model = job["role"], job.get("impl"), job["url"], job.get("model", "")
+    if role == "webapp":
+        from . import _webapp
+
+        return _webapp.produce(impl, url, model, job["n"], job["callers"], job["pool"])
     # Imported on demand: a raw baseline process never loads aioredq (nor pydantic).
     side = importlib.import_module(
         "._app_runs" if impl == "aioredq" or role.startswith("latency") else "._raw_runs",
@@ -33,9 +37,9 @@ def _job(job: dict[str, Any]) -> Any:
     if role == "prefill":  # a feature's backlog, written through the app (impl "aioredq")
         return side.produce(url, model, job["n"], job["batch"], **options, timed=False)
     if role == "latency-consumer":
-        return side.latency_consumer(url, model, job["n"], job["timeout"])
+        return side.latency_consumer(url, model, job["counts"], job["timeout"])
     if role == "latency-producer":
-        return side.latency_producer(url, model, job["n"], job["rate"])
+        return side.latency_producer(url, model, job["rates"], job["counts"])
     raise SystemExit(f"unknown role {role!r}")
 
 
@@ -46,7 +50,9 @@ def main() -> None:
 
         emit("RESULT", flood(job["url"], job["n"], job["batch"]))
         return
-    coro = _job(job)
+    coro = _job(job)  # imports what the run needs
+    if job.get("gated"):  # the parent says when to start
+        sys.stdin.readline()
     profiler = cProfile.Profile() if job.get("profile") else None
     if profiler is not None:
         profiler.enable()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -15,14 +16,17 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from . import _feature_report, _report
+from . import _extra_report, _feature_report, _report, _scaling
+from ._cluster import ClusterUnavailable, local_clusters
+from ._cluster import unavailable as cluster_unavailable
 from ._common import MODELS
 from ._features import BY_NAME, Feature, unsupported
 from ._runner import FULL, QUICK, RunFailed, Runner, Sizes
 from ._server import BenchServer
 
 LOOPS = ("asyncio", "uvloop")
-PARTS = ("consume", "produce", "latency", "rss")
+CLUSTER_SIZES = (1, 3)  # masters
+PARTS = ("consume", "produce", "latency", "rss", "webapp", "scaling")
 
 
 def _names(text: str, allowed: Sequence[str], what: str) -> list[str]:
@@ -33,8 +37,41 @@ def _names(text: str, allowed: Sequence[str], what: str) -> list[str]:
     return names
 
 
+def _rates(text: str) -> tuple[float, ...]:
+    try:
+        rates = tuple(float(r) for r in text.split(",") if r.strip())
+    except ValueError:
+        rates = ()
+    if not rates or min(rates) <= 0:
+        raise argparse.ArgumentTypeError("--latency-rates: positive numbers, e.g. 1000,10000")
+    return rates
+
+
 def _feature_names(text: str) -> list[str]:
     return [] if text.strip() == "none" else _names(text, tuple(BY_NAME), "--features")
+
+
+def _add_size_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--size", type=int, help="messages per consume/produce run")
+    parser.add_argument("--rss-size", type=int, help="backlog drained in the RSS run")
+    parser.add_argument("--webapp-size", type=int, help="messages per web-app producer run")
+    parser.add_argument(
+        "--scaling-size",
+        type=int,
+        help="backlog per scaling run: each of task and stream; the cluster's total",
+    )
+    parser.add_argument(
+        "--latency-count",
+        type=int,
+        help="at least this many messages at each latency rate (default 5000; quick 300)",
+    )
+    parser.add_argument(
+        "--latency-rates",
+        type=_rates,
+        metavar="R,R,...",
+        help="send rates of the latency part, msg/s (default 1000,10000,50000); each rate "
+        "sends for at least half a second at its rate (0.05 s with --quick)",
+    )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -46,9 +83,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="tiny sizes, feature rows in the first repetition only (a smoke run)",
+        help="tiny sizes, one repetition unless --reps says otherwise (a smoke run)",
     )
-    parser.add_argument("--reps", type=int, default=3, help="repetitions (default 3)")
+    parser.add_argument("--reps", type=int, help="repetitions (default 3; 1 with --quick)")
     parser.add_argument(
         "--models",
         type=lambda t: _names(t, MODELS, "--models"),
@@ -65,7 +102,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--parts",
         type=lambda t: _names(t, PARTS, "--parts"),
         default=list(PARTS),
-        help="what to measure: consume,produce,latency,rss (default all)",
+        help=f"what to measure: {','.join(PARTS)} (default all)",
     )
     parser.add_argument(
         "--features",
@@ -75,9 +112,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         f"--loops: {','.join(BY_NAME)}; 'none' for none (default: all the installed "
         "aioredq accepts)",
     )
-    parser.add_argument("--size", type=int, help="messages per consume/produce run")
-    parser.add_argument("--rss-size", type=int, help="backlog drained in the RSS run")
-    parser.add_argument("--latency-count", type=int, help="messages sent at 1k/s")
+    _add_size_options(parser)
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the numbers here")
     parser.add_argument(
         "--profile",
@@ -87,6 +122,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "write DIR/<loop>-<model>.prof and print the costliest functions",
     )
     args = parser.parse_args(argv)
+    if args.reps is None:
+        args.reps = 1 if args.quick else 3
     if args.reps < 1:
         parser.error("--reps must be >= 1")
     return args
@@ -99,8 +136,13 @@ def _sizes(args: argparse.Namespace) -> Sizes:
         "produce": args.size,
         "rss": args.rss_size,
         "latency": args.latency_count,
+        "webapp": args.webapp_size,
+        "scaling": args.scaling_size,
     }
-    return dataclasses.replace(sizes, **{k: v for k, v in overrides.items() if v})
+    sizes = dataclasses.replace(sizes, **{k: v for k, v in overrides.items() if v})
+    if args.latency_rates:
+        sizes = dataclasses.replace(sizes, latency_rates=args.latency_rates)
+    return sizes
 
 
 def _progress(text: str) -> None:
@@ -147,23 +189,7 @@ def _plan(runner: Runner, args: argparse.Namespace, sizes: Sizes, priced: Priced
         for loop in args.loops:
             for model in args.models:
                 at = {"rep": rep, "loop": loop, "model": model}
-                if "consume" in args.parts:
-                    for impl in order:
-                        yield (
-                            at | {"kind": "consume", "impl": impl},
-                            partial(runner.consume, model, impl, loop, sizes.consume),
-                        )
-                if "produce" in args.parts:
-                    for impl in order:
-                        yield (
-                            at | {"kind": "produce", "impl": impl},
-                            partial(runner.produce, model, impl, loop),
-                        )
-                if "latency" in args.parts:
-                    yield (
-                        at | {"kind": "latency", "impl": "aioredq"},
-                        partial(runner.latency, model, loop),
-                    )
+                yield from _model_steps(runner, args, at, order)
                 # Under the first loop only; a smoke run (--quick) prices them once.
                 if loop == args.loops[0] and not (args.quick and rep):
                     features = [f for f, m in priced if m == model]
@@ -175,6 +201,87 @@ def _plan(runner: Runner, args: argparse.Namespace, sizes: Sizes, priced: Priced
                     {"rep": 0, "loop": loop, "model": model, "kind": "rss", "impl": "aioredq"},
                     partial(runner.consume, model, "aioredq", loop, sizes.rss),
                 )
+    if "scaling" in args.parts:
+        yield from _scaling_steps(runner, args, sizes)
+
+
+def _model_steps(
+    runner: Runner, args: argparse.Namespace, at: dict[str, Any], order: tuple[str, str]
+) -> Iterator[Step]:
+    """The plain runs of one model under one loop in one repetition."""
+    model, loop = at["model"], at["loop"]
+    for kind, measure in (("consume", runner.consume), ("produce", runner.produce)):
+        if kind in args.parts:
+            for impl in order:
+                extra = (runner.sizes.consume,) if kind == "consume" else ()
+                yield (
+                    at | {"kind": kind, "impl": impl},
+                    partial(measure, model, impl, loop, *extra),
+                )
+    if "latency" in args.parts:
+        yield at | {"kind": "latency", "impl": "aioredq"}, partial(runner.latency, model, loop)
+    # A smoke run (--quick) has them under the first loop only.
+    first = loop == args.loops[0] or not args.quick
+    if "webapp" in args.parts and model in _extra_report.WEBAPP_MODELS and first:
+        for impl in order:
+            yield (
+                at | {"kind": "webapp", "impl": impl},
+                partial(runner.webapp, model, impl, loop),
+            )
+
+
+def _scaling_steps(runner: Runner, args: argparse.Namespace, sizes: Sizes) -> Iterator[Step]:
+    """The command line with 1 and 2 workers, then a cluster of 1 and 3 masters, per
+    repetition (the order alternating); the event loop is the command line's own."""
+    from aioredq._loop import loop_name
+
+    at = {"loop": loop_name(), "model": "task+stream", "impl": "aioredq"}
+    for rep in range(args.reps):
+        for workers in (1, 2) if rep % 2 == 0 else (2, 1):
+            yield (
+                at | {"rep": rep, "kind": "scaling-workers", "workers": workers},
+                partial(_scaling.workers_run, runner.admin, runner.url, workers, sizes.scaling),
+            )
+    yield from _cluster_steps(args, sizes, at | {"kind": "scaling-cluster", "model": "task"})
+
+
+def _cluster_steps(args: argparse.Namespace, sizes: Sizes, at: dict[str, Any]) -> Iterator[Step]:
+    """Both clusters live while their steps run; one that cannot start is a skipped step."""
+    why = cluster_unavailable()
+    with contextlib.ExitStack() as stack:
+        if why is None:
+            try:
+                urls = stack.enter_context(local_clusters(CLUSTER_SIZES))
+            except ClusterUnavailable as exc:
+                why = str(exc)
+        if why is not None:
+            yield at | {"rep": 0}, lambda: {"skipped": f"cluster rows skipped: {why}"}
+            return
+        for rep in range(args.reps):
+            for masters in CLUSTER_SIZES if rep % 2 == 0 else CLUSTER_SIZES[::-1]:
+                yield (
+                    at | {"rep": rep, "masters": masters},
+                    partial(_scaling.cluster_run, urls[masters], sizes.scaling),
+                )
+
+
+def _shown(label: dict[str, Any], result: dict[str, Any]) -> str:
+    """One measurement in the progress lines."""
+    kind = label["kind"]
+    if kind == "latency":
+        return "latency " + ", ".join(
+            f"{p['target_rate'] / 1000:g}k/s p99 {p['p99_ms']:.2f} ms" for p in result["phases"]
+        )
+    if kind == "scaling-workers":
+        task, stream = result["task"]["rate"], result["stream"]["rate"]
+        return f"{kind} {label['workers']}: task {task:,.0f} msg/s, stream {stream:,.0f} msg/s"
+    what = " ".join(
+        [kind, label["impl"], *([label["feature"]] if "feature" in label else [])]
+        + (["(one enqueue per job)"] if label.get("single") else [])
+        + ([f"{label['workers']} workers"] if "workers" in label else [])
+        + ([f"{label['masters']} masters"] if "masters" in label else [])
+    )
+    return f"{what}: {result['rate']:,.0f} msg/s"
 
 
 def _feature_steps(
@@ -248,24 +355,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             meta = _meta(runner, args, sizes)
             meta["features_skipped"] = notes
+            meta["scaling_notes"] = skipped = []
             for label, measure in _plan(runner, args, sizes, priced):
+                took = time.perf_counter()
                 result = measure()
-                kind = label["kind"]
-                if kind == "rss":
+                took = time.perf_counter() - took
+                if "skipped" in result:
+                    if result["skipped"] not in skipped:
+                        skipped.append(result["skipped"])
+                        _progress(result["skipped"])
+                    continue
+                if label["kind"] == "rss":
                     result["messages"] = sizes.rss
                 records.append(label | result)
-                shown = (
-                    f"p99 {result['p99_ms']:.2f} ms"
-                    if kind == "latency"
-                    else f"{result['rate']:,.0f} msg/s"
-                )
-                what = " ".join(
-                    [kind, label["impl"], *([label["feature"]] if "feature" in label else [])]
-                    + (["(one enqueue per job)"] if label.get("single") else [])
-                )
                 _progress(
                     f"[{label['rep'] + 1}/{args.reps} {label['loop']} {label['model']}] "
-                    f"{what}: {shown}"
+                    f"{_shown(label, result)} ({took:.1f} s)"
                 )
             profiles = _profile(runner, args, sizes) if args.profile else {}
         finally:
@@ -274,6 +379,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "meta": meta,
         "summary": _report.summarize(records, args.loops, args.models),
         "features": _feature_report.summarize(records, args.loops[0], priced),
+        "extra": _extra_report.summarize(records, args.loops, args.models),
         "records": records,
         "profiles": profiles,
     }
@@ -310,9 +416,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"benchmark run failed: {exc}", file=sys.stderr)
         return 1
     print(_report.render(report, args.loops, args.models))
-    features = _feature_report.render(report, args.loops[0])
-    if features:
-        print(f"\n{features}")
+    for text in (_extra_report.render(report), _feature_report.render(report, args.loops[0])):
+        if text:
+            print(f"\n{text}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
         print(f"\nwrote {args.json}")

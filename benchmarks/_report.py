@@ -252,7 +252,8 @@ def render(report: Record, loops: Sequence[str], models: Sequence[str]) -> str:
         f"load {meta['load_average'][0]:.2f} at start; {meta['reps']} repetition(s)\n"
         f"consume: {sizes['consume']} messages (backlog; pub/sub: published flat out by another "
         f"process); produce: {sizes['produce']} in batches of {sizes['batch']}; latency: "
-        f"{sizes['latency']} messages at {sizes['rate']:.0f}/s; RSS: {sizes['rss']}-message "
+        f"p50/p99 at {sizes['latency_rates'][0]:.0f} msg/s (other rates: below); RSS: "
+        f"{sizes['rss']}-message "
         f"drain\n{LEGEND}"
     ]
     for loop in loops:

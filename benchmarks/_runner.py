@@ -35,13 +35,37 @@ class Sizes:
     consume: int  # backlog drained (task, stream) or messages published (pub/sub)
     produce: int
     batch: int  # bodies per enqueue_many / append_many / publish_many call
-    latency: int  # messages sent at ``rate`` for the latency run
-    rate: float
+    latency: int  # at least this many messages sent at each latency rate
+    latency_seconds: float  # ... and at least this long
     rss: int  # backlog drained while watching peak RSS
+    webapp: int  # messages enqueued by the web-app producers
+    scaling: int  # backlog drained per scaling run (each model; the cluster's total)
+    latency_rates: tuple[float, ...] = (1000.0, 10_000.0, 50_000.0)
+
+    def latency_counts(self) -> list[int]:
+        return [max(self.latency, int(r * self.latency_seconds)) for r in self.latency_rates]
 
 
-FULL = Sizes(consume=200_000, produce=200_000, batch=100, latency=5_000, rate=1000.0, rss=1_000_000)
-QUICK = Sizes(consume=2_000, produce=2_000, batch=100, latency=300, rate=1000.0, rss=5_000)
+FULL = Sizes(
+    consume=200_000,
+    produce=200_000,
+    batch=100,
+    latency=5_000,
+    latency_seconds=0.5,
+    rss=1_000_000,
+    webapp=30_000,
+    scaling=100_000,
+)
+QUICK = Sizes(
+    consume=2_000,
+    produce=2_000,
+    batch=100,
+    latency=300,
+    latency_seconds=0.05,
+    rss=5_000,
+    webapp=3_000,
+    scaling=3_000,
+)
 
 
 class RunFailed(RuntimeError):
@@ -124,16 +148,37 @@ class Runner:
         return result
 
     def latency(self, model: str, loop: str) -> dict[str, Any]:
+        """One consumer; one producer sending at each of ``latency_rates`` in turn."""
         self._reset()
-        n, rate = self.sizes.latency, self.sizes.rate
-        common = {"model": model, "loop": loop, "n": n}
-        timeout = n / rate + 30
+        rates, counts = list(self.sizes.latency_rates), self.sizes.latency_counts()
+        common = {"model": model, "loop": loop, "counts": counts}
+        # Generous: the sender may reach far less than the rate asked of it.
+        timeout = 30 + sum(c / min(r, 2000.0) for r, c in zip(rates, counts, strict=True))
         consumer = self._spawn({**common, "role": "latency-consumer", "timeout": timeout})
+        # The producer starts (imports) meanwhile, and sends once the consumer listens.
+        producer = self._spawn({**common, "role": "latency-producer", "rates": rates}, gated=True)
         self._wait_ready(consumer)
-        producer = self._spawn({**common, "role": "latency-producer", "rate": rate})
+        producer.open_gate()
         sent = self._finish(producer, timeout)
         result = self._finish(consumer, IDLE_END + STOP_GRACE)
-        result["send_rate"] = sent["rate"]
+        for phase, rate, achieved in zip(result["phases"], rates, sent["rates"], strict=True):
+            phase.update(target_rate=rate, send_rate=achieved)
+        first = result["phases"][0]  # the main table's p50 / p99: the lowest rate
+        result.update({key: first[key] for key in ("p50_ms", "p99_ms", "max_ms", "send_rate")})
+        return result
+
+    def webapp(self, model: str, impl: str, loop: str) -> dict[str, Any]:
+        """``WEBAPP_CALLERS`` coroutines, one producing call per message (``_webapp.py``)."""
+        from ._webapp import CALLERS, default_pool_size
+
+        self._reset()
+        n = self.sizes.webapp
+        job = {"role": "webapp", "impl": impl, "model": model, "loop": loop, "n": n}
+        job.update(callers=CALLERS, pool=default_pool_size())
+        result = self._finish(self._spawn(job), max(120.0, n / 500))
+        stored = self.admin.llen(QUEUE) if model == "task" else self.admin.xlen(STREAM)
+        if stored != n:
+            raise RunFailed(f"{impl} web-app producers stored {stored} of {n} {model} messages")
         return result
 
     # plumbing ----------------------------------------------------------------------------
@@ -191,12 +236,13 @@ class Runner:
         if written.get("ids") != n:
             raise RunFailed(f"the {feature.name} prefill wrote {written.get('ids')} of {n}")
 
-    def _spawn(self, job: dict[str, Any]) -> _Child:
-        job = {"url": self.url, **job}
+    def _spawn(self, job: dict[str, Any], gated: bool = False) -> _Child:
+        """``gated``: the process loads what it needs, then waits for ``open_gate``."""
+        job = {"url": self.url, **job, "gated": gated}
         stderr = tempfile.TemporaryFile()  # shown only when the run fails
         proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks._child", json.dumps(job)],
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if gated else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=stderr,
             preexec_fn=die_with_parent,
@@ -245,6 +291,12 @@ class _Child:
                 raise RunFailed(self.failure("ended without a result"))
             if line.startswith(("READY", "RESULT ")):
                 return line.strip()
+
+    def open_gate(self) -> None:
+        stdin = self.proc.stdin
+        assert stdin is not None
+        stdin.write(b"GO\n")
+        stdin.close()
 
     def kill(self) -> None:
         if self.proc.poll() is None:

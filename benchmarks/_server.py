@@ -48,18 +48,24 @@ def _ping(port: int) -> bool:
 class BenchServer:
     """``with BenchServer() as server: server.url``."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra_args: tuple[str, ...] = ()) -> None:
+        """``extra_args``: more redis-server options (a cluster node's, for instance)."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server not found on PATH (apt-get install redis-server)")
         self._binary = binary
         self._dir = Path(tempfile.mkdtemp(prefix="aioredq-bench-"))
         self._proc: subprocess.Popen[bytes] | None = None
+        self._extra = list(extra_args)
         self.port = 0
 
     @property
     def url(self) -> str:
         return f"redis://{HOST}:{self.port}/0"
+
+    @property
+    def dir(self) -> Path:
+        return self._dir
 
     @property
     def pid(self) -> int:
@@ -72,7 +78,7 @@ class BenchServer:
             argv = [self._binary, "--port", str(self.port), "--bind", HOST]
             argv += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
             argv += ["--dir", str(self._dir), "--logfile", str(self._dir / "redis.log")]
-            argv += ["--client-output-buffer-limit", "pubsub 0 0 0"]
+            argv += ["--client-output-buffer-limit", "pubsub 0 0 0", *self._extra]
             self._proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent
             )
