@@ -8,8 +8,7 @@ import abc
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import anyio
 from anyio import TASK_STATUS_IGNORED
@@ -17,14 +16,14 @@ from anyio.abc import TaskStatus
 
 from ._calls import Calls
 from ._connection import BLOCKING_SOCKET_TIMEOUT, Connection
-from ._decisions import Decider
+from ._decisions import Decider, Delivered
 from ._handlers import Handler, StreamSpec, TaskSpec
 from ._middleware import chain
 from ._outage import Outage
 from ._pool import Pool
 from ._stats import Counters
 
-J = TypeVar("J")
+J = TypeVar("J", bound=Delivered)
 log = logging.getLogger("aioredq")
 # How often a paused consumer asks Redis again whether it still is: a pause or a resume
 # takes effect within this (plus a blocking read in progress).
@@ -65,10 +64,11 @@ class Consumer(Calls, Decider[J]):
         self.conn = conn
         self.counters = counters
         self.cancels = {}
+        self.backoff = spec.backoff
         self.pool: Pool[J] = Pool(
             concurrency,
             capacity,
-            self.begin,
+            self.call,
             self._process_failed,
             end=self.end,
             fail=self.fail,
@@ -106,13 +106,8 @@ class Consumer(Calls, Decider[J]):
     async def fetch(self, room: int) -> list[J]:
         """Take up to ``room`` jobs, waiting briefly (about a second) when there are none."""
 
-    @abc.abstractmethod
-    def begin(self, job: J) -> Awaitable[Any] | None:
-        """The handler's call on ``job`` (see ``Decider.call``), or None when there is none;
-        its outcome is recorded for ``settle`` by ``record``."""
-
     def cancel_running(self, msg_id: str) -> bool:
-        return self.pool.cancel_job(lambda job: self.delivery(job)[0] == msg_id)
+        return self.pool.cancel_job(lambda job: job.id == msg_id)
 
     @abc.abstractmethod
     def has_unsettled(self) -> bool: ...
@@ -137,8 +132,10 @@ class Consumer(Calls, Decider[J]):
         """Whether Redis refuses some outcomes now (they wait here to be tried again)."""
         return False
 
-    async def handback(self, jobs: list[J]) -> None:
-        """Give back jobs that were fetched but not finished, so others take them at once."""
+    async def handback(self, jobs: list[J], started: bool) -> None:
+        """Give back jobs that were fetched but not finished, so others take them at once:
+        unstarted ones with their delivery uncounted, ``started`` ones (interrupted) with it
+        counted, as after a crash."""
 
     @abc.abstractmethod
     def retry_soon(self, job: J) -> None:
@@ -188,7 +185,7 @@ class Consumer(Calls, Decider[J]):
                 deadline = (self._stop_at or time.monotonic()) + shutdown_timeout
                 unstarted = self.pool.take_unstarted()
                 await self._retrying(
-                    lambda: self.handback(unstarted),
+                    lambda: self.handback(unstarted, False),
                     until=deadline,
                     what=f"handing back {len(unstarted)} unstarted message(s)",
                 )
@@ -210,7 +207,7 @@ class Consumer(Calls, Decider[J]):
             self._settle_all, until=end, what="writing outcomes (acks, retries, dead letters)"
         )
         await self._retrying(
-            lambda: self.handback(interrupted),
+            lambda: self.handback(interrupted, True),
             until=end,
             what=f"handing back {len(interrupted)} interrupted message(s)",
         )

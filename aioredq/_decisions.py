@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from ._backoff import Backoff
 from ._codec import DecodeError
@@ -20,7 +20,19 @@ from ._message import Message
 from ._middleware import Chain
 from ._stats import Counters
 
-J = TypeVar("J")
+
+class Delivered(Protocol):
+    """What a consumer's job says of its delivery: its message id, and how many times it
+    was delivered (0 where nothing counts them: an attempt of 1)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def deliveries(self) -> int: ...
+
+
+J = TypeVar("J", bound=Delivered)
 log = logging.getLogger("aioredq")
 
 
@@ -58,10 +70,10 @@ def error_text(exc: BaseException) -> str:
 class Decider(abc.ABC, Generic[J]):
     """Runs the handler on a job and turns what it did into a ``Decision``.
 
-    The pool's worker calls the steps: ``call`` (through the model's ``begin``) returns the
-    handler's call, the worker awaits it, then ``end`` or ``fail`` decides and hands the
-    decision to the model's ``record``. The success path is a few plain calls: no coroutine
-    of its own, no per-message bookkeeping beyond the counters."""
+    The pool's worker calls the steps: ``call`` returns the handler's call, the worker awaits
+    it, then ``end`` or ``fail`` decides and hands the decision to the model's ``record``. The
+    success path is a few plain calls: no coroutine of its own, no per-message bookkeeping
+    beyond the counters."""
 
     handler: Handler
     counters: Counters
@@ -70,6 +82,9 @@ class Decider(abc.ABC, Generic[J]):
     chain: Chain | None = None
     # Ids cancelled by ``app.cancel`` (id -> when the mark is forgotten, server ms).
     cancels: dict[str, float]
+    # Deliveries a message gets: the last one that fails is dead-lettered.
+    max_attempts: int = 1
+    backoff: Backoff
 
     @abc.abstractmethod
     def cancel_running(self, msg_id: str) -> bool:
@@ -83,21 +98,22 @@ class Decider(abc.ABC, Generic[J]):
     def message(self, job: J) -> Message:
         """The ``Message`` of ``job``: built only for a handler that asks for one."""
 
-    @abc.abstractmethod
     def delivery(self, job: J) -> tuple[str, int, int, Backoff]:
         """``job``'s message id, attempt, attempt limit and backoff."""
+        return job.id, job.deliveries or 1, self.max_attempts, self.backoff
 
     @abc.abstractmethod
     def record(self, job: J, decision: Decision) -> Awaitable[None] | None:
         """Act on the decision for ``job``; what it returns is awaited before the worker's
         next job (None on the usual paths)."""
 
-    def call(self, job: J, msg_id: str, attempt: int, max_attempts: int) -> Awaitable[Any] | None:
+    def call(self, job: J) -> Awaitable[Any] | None:
         """The handler's call on ``job``, or None when the job is decided without one (its
         attempts spent, its body unreadable, or cancelled): then it is recorded here."""
         self.counters.received += 1
-        if attempt > max_attempts:
-            return self.record(job, self._exceeded(msg_id, attempt, max_attempts))
+        msg_id, attempt = job.id, job.deliveries or 1
+        if attempt > self.max_attempts:
+            return self.record(job, self._exceeded(msg_id, attempt, self.max_attempts))
         try:
             body = self.decode(job)
         except DecodeError as exc:
@@ -119,7 +135,7 @@ class Decider(abc.ABC, Generic[J]):
         """The call returned ``value``."""
         counters = self.counters
         if self.cancels:
-            msg_id, attempt, _, _ = self.delivery(job)
+            msg_id, attempt = job.id, job.deliveries or 1
             if msg_id in self.cancels:
                 # Cancelled, and the handler swallowed it: cancelled all the same.
                 current = asyncio.current_task()

@@ -9,10 +9,10 @@ import json
 import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime
-from operator import attrgetter
+from itertools import repeat
+from operator import attrgetter, contains
 from typing import Any
 
-from ._backoff import Backoff
 from ._codec import HEADERS_FIELD, DecodeError, decode_flat, entry_headers
 from ._connection import BLOCK_SECONDS, Connection
 from ._consumer import PAUSE_POLL, Consumer, log
@@ -51,7 +51,12 @@ def _too_large(size: int, limit: int) -> str:
 
 
 _TARGET = TARGET_FIELD.encode()
-_ID, _DELIVERIES = attrgetter("id"), attrgetter("deliveries")
+_ID, _DELIVERIES, _FLAT = attrgetter("id"), attrgetter("deliveries"), attrgetter("flat")
+
+
+def _any_target(entries: list[Entry]) -> bool:
+    """Whether any entry may carry ``TARGET_FIELD`` (one C-level pass; names and values)."""
+    return any(map(contains, map(_FLAT, entries), repeat(_TARGET)))
 
 
 def _addressed(entry: Entry, group: str | None) -> bool:
@@ -192,12 +197,12 @@ class GroupConsumer(_StreamBase):
             handler, conn, consumer=consumer, counters=counters, wakeup=wakeup, outage=outage
         )
         self._leased(self.spec.lease)
+        self.max_attempts = self.spec.max_deliveries
         # Entries this consumer holds (id -> delivery count): queued, running, waiting for a
         # retry, or finished with their ack or dead letter not yet written. Upkeep keeps every
         # one of them fresh so no other consumer takes them, whatever the writes' trouble.
         self._in_flight: dict[str, int] = {}
         self._retry_heap: list[tuple[float, str]] = []
-        self._started: set[str] = set()
         self._outcomes = Outcomes(
             self.transport,
             f"stream {handler.key!r} group {self.spec.group!r}",
@@ -295,7 +300,7 @@ class GroupConsumer(_StreamBase):
         unstarted = self.pool.take_unstarted()
         try:
             if unstarted:
-                await self.handback(unstarted)
+                await self.handback(unstarted, False)
         except BaseException:
             self.pool.put_many(unstarted)  # still ours: run them after all
             raise
@@ -341,7 +346,7 @@ class GroupConsumer(_StreamBase):
             await self._idle_wait()
         tracked = self._track(entries)
         if tracked and await self._paused_meanwhile():
-            await self.handback(tracked)  # delivered while paused: uncounted, claimable
+            await self.handback(tracked, False)  # delivered while paused: uncounted, claimable
             return []
         return tracked
 
@@ -349,7 +354,16 @@ class GroupConsumer(_StreamBase):
         self._in_flight.update(zip(map(_ID, entries), map(_DELIVERIES, entries), strict=True))
         if entries:
             self._seen(entries[-1].id)
-        return entries
+        if not _any_target(entries):
+            return entries
+        ours = []
+        for entry in entries:
+            if _addressed(entry, self.spec.group):
+                ours.append(entry)
+            else:
+                self._outcomes.ack(entry.id)  # addressed to another group: not ours to run
+                self.settle_soon()
+        return ours
 
     def _due_retries(self, room: int) -> list[str]:
         now = time.monotonic()
@@ -358,25 +372,8 @@ class GroupConsumer(_StreamBase):
             due.append(heapq.heappop(self._retry_heap)[1])
         return due
 
-    def begin(self, entry: Entry) -> Awaitable[Any] | None:
-        entry_id = entry.id
-        if _TARGET in entry.flat and not _addressed(entry, self.spec.group):
-            self._outcomes.ack(entry_id)  # addressed to another group: not ours to run
-            self.settle_soon()
-            return None
-        # Left in place when the run is cancelled at shutdown: handback then counts it.
-        self._started.add(entry_id)
-        deliveries = entry.deliveries
-        return self.call(
-            entry, entry_id, deliveries if deliveries > 1 else 1, self.spec.max_deliveries
-        )
-
-    def delivery(self, entry: Entry) -> tuple[str, int, int, Backoff]:
-        return entry.id, max(entry.deliveries, 1), self.spec.max_deliveries, self.spec.backoff
-
     def record(self, entry: Entry, decision: Decision) -> Awaitable[None] | None:
         entry_id = entry.id
-        self._started.discard(entry_id)
         if isinstance(decision, Ack):
             self._outcomes.acks.append(entry_id)
             if not self.settle_asked:
@@ -395,7 +392,7 @@ class GroupConsumer(_StreamBase):
     async def _throttled(self, entry: Entry, decision: Throttle) -> None:
         await self.transport.throttle(self._throttle_key, int(decision.delay * 1000))
         self._pause_checked = -PAUSE_POLL  # look again before the next read
-        await self.handback([entry])  # claimable at once, its delivery uncounted
+        await self.handback([entry], False)  # claimable at once, its delivery uncounted
 
     def has_unsettled(self) -> bool:
         return self._outcomes.due
@@ -443,19 +440,16 @@ class GroupConsumer(_StreamBase):
             if not is_nogroup(exc):
                 raise
 
-    async def handback(self, jobs: list[Entry]) -> None:
+    async def handback(self, jobs: list[Entry], started: bool) -> None:
         # Fetched but not finished: claimable by others at once. A delivery whose handler
         # never started is not counted; one interrupted at shutdown is.
         released = []
         for job in jobs:
             self._in_flight.pop(job.id, None)
-            started = job.id in self._started
-            self._started.discard(job.id)
             released.append((job.id, job.deliveries if started else job.deliveries - 1))
         await self.transport.handback(released)
 
     def retry_soon(self, job: Entry) -> None:
-        self._started.discard(job.id)
         self._in_flight[job.id] = job.deliveries
         heapq.heappush(self._retry_heap, (time.monotonic(), job.id))
 
@@ -490,15 +484,9 @@ class TailConsumer(_StreamBase):
             self._after = entries[-1].id
         elif not self.conn.can_block:
             await self._idle_wait()
+        if _any_target(entries):
+            return [entry for entry in entries if _addressed(entry, None)]
         return entries
-
-    def begin(self, entry: Entry) -> Awaitable[Any] | None:
-        if _addressed(entry, None):
-            return self.call(entry, entry.id, 1, 1)
-        return None
-
-    def delivery(self, entry: Entry) -> tuple[str, int, int, Backoff]:
-        return entry.id, 1, 1, self.spec.backoff
 
     def record(self, entry: Entry, decision: Decision) -> Awaitable[None] | None:
         """Nothing to write without a group: a failed entry stays in the stream."""

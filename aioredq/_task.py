@@ -29,7 +29,6 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
-from ._backoff import Backoff
 from ._codec import DecodeError, TaskItem, parse_task_item
 from ._connection import BLOCK_SECONDS, Connection, is_connection_error
 from ._consumer import PAUSE_POLL, Consumer, log
@@ -57,7 +56,8 @@ OUTAGE_GRACE = 6.0
 class Job:
     seq: int  # fetch order, so work handed back keeps its order
     item: TaskItem
-    started: bool = False
+    id: str  # the item's (a copy: read for each job)
+    deliveries: int  # the item's delivery count, this one included
 
 
 class TaskConsumer(Consumer[Job]):
@@ -75,6 +75,7 @@ class TaskConsumer(Consumer[Job]):
         self.spec = spec = handler.spec
         self.transport = QueueTransport.for_consumer(conn, handler.key, consumer)
         self._leased(self.spec.lease)
+        self.max_attempts = spec.max_attempts
         self._wakeup = wakeup
         self._fetches = 0
         self._seq = 0
@@ -154,7 +155,7 @@ class TaskConsumer(Consumer[Job]):
         delivery uncounted (in-flight jobs finish)."""
         unstarted = self.pool.take_unstarted()
         try:
-            await self._return(unstarted)
+            await self._return(unstarted, False)
         except BaseException:
             self.pool.put_many(unstarted)  # still ours and held: run them after all
             raise
@@ -169,7 +170,7 @@ class TaskConsumer(Consumer[Job]):
             item = parse_task_item(raw)
             if not item.id:  # a broken envelope: its dead letter still needs an id
                 item.id = f"{self.transport.consumer}:{self._fetches}:x{self._seq}"
-            jobs.append(Job(self._seq, item))
+            jobs.append(Job(self._seq, item, item.id, item.attempts))
         return jobs
 
     async def _reconcile(self) -> list[bytes]:
@@ -219,15 +220,6 @@ class TaskConsumer(Consumer[Job]):
             self._registered_at = time.monotonic()
 
     # running -----------------------------------------------------------------------------
-    def begin(self, job: Job) -> Awaitable[Any] | None:
-        job.started = True
-        item = job.item
-        return self.call(job, item.id, item.attempts, self.spec.max_attempts)
-
-    def delivery(self, job: Job) -> tuple[str, int, int, Backoff]:
-        item = job.item
-        return item.id, item.attempts, self.spec.max_attempts, self.spec.backoff
-
     def record(self, job: Job, decision: Decision) -> Awaitable[None] | None:
         item = job.item
         if self._keeping is not None:
@@ -248,8 +240,7 @@ class TaskConsumer(Consumer[Job]):
 
     async def _throttled(self, job: Job, decision: Throttle) -> None:
         await self.transport.throttle(int(decision.delay * 1000))
-        job.started = False  # back uncounted, at the head of its list
-        await self._return([job])
+        await self._return([job], False)  # back uncounted, at the head of its list
 
     def _keep(self, item: TaskItem, decision: Decision) -> Decision:
         """Note the result that settling ``item`` stores beside its ack or dead letter."""
@@ -336,22 +327,22 @@ class TaskConsumer(Consumer[Job]):
         await self._orphans.step()
 
     # stopping ----------------------------------------------------------------------------
-    async def handback(self, jobs: list[Job]) -> None:
+    async def handback(self, jobs: list[Job], started: bool) -> None:
         """Give back unfinished jobs in fetch order. Unstarted ones get their delivery
         uncounted; interrupted ones keep it (they ran, like a crash)."""
         await self._wait.end()
-        await self._return(jobs)
+        await self._return(jobs, started)
 
     def retry_soon(self, job: Job) -> None:
         self.outcomes.retries.append((job.item.raw, 1))
         self.pool.hold()
         self.settle_soon()
 
-    async def _return(self, jobs: list[Job]) -> None:
+    async def _return(self, jobs: list[Job], started: bool) -> None:
         if not jobs:
             return
         jobs = sorted(jobs, key=lambda j: j.seq)
-        pairs = [(j.item.raw, j.item.raw if j.started else j.item.undelivered()) for j in jobs]
+        pairs = [(j.item.raw, j.item.raw if started else j.item.undelivered()) for j in jobs]
         async with self._settling:
             await self.transport.handback(pairs)
             self._release([raw for raw, _ in pairs])

@@ -459,7 +459,7 @@ async def test_a_message_aioredq_itself_failed_on_is_run_again(
     from aioredq._task import TaskConsumer
 
     cls: Any = TaskConsumer if kind == "task" else GroupConsumer
-    original = cls.begin
+    original = cls.call
     faults = [RuntimeError("injected fault")]
 
     def faulty(self: Any, job: Any) -> Any:
@@ -467,7 +467,7 @@ async def test_a_message_aioredq_itself_failed_on_is_run_again(
             raise faults.pop()
         return original(self, job)
 
-    monkeypatch.setattr(cls, "begin", faulty)
+    monkeypatch.setattr(cls, "call", faulty)
     app = App(redis_url)
     attempts: list[int] = []
 

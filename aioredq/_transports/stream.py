@@ -441,7 +441,12 @@ class StreamTransport:
             client = self.reader
             args += ["BLOCK", block_ms]
         reply = await client.execute_command("XREADGROUP", *args, "STREAMS", self.stream, ">")
-        entries = [Entry(_text(i), _flat(f), 1) for i, f in _entries(reply)]
+        entries = [
+            Entry(i.decode(), f, 1)
+            if type(f) is list and not len(f) % 2 and type(i) is bytes
+            else Entry(_text(i), _flat(f), 1)
+            for i, f in _entries(reply)
+        ]
         self._full = len(entries) >= count
         return entries
 
