@@ -42,6 +42,8 @@ class _Within:
         self._name = name
 
     def __await__(self) -> Generator[Any, Any, Any]:
+        loop = asyncio.get_running_loop()
+        ends_at = loop.time() + self._timeout  # from the start, its first steps included
         steps = self._call.__await__()
         try:
             waits_on = next(steps)
@@ -50,7 +52,7 @@ class _Within:
         task = asyncio.current_task()
         if task is None:
             raise RuntimeError("a handler call with a timeout runs in an asyncio task")
-        deadline = _Deadline(task, self._timeout)
+        deadline = _Deadline(task, loop, ends_at)
         try:
             return (yield from _until_cancelled(steps, waits_on, deadline))
         except asyncio.CancelledError:
@@ -58,6 +60,7 @@ class _Within:
                 raise self._timed_out() from None
             raise
         except _Stubborn as stubborn:
+            deadline.disarm()  # cancelled already: the grace is all the call gets now
             try:
                 yield from _grace(steps, stubborn.waits_on, self._name)
             except asyncio.CancelledError:
@@ -81,17 +84,17 @@ class _Stubborn(Exception):
 
 
 class _Deadline:
-    """Cancels ``task`` once ``timeout`` seconds have passed, as ``asyncio.timeout`` does."""
+    """Cancels ``task`` at loop time ``when``, as ``asyncio.timeout_at`` does."""
 
     __slots__ = ("_cancelling", "_fired", "_handle", "_task")
 
-    def __init__(self, task: asyncio.Task[Any], timeout: float) -> None:
+    def __init__(
+        self, task: asyncio.Task[Any], loop: asyncio.AbstractEventLoop, when: float
+    ) -> None:
         self._task = task
         self._cancelling = task.cancelling()
         self._fired = False
-        self._handle: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
-            timeout, self._fire
-        )
+        self._handle: asyncio.TimerHandle | None = loop.call_at(when, self._fire)
 
     def _fire(self) -> None:
         self._fired = True

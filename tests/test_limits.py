@@ -196,3 +196,27 @@ async def test_errors_and_values_from_what_the_call_awaits_pass_through() -> Non
         return int(await fut) + 1
 
     assert await within(gets(), 30, "gets") == 6
+
+
+async def test_the_deadline_counts_from_the_start_of_the_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loop = asyncio.get_running_loop()
+    clock = [1000.0]
+    armed: list[float] = []
+    call_at = loop.call_at
+
+    def recording_call_at(when: float, callback: Any, *args: Any) -> asyncio.TimerHandle:
+        armed.append(when)
+        return call_at(when, callback, *args)
+
+    monkeypatch.setattr(loop, "time", lambda: clock[0])
+    monkeypatch.setattr(loop, "call_at", recording_call_at)
+
+    async def slow_start() -> str:
+        clock[0] += 3.0  # three seconds of work before its first wait
+        await asyncio.sleep(0)
+        return "done"
+
+    assert await within(slow_start(), 5, "slow_start") == "done"
+    assert armed == [1005.0]
