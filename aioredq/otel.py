@@ -42,8 +42,8 @@ class Tracing:
 
     def __init__(self, tracer_provider: TracerProvider | None = None) -> None:
         self._tracer = trace.get_tracer("aioredq", __version__, tracer_provider=tracer_provider)
-        # (name, channel, group) -> the CONSUMER span's name and its constant attributes.
-        self._consumers: dict[tuple[str, str, str | None], tuple[str, dict[str, Any]]] = {}
+        # (name, group) -> the CONSUMER span's name and its constant attributes.
+        self._consumers: dict[tuple[str, str | None], tuple[str, dict[str, Any]]] = {}
 
     def __repr__(self) -> str:
         return "Tracing()"
@@ -88,8 +88,8 @@ class Tracing:
 
     def _consumer_start(self, message: Message) -> tuple[str, dict[str, Any]]:
         """The CONSUMER span's name and attributes: what is the same for every message of a
-        handler (and channel) made once, the message's own added per call."""
-        key = (message.name, message.channel, message.group)
+        handler made once, the message's own (and a pattern's channel) added per call."""
+        key = (message.name, message.group)
         known = self._consumers.get(key)
         if known is None:
             known = self._consumers[key] = _consumer_base(message)
@@ -97,6 +97,9 @@ class Tracing:
         attributes = {**base, "messaging.message.delivery_count": message.attempt}
         if message.id:
             attributes["messaging.message.id"] = message.id
+        if message.channel != message.name:
+            attributes["messaging.destination.template"] = message.name
+            attributes["messaging.destination.name"] = message.channel
         return name, attributes
 
 
@@ -109,9 +112,6 @@ def _consumer_base(message: Message) -> tuple[str, dict[str, Any]]:
     }
     if message.group is not None:
         attributes["messaging.consumer.group.name"] = message.group
-    if message.channel != message.name:
-        attributes["messaging.destination.template"] = message.name
-        attributes["messaging.destination.name"] = message.channel
     return f"process {message.name}", attributes
 
 

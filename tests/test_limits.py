@@ -206,9 +206,11 @@ async def test_the_deadline_counts_from_the_start_of_the_call(
     armed: list[float] = []
     call_at = loop.call_at
 
-    def recording_call_at(when: float, callback: Any, *args: Any) -> asyncio.TimerHandle:
+    def recording_call_at(
+        when: float, callback: Any, *args: Any, **kwargs: Any
+    ) -> asyncio.TimerHandle:
         armed.append(when)
-        return call_at(when, callback, *args)
+        return call_at(when, callback, *args, **kwargs)
 
     monkeypatch.setattr(loop, "time", lambda: clock[0])
     monkeypatch.setattr(loop, "call_at", recording_call_at)
