@@ -69,11 +69,29 @@ async def _pass_through(response: Any) -> Any:
 class Source:
     """One subscribed connection to read frames from. Not safe for concurrent readers."""
 
-    __slots__ = ("name", "pubsub")
+    __slots__ = ("_held", "name", "pubsub")
 
     def __init__(self, pubsub: Any, name: str) -> None:
         self.pubsub = pubsub
         self.name = name
+        self._held: Frame | None = None  # taken from the reader, for ``read`` to hand over
+
+    def switch(self, pubsub: Any) -> None:
+        """Read ``pubsub`` from now on (nothing held from the old one is handed over)."""
+        self.pubsub = pubsub
+        self._held = None
+
+    def take(self) -> Frame | None:
+        """The next frame if it is already received and needs nothing more, else None (then
+        ``read``): no coroutine, no waiting."""
+        conn = self.pubsub.connection
+        if conn is None or self._held is not None:
+            return None
+        frame = buffered(conn)
+        if frame is None or _as_is(conn._parser, frame):
+            return frame
+        self._held = frame  # a push frame for redis-py's handler: ``read`` passes it on
+        return None
 
     async def read(self) -> Frame | None:
         """The next frame, waiting as long as it takes (cancel to stop waiting).
@@ -85,7 +103,10 @@ class Source:
         conn = pubsub.connection
         if conn is None:
             raise rexc.ConnectionError(f"{self.name} is not connected")
-        frame: Frame | None = buffered(conn)
+        frame: Frame | None = self._held
+        self._held = None
+        if frame is None:
+            frame = buffered(conn)
         if frame is None:
             frame = await pubsub.parse_response(block=True)
         elif not _as_is(conn._parser, frame):
@@ -182,7 +203,7 @@ class Subscription:
             self._plain,
             self._client.pubsub(node=node, push_handler_func=_pass_through),
         )
-        source.pubsub = self._plain
+        source.switch(self._plain)
         with contextlib.suppress(Exception):
             await old.aclose()
         await self._subscribe_plain()
