@@ -24,7 +24,6 @@ def result_json(status: str, *, value: Any = None, error: str | None = None) -> 
     """``{"status", "value" | "error", "finished_at"}``: a str value as a JSON string, bytes
     as text when UTF-8 (else ``value_b64``), anything else as JSON (models through pydantic)."""
     to_json = pydantic_core.to_json
-    finished = to_json(datetime.now(UTC).isoformat())
     if error is not None:
         part = b'"error":' + to_json(error)
     elif isinstance(value, bytes):
@@ -34,7 +33,20 @@ def result_json(status: str, *, value: Any = None, error: str | None = None) -> 
             part = b'"value_b64":"' + base64.b64encode(value) + b'"'
     else:
         part = b'"value":' + to_json(value)
-    return b'{"status":' + to_json(status) + b"," + part + b',"finished_at":' + finished + b"}"
+    # An ISO time is digits and "-:.T+" only: nothing in it for JSON to escape.
+    finished = datetime.now(UTC).isoformat().encode()
+    return b"".join((_status(status), part, b',"finished_at":"', finished, b'"}'))
+
+
+def _status(status: str) -> bytes:
+    head = _STATUS.get(status)
+    if head is None:
+        head = _STATUS[status] = b'{"status":' + pydantic_core.to_json(status) + b","
+    return head
+
+
+# status -> the opening of its result's JSON, up to the value.
+_STATUS: dict[str, bytes] = {}
 
 
 class KeepingOutcomes(Outcomes):

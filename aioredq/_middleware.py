@@ -98,23 +98,33 @@ def _hooked(
 
 
 def chain(middleware: Sequence[Middleware], handler: Handler) -> Chain | None:
-    """The handler's call through ``middleware`` (first = outermost), or None without any."""
+    """The handler's call through ``middleware`` (first = outermost), or None without any.
+
+    Built once: a call makes no frame of its own, the outermost middleware is called
+    directly, and the innermost ``call_next`` hands back the handler's own coroutine; only
+    what binds this call's body (and the links between inner middleware) is made per call."""
     if not middleware:
         return None
-    layers = tuple(reversed(middleware))
+    outermost = middleware[0]
+    inner = tuple(reversed(middleware[1:]))
     func = handler.func
     message_param = handler.message_param
 
-    async def run(message: Message, body: Any) -> Any:
-        async def innermost(msg: Message) -> Any:
-            if message_param is None:
-                return await func(body)
-            return await func(body, **{message_param: msg})
+    def run(message: Message, body: Any) -> Awaitable[Any]:
+        if message_param is None:
+
+            def innermost(msg: Message) -> Awaitable[Any]:
+                return func(body)
+
+        else:
+
+            def innermost(msg: Message) -> Awaitable[Any]:
+                return func(body, **{message_param: msg})
 
         call: CallNext = innermost
-        for layer in layers:
+        for layer in inner:
             call = _wrap(layer, call)
-        return await call(message)
+        return outermost(message, call)
 
     return run
 

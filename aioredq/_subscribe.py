@@ -183,7 +183,7 @@ class Subscriber:
         hand_back_at = clock() + HOLD_LOOP
         while True:
             try:
-                frame = await source.read()
+                frame = source.take() or await source.read()
             except Exception as exc:
                 if not is_connection_error(exc):
                     raise

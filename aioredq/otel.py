@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from typing import Any
 
 try:
-    from opentelemetry import trace
-    from opentelemetry.trace import SpanKind, StatusCode, TracerProvider
+    from opentelemetry import context, trace
+    from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 except ImportError as exc:  # pragma: no cover - exercised in a process without the extra
     raise ImportError("aioredq.otel needs OpenTelemetry: pip install 'aioredq[otel]'") from exc
@@ -42,6 +42,8 @@ class Tracing:
 
     def __init__(self, tracer_provider: TracerProvider | None = None) -> None:
         self._tracer = trace.get_tracer("aioredq", __version__, tracer_provider=tracer_provider)
+        # (name, group) -> the CONSUMER span's name and its constant attributes.
+        self._consumers: dict[tuple[str, str | None], tuple[str, dict[str, Any]]] = {}
 
     def __repr__(self) -> str:
         return "Tracing()"
@@ -68,32 +70,56 @@ class Tracing:
     async def __call__(self, message: Message, call_next: CallNext) -> Any:
         """Run the handler in a CONSUMER span, the child of the producer's span."""
         parent = _PROPAGATOR.extract(message.headers) if message.headers else None
-        attributes: dict[str, Any] = {
-            "messaging.system": SYSTEM,
-            "messaging.destination.name": message.name,
-            "messaging.operation.type": "process",
-            "messaging.operation.name": "process",
-            "messaging.message.delivery_count": message.attempt,
-        }
+        name, attributes = self._consumer_start(message)
+        span = self._tracer.start_span(
+            name, context=parent, kind=SpanKind.CONSUMER, attributes=attributes
+        )
+        token = context.attach(trace.set_span_in_context(span))
+        try:
+            trace_id.set(format(span.get_span_context().trace_id, "032x"))
+            return await call_next(message)
+        except Exception as exc:
+            _outcome(span, message, exc)
+            _failed(span, exc)
+            raise
+        finally:
+            context.detach(token)
+            span.end()
+
+    def _consumer_start(self, message: Message) -> tuple[str, dict[str, Any]]:
+        """The CONSUMER span's name and attributes: what is the same for every message of a
+        handler made once, the message's own (and a pattern's channel) added per call."""
+        key = (message.name, message.group)
+        known = self._consumers.get(key)
+        if known is None:
+            known = self._consumers[key] = _consumer_base(message)
+        name, base = known
+        attributes = {**base, "messaging.message.delivery_count": message.attempt}
         if message.id:
             attributes["messaging.message.id"] = message.id
-        if message.group is not None:
-            attributes["messaging.consumer.group.name"] = message.group
         if message.channel != message.name:
             attributes["messaging.destination.template"] = message.name
             attributes["messaging.destination.name"] = message.channel
-        with self._tracer.start_as_current_span(
-            f"process {message.name}",
-            context=parent,
-            kind=SpanKind.CONSUMER,
-            attributes=attributes,
-        ) as span:
-            trace_id.set(format(span.get_span_context().trace_id, "032x"))
-            try:
-                return await call_next(message)
-            except Exception as exc:
-                _outcome(span, message, exc)
-                raise
+        return name, attributes
+
+
+def _consumer_base(message: Message) -> tuple[str, dict[str, Any]]:
+    attributes: dict[str, Any] = {
+        "messaging.system": SYSTEM,
+        "messaging.destination.name": message.name,
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+    }
+    if message.group is not None:
+        attributes["messaging.consumer.group.name"] = message.group
+    return f"process {message.name}", attributes
+
+
+def _failed(span: Any, exc: Exception) -> None:
+    """What ``start_as_current_span`` does with a handler's error: recorded, status ERROR."""
+    if span.is_recording():
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
 
 
 def _outcome(span: Any, message: Message, exc: Exception) -> None:

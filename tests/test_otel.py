@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -13,13 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 
-from aioredq import App
+from aioredq import App, Message
 from aioredq.otel import Tracing
 
 WORKER = """
@@ -205,3 +207,51 @@ def test_aioredq_imports_without_opentelemetry_and_otel_says_what_to_install() -
     assert "ImportError: aioredq.otel needs OpenTelemetry: pip install 'aioredq[otel]'" in (
         otel.stderr
     )
+
+
+async def test_consumer_spans_carry_each_messages_attributes_and_errors() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = Tracing(tracer_provider=provider)
+    headers: dict[str, str] = {}
+    with tracing.on_produce("jobs", headers, operation="enqueue"):
+        pass
+
+    async def ok(message: Message) -> str:
+        return "done"
+
+    async def fails(message: Message) -> None:
+        raise ValueError("boom")
+
+    job = Message("7", "task", "jobs", "jobs", 2, b"x", headers=headers, max_attempts=3)
+    assert await tracing(job, ok) == "done"
+    with pytest.raises(ValueError):
+        await tracing(dataclasses.replace(job, attempt=3), fails)
+    for channel in ("news.a", "news.b"):
+        published = Message("", "subscribe", "news.*", channel, 1, b"x", pattern="news.*")
+        await tracing(published, ok)
+
+    producer, first, failed, news_a, news_b = exporter.get_finished_spans()
+    assert first.parent is not None and first.parent.span_id == producer.context.span_id
+    assert first.context.trace_id == producer.context.trace_id
+    assert first.name == "process jobs" and first.kind is SpanKind.CONSUMER
+    assert dict(first.attributes or {}) == {
+        "messaging.system": "redis",
+        "messaging.destination.name": "jobs",
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+        "messaging.message.delivery_count": 2,
+        "messaging.message.id": "7",
+    }
+    assert first.status.status_code is StatusCode.UNSET
+    assert failed.status.status_code is StatusCode.ERROR
+    assert failed.status.description == "ValueError: boom"
+    assert [e.name for e in failed.events] == ["dead_letter", "exception"]
+    assert (failed.attributes or {})["aioredq.outcome"] == "dead_letter"
+    for span, channel in ((news_a, "news.a"), (news_b, "news.b")):
+        attributes = dict(span.attributes or {})
+        assert attributes["messaging.destination.name"] == channel
+        assert attributes["messaging.destination.template"] == "news.*"
+        assert "messaging.message.id" not in attributes
+        assert span.parent is None

@@ -10,6 +10,7 @@ settle script's own keys and arguments as they are: it takes its part from the e
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 
@@ -54,7 +55,7 @@ local function held_before(nkeys, args_at)
   if redis.call('TYPE', KEYS[1]).ok ~= 'list' then return was end
   for k = 0, nkeys - 1 do
     local item = ARGV[tonumber(ARGV[args_at + 3 * k])]
-    was[k] = redis.call('LPOS', KEYS[1], item) ~= false
+    was[k] = redis.call('LPOS', KEYS[1], item, 'RANK', -1) ~= false
   end
   return was
 end
@@ -108,9 +109,9 @@ def dedup_of(raw: bytes) -> tuple[str, str, int] | None:
     match = _KEYED.match(raw)
     if match is None:
         return None
-    import json
-
-    return match.group(1).decode(), json.loads(match.group(2)), int(match.group(3))
+    quoted = match.group(2)
+    key = quoted[1:-1].decode() if b"\\" not in quoted else json.loads(quoted)
+    return match.group(1).decode(), key, int(match.group(3))
 
 
 def free_args(queue: str, items: Sequence[tuple[int, bytes]]) -> tuple[list[str], list[str | int]]:

@@ -22,6 +22,13 @@ from redis.asyncio.cluster import ClusterPubSub, RedisCluster
 
 from . import clients
 
+try:
+    from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
+    from redis._parsers.hiredis import _AsyncHiredisParser as _HIREDIS
+except ImportError:  # pragma: no cover - another redis-py layout: always parse_response
+    _HIREDIS = None  # type: ignore[assignment,misc]
+    _NOT_ENOUGH_DATA = object()
+
 PUBLISH = "PUBLISH"
 PUBLISH_SHARDED = "SPUBLISH"
 # The commands of each kind of subscription, producing and ``inspect``'s counts included
@@ -34,6 +41,7 @@ COMMANDS = {
 MESSAGE = b"message"
 PMESSAGE = b"pmessage"
 SMESSAGE = b"smessage"
+_MESSAGES = frozenset((MESSAGE, PMESSAGE, SMESSAGE))
 
 # A reply frame as the server sent it. Messages are [kind, channel, data] for MESSAGE and
 # SMESSAGE, [kind, pattern, channel, data] for PMESSAGE: the subscribed name is always
@@ -61,11 +69,29 @@ async def _pass_through(response: Any) -> Any:
 class Source:
     """One subscribed connection to read frames from. Not safe for concurrent readers."""
 
-    __slots__ = ("name", "pubsub")
+    __slots__ = ("_held", "name", "pubsub")
 
     def __init__(self, pubsub: Any, name: str) -> None:
         self.pubsub = pubsub
         self.name = name
+        self._held: Frame | None = None  # taken from the reader, for ``read`` to hand over
+
+    def switch(self, pubsub: Any) -> None:
+        """Read ``pubsub`` from now on (nothing held from the old one is handed over)."""
+        self.pubsub = pubsub
+        self._held = None
+
+    def take(self) -> Frame | None:
+        """The next frame if it is already received and needs nothing more, else None (then
+        ``read``): no coroutine, no waiting."""
+        conn = self.pubsub.connection
+        if conn is None or self._held is not None:
+            return None
+        frame = buffered(conn)
+        if frame is None or _as_is(conn._parser, frame):
+            return frame
+        self._held = frame  # a push frame for redis-py's handler: ``read`` passes it on
+        return None
 
     async def read(self) -> Frame | None:
         """The next frame, waiting as long as it takes (cancel to stop waiting).
@@ -74,10 +100,55 @@ class Source:
         fails, the redis-py ``ConnectionError`` is raised and the next call tries again.
         """
         pubsub = self.pubsub
-        if pubsub.connection is None:
+        conn = pubsub.connection
+        if conn is None:
             raise rexc.ConnectionError(f"{self.name} is not connected")
-        frame: Frame | None = await pubsub.parse_response(block=True)
+        frame: Frame | None = self._held
+        self._held = None
+        if frame is None:
+            frame = buffered(conn)
+        if frame is None:
+            frame = await pubsub.parse_response(block=True)
+        elif not _as_is(conn._parser, frame):
+            frame = await conn._parser.handle_push_response(frame)  # as redis-py's reader does
         return frame
+
+
+def _as_is(parser: Any, frame: Any) -> bool:
+    """Whether redis-py's reader would hand ``frame`` over unchanged: anything but a RESP3
+    push frame, and a message pushed to our pass-through handler."""
+    push = parser._hiredis_PushNotificationType
+    if push is None or not isinstance(frame, push):
+        return True
+    return frame[0] in _MESSAGES and parser.pubsub_push_handler_func is _pass_through
+
+
+def buffered(conn: Any) -> Frame | None:
+    """A frame already read from the socket and waiting in the hiredis reader, or None.
+
+    One socket read holds many frames; redis-py's ``parse_response`` hands each over through
+    a retry wrapper, a health check and several coroutine frames, none of which can matter
+    for bytes already received: no I/O happens here. The frame is checked as redis-py's own
+    reader checks it. Anything else (no hiredis, health checks on, not connected, a partial
+    frame) is left to ``parse_response``."""
+    parser = conn._parser
+    if (
+        _HIREDIS is None
+        or type(parser) is not _HIREDIS
+        or conn.health_check_interval
+        or not parser._connected
+        or not conn.is_connected
+    ):
+        return None
+    reader: Any = parser._reader
+    frame = reader.gets()
+    if frame is _NOT_ENOUGH_DATA:
+        return None
+    if isinstance(frame, rexc.ConnectionError):
+        raise frame
+    if isinstance(frame, list) and frame and isinstance(frame[0], rexc.ConnectionError):
+        raise frame[0]
+    return frame  # type: ignore[no-any-return]
 
 
 class Subscription:
@@ -132,7 +203,7 @@ class Subscription:
             self._plain,
             self._client.pubsub(node=node, push_handler_func=_pass_through),
         )
-        source.pubsub = self._plain
+        source.switch(self._plain)
         with contextlib.suppress(Exception):
             await old.aclose()
         await self._subscribe_plain()

@@ -137,6 +137,7 @@ class ResultTransport:
         self.queue = queue
         self.processing = keys.processing(queue, consumer)
         self.finished = keys.finished(queue)
+        self._result_prefix = keys.result(queue, "")  # + a job id: that job's result key
         self._settle = client.register_script(SETTLE_KEEPING)
 
     @classmethod
@@ -152,6 +153,7 @@ class ResultTransport:
     ) -> SettledKeeping:
         """``acks``: (item, job id, result); ``dead``: (item, letter, job id, result)."""
         args: list[Any] = [len(acks), len(retries), ttl_ms, FINISHED_MAXLEN]
+        prefix = self._result_prefix
         declared = [
             self.processing,
             keys.delayed(self.queue),
@@ -159,13 +161,13 @@ class ResultTransport:
             self.finished,
         ]
         for item, job_id, result in acks:
-            args += [item, result]
-            declared.append(keys.result(self.queue, job_id))
+            args += (item, result)
+            declared.append(prefix + job_id)
         for item, delay_ms in retries:
             args += [item, delay_ms]
         for item, letter, job_id, result in dead:
-            args += [item, letter, result]
-            declared.append(keys.result(self.queue, job_id))
+            args += (item, letter, result)
+            declared.append(prefix + job_id)
         n, refused, rstop, rerr, dstop, derr, res_err = await self._settle(keys=declared, args=args)
         return SettledKeeping(
             int(n),
