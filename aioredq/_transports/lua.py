@@ -16,10 +16,15 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 # surrogateescape). fakeredis's cjson refuses such bytes, so memory:// could not use it.
 # Only ever given items under ``max_body_bytes``: its cost grows with the item.
 QUOTE = r"""
-local esc = {['"'] = '\\"', ['\\'] = '\\\\'}
-for b = 0, 31 do esc[string.char(b)] = string.format('\\u%04x', b) end
-esc[string.char(127)] = '\\u007f'
-local function quote(s) return '"' .. string.gsub(s, '[%c"\\]', esc) .. '"' end
+local esc
+local function quote(s)
+  if not esc then  -- built on first use: most calls of a script that has it quote nothing
+    esc = {['"'] = '\\"', ['\\'] = '\\\\'}
+    for b = 0, 31 do esc[string.char(b)] = string.format('\\u%04x', b) end
+    esc[string.char(127)] = '\\u007f'
+  end
+  return '"' .. string.gsub(s, '[%c"\\]', esc) .. '"'
+end
 """
 
 # Lua's unpack() stops at a few thousand values; a batch may be larger.
@@ -82,7 +87,15 @@ local function rate_room(key, limit, per_ms, want)
 end
 local function rate_take(key, n, per_ms, tag)
   per_ms = per_ms + math.ceil(per_ms / 20)
-  for i = 1, n do redis.call('ZADD', key, now, tag .. i) end
+  local args = {}
+  for i = 1, n do
+    args[#args + 1] = now
+    args[#args + 1] = tag .. i
+    if #args >= 1000 or i == n then
+      redis.call('ZADD', key, unpack(args))
+      args = {}
+    end
+  end
   if n > 0 then redis.call('PEXPIRE', key, per_ms + 1000) end
 end
 """
