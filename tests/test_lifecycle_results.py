@@ -181,6 +181,8 @@ async def test_a_result_refused_by_maxmemory_loses_nothing(fresh_redis: Any) -> 
         async with app:
             job = await app.enqueue("full", "x")
             await until(lambda: len(runs) == 1, "the first run")
+            [consumer] = app._workers
+            await until(lambda: consumer.refusing(), "its outcome refused")
             held = [k async for k in client.scan_iter("{full}:processing:*")]
             await until_redis(lambda: client.llen(held[0]), 1, "the job held while refused")
             await client.config_set("maxmemory", 0)
