@@ -122,12 +122,15 @@ class Decider(abc.ABC, Generic[J]):
             return self.record(job, self._cancelled(msg_id, attempt))
         handler = self.handler
         chain = self.chain
-        if chain is not None:
-            call = chain(self.message(job), body)
-        elif handler.message_param is None:
-            call = handler.func(body)
-        else:
-            call = handler.func(body, **{handler.message_param: self.message(job)})
+        try:
+            if chain is not None:
+                call = chain(self.message(job), body)
+            elif handler.message_param is None:
+                call = handler.func(body)
+            else:
+                call = handler.func(body, **{handler.message_param: self.message(job)})
+        except Exception as exc:  # raised before the call's first step: its outcome all the same
+            return self.fail(job, exc, time.perf_counter())
         timeout = handler.spec.timeout
         return call if timeout is None else within(call, timeout, handler.name)
 
