@@ -61,6 +61,10 @@ class Pool(Generic[J]):
         self._closing = False
         self._busy = 0
         self._wanted = 0  # room the feeder waits for (0: nobody waits)
+        # The same as a bound on queued + busy jobs, read by the workers for each job (-1:
+        # nobody waits). Held outcomes are counted when the wait starts: any written since
+        # then wake the feeder through ``settled``.
+        self._busy_at_most = -1
         self._stop_waiting = False
         self._resumed = asyncio.Event()  # cleared: workers start no new job
         self._resumed.set()
@@ -104,10 +108,12 @@ class Pool(Generic[J]):
         try:
             while self.room < at_least and not self._stop_waiting:
                 self._wanted = at_least
+                self._busy_at_most = self.room + self._busy + len(self._queued) - at_least
                 self._room.clear()
                 await self._room.wait()
         finally:
             self._wanted = 0
+            self._busy_at_most = -1
 
     def stop_waiting(self) -> None:
         self._stop_waiting = True
@@ -188,7 +194,7 @@ class Pool(Generic[J]):
         running = self._running
         clock = time.perf_counter
         while True:
-            if self._wanted and self.room >= self._wanted:
+            if self._busy + len(self._queued) <= self._busy_at_most:
                 # The feeder waits for this much room: let it send its next read before more
                 # work is taken, so the round trip overlaps the jobs still queued (handlers
                 # that never suspend would otherwise drain the whole buffer first).
