@@ -265,11 +265,23 @@ class Producer(Registry):
                 check_size(fields, self.max_body_bytes, stream)
             limit, min_ms = self._retention(stream, maxlen)
             ids = await self.connection.produce(
-                f"append to {stream!r}",
-                lambda: self._stream(stream).append(entries, limit, min_ms),
+                f"append to {stream!r}", lambda: self._append(stream, entries, limit, min_ms)
             )
         self._wake(stream)
         return ids
+
+    async def _append(
+        self,
+        stream: str,
+        entries: list[dict[str, str | bytes]],
+        maxlen: int | None,
+        min_ms: int | None,
+    ) -> list[str]:
+        """A batch in one script (all or nothing), a batch of one as one XADD."""
+        transport = self._stream(stream)
+        if len(entries) == 1:
+            return [await transport.append_one(entries[0], maxlen, min_ms)]
+        return await transport.append(entries, maxlen, min_ms)
 
     def _queue(self, queue: str) -> QueueTransport:
         return _cached(self._queues, queue, self.connection, QueueTransport.for_producer)
