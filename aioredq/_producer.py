@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -43,6 +43,8 @@ class Producer(Registry):
     # Producers' transports by key, for the current client (they hold script objects).
     _queues: dict[str, QueueTransport]
     _streams: dict[str, StreamTransport]
+    # Streams' retention limits from their handlers: (handlers counted, maxlen, max_age).
+    _limits: dict[str, tuple[int, int | None, float | None]]
     _middleware: list[Middleware]
     _produce_hooks: list[ProduceHook]
 
@@ -54,6 +56,7 @@ class Producer(Registry):
         self._wakeups = {}
         self._queues = {}
         self._streams = {}
+        self._limits = {}
 
     @property
     def connection(self) -> Connection:
@@ -134,11 +137,12 @@ class Producer(Registry):
                     headers=headers,
                     priority=priority,
                 )
-            return (
-                await self._enqueue(
-                    queue, [body], delay=delay, at=at, headers=headers, priority=priority
-                )
-            )[0]
+            ids, push = self._pushing(
+                queue, [body], delay=delay, at=at, headers=headers, priority=priority
+            )
+            await self.connection.produce(f"enqueue on {queue!r}", push)
+        self._wake(queue)
+        return ids[0]
 
     async def enqueue_many(
         self,
@@ -152,9 +156,14 @@ class Producer(Registry):
         """Enqueue every body in one round trip; returns their ids."""
         items = list(bodies)
         with producing(self._produce_hooks, queue, "enqueue", len(items), None) as headers:
-            return await self._enqueue(
+            ids, push = self._pushing(
                 queue, items, delay=delay, at=at, headers=headers, priority=priority
             )
+            if not ids:
+                return ids
+            await self.connection.produce(f"enqueue on {queue!r}", push)
+        self._wake(queue)
+        return ids
 
     async def _enqueue_keyed(
         self,
@@ -195,7 +204,7 @@ class Producer(Registry):
             self._wake(queue)
         return held
 
-    async def _enqueue(
+    def _pushing(
         self,
         queue: str,
         bodies: list[Any],
@@ -204,7 +213,9 @@ class Producer(Registry):
         at: datetime | None,
         headers: dict[str, str] | None,
         priority: int = 0,
-    ) -> list[str]:
+    ) -> tuple[list[str], Callable[[], Awaitable[None]]]:
+        """The ids of ``bodies`` and the write that enqueues them, checked and encoded (the
+        caller runs it through the producing pool, unless there are no bodies)."""
         if delay < 0:
             raise ValueError("delay must be >= 0")
         if type(priority) is not int or not 0 <= priority <= 9:
@@ -217,25 +228,28 @@ class Producer(Registry):
         ]
         for item in items:
             check_size(item, self.max_body_bytes, queue)
-        if not items:
-            return []
-        produce = self.connection.produce
         if at is not None:
             at_ms = int(at.timestamp() * 1000)
-            await produce(f"enqueue on {queue!r}", lambda: self._queue(queue).push_at(items, at_ms))
-        elif delay > 0:
+            return ids, lambda: self._queue(queue).push_at(items, at_ms)
+        if delay > 0:
             delay_ms = int(delay * 1000)
-            await produce(
-                f"enqueue on {queue!r}", lambda: self._queue(queue).push_delayed(items, delay_ms)
-            )
-        else:
-            await produce(f"enqueue on {queue!r}", lambda: self._queue(queue).push(items, priority))
-        self._wake(queue)
-        return ids
+            return ids, lambda: self._queue(queue).push_delayed(items, delay_ms)
+        return ids, lambda: self._queue(queue).push(items, priority)
 
     async def append(self, stream: str, body: Any, *, maxlen: int | None = None) -> str:
         """Append ``body`` to ``stream``; returns the entry id. Trims with ``MAXLEN ~``."""
-        return (await self.append_many(stream, [body], maxlen=maxlen))[0]
+        fields = encode_fields(body)
+        with producing(self._produce_hooks, stream, "append", 1, None) as headers:
+            if headers:
+                fields = with_headers(fields, headers)
+            check_size(fields, self.max_body_bytes, stream)
+            limit, min_ms = self._retention(stream, maxlen)
+            entry_id = await self.connection.produce(
+                f"append to {stream!r}",
+                lambda: self._stream(stream).append_one(fields, limit, min_ms),
+            )
+        self._wake(stream)
+        return entry_id
 
     async def append_many(
         self, stream: str, bodies: Iterable[Any], *, maxlen: int | None = None
@@ -249,15 +263,25 @@ class Producer(Registry):
                 entries = [with_headers(fields, headers) for fields in entries]
             for fields in entries:
                 check_size(fields, self.max_body_bytes, stream)
-            limit = maxlen if maxlen is not None else self._maxlen(stream)
-            max_age = self._max_age(stream)
-            min_ms = None if max_age is None else max(0, int((time.time() - max_age) * 1000))
+            limit, min_ms = self._retention(stream, maxlen)
             ids = await self.connection.produce(
-                f"append to {stream!r}",
-                lambda: self._stream(stream).append(entries, limit, min_ms),
+                f"append to {stream!r}", lambda: self._append(stream, entries, limit, min_ms)
             )
         self._wake(stream)
         return ids
+
+    async def _append(
+        self,
+        stream: str,
+        entries: list[dict[str, str | bytes]],
+        maxlen: int | None,
+        min_ms: int | None,
+    ) -> list[str]:
+        """A batch in one script (all or nothing), a batch of one as one XADD."""
+        transport = self._stream(stream)
+        if len(entries) == 1:
+            return [await transport.append_one(entries[0], maxlen, min_ms)]
+        return await transport.append(entries, maxlen, min_ms)
 
     def _queue(self, queue: str) -> QueueTransport:
         return _cached(self._queues, queue, self.connection, QueueTransport.for_producer)
@@ -265,11 +289,21 @@ class Producer(Registry):
     def _stream(self, stream: str) -> StreamTransport:
         return _cached(self._streams, stream, self.connection, StreamTransport.for_producer)
 
-    def _max_age(self, stream: str) -> float | None:
-        return self._widest(stream, lambda spec: spec.max_age)
-
-    def _maxlen(self, stream: str) -> int | None:
-        return self._widest(stream, lambda spec: spec.maxlen)
+    def _retention(self, stream: str, maxlen: int | None) -> tuple[int | None, int | None]:
+        """The ``MAXLEN ~`` (``maxlen``, else the handlers') and the ``MINID ~`` in ms since
+        the epoch (from the handlers' ``max_age``) that an append to ``stream`` trims with."""
+        limits = self._limits.get(stream)
+        if limits is None or limits[0] != len(self.handlers):
+            if len(self._limits) >= TRANSPORT_CACHE:
+                self._limits.clear()
+            limits = self._limits[stream] = (
+                len(self.handlers),
+                self._widest(stream, lambda spec: spec.maxlen),
+                self._widest(stream, lambda spec: spec.max_age),
+            )
+        _, widest_maxlen, max_age = limits
+        min_ms = None if max_age is None else max(0, int((time.time() - max_age) * 1000))
+        return (widest_maxlen if maxlen is None else maxlen), min_ms
 
     def _widest(self, stream: str, limit: Callable[[StreamSpec], N | None]) -> N | None:
         """The most generous retention limit that the handlers of ``stream`` set, or None."""

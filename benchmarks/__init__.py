@@ -10,12 +10,11 @@ raw redis-py loop (``_raw_runs.py``), in the same run:
   pub/sub counts what a subscriber receives from a flat-out publisher in another process;
 - produce: ``enqueue_many`` / ``append_many`` / ``publish_many`` against a raw pipeline, both
   starting from the same Python dicts, 100 per call;
-- latency: publish -> handler start (the producer's clock travels in the body), one
-  ``enqueue`` / ``append`` / ``publish`` per message, at each of ``--latency-rates`` (default
-  1k, 10k and 50k msg/s) in turn: every millisecond the sender makes the calls due so far,
-  concurrently, and reports the rate it reached (a single producing process may not reach the
-  rate asked: then the table says what it reached, and the latency includes its queueing);
-  p50/p99/max per rate, the main table showing the lowest rate's;
+- latency (``_latency.py``): produce -> handler start (each body carries its send time), at
+  each of ``--latency-rates`` (default 1k, 10k and 50k msg/s) in turn: every millisecond the
+  producer sends the messages due so far in one ``enqueue_many`` / ``append_many`` /
+  ``publish_many`` call, and reports the rate it reached; p50/p99/max per rate, the main table
+  showing the lowest rate's;
 - peak RSS (``VmHWM``) of the app process while it drains a 1M backlog;
 - CPU time per consumed message, which noisy neighbours barely move, unlike msg/s;
 - webapp (``_webapp.py``): 1,000 coroutines each making one ``enqueue`` (or ``append``) per

@@ -4,7 +4,6 @@ with ``feature`` (``_features.py``), the same with that one feature on."""
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,8 +19,6 @@ from ._common import (
     body,
     emit,
     memory_kb,
-    paced,
-    percentiles,
     raw_client,
     wait_settled,
 )
@@ -31,10 +28,9 @@ from ._features import Armed, Feature, arm
 # reads it, and the stop comes after the timing. Bounded, the stop ends the blocking read in
 # flight at once instead of waiting out its BLOCK (a second per run).
 STOP_WITHIN = 0.1
-PHASE_PAUSE = 0.05  # between two latency rates: the consumer catches up
 
 
-def _app_with_handler(
+def app_with_handler(
     url: str, model: str, on_body: Any, feature: Feature | None = None, armed: Armed | None = None
 ) -> App:
     """An App whose only handler takes a bare ``dict`` body, as the spec's examples do (a
@@ -72,7 +68,7 @@ async def consume(
     """
     tally = Tally(n)
     chosen, armed = arm(feature)
-    app = _app_with_handler(url, model, lambda _body: tally.hit(), chosen, armed)
+    app = app_with_handler(url, model, lambda _body: tally.hit(), chosen, armed)
     probe = raw_client(url)
     try:
         await app.connect()  # connection set-up stays out of the timing
@@ -189,64 +185,3 @@ async def produce(
         "rate": n / elapsed,
         "cpu_us_per_msg": cpu / n * 1e6,
     }
-
-
-async def latency_consumer(
-    url: str, model: str, counts: list[int], timeout: float
-) -> dict[str, Any]:
-    """Publish -> handler-start latency: the producer puts its clock in the body. It sends
-    ``counts[k]`` messages at its k-th rate, numbered on from the previous phase."""
-    n = sum(counts)
-    samples: list[float] = [math.nan] * n
-    tally = Tally(n)
-
-    def on_body(received: dict[str, Any]) -> None:
-        samples[int(received["seq"])] = time.monotonic() - float(received["ts"])
-        tally.hit()
-
-    app = _app_with_handler(url, model, on_body)
-    try:
-        await app.start()
-        emit("READY")
-        await tally.wait_stream_end(time.perf_counter() + timeout)
-    finally:
-        await app.aclose()
-    phases = []
-    base = 0
-    for k, count in enumerate(counts):
-        # The first phase's first messages open connections and load scripts: left out.
-        skip = min(100, count // 10) if k == 0 else 0
-        mine = samples[base + skip : base + count]
-        got = [s for s in mine if not math.isnan(s)]
-        phases.append({"count": len(got), "dropped": len(mine) - len(got), **percentiles(got)})
-        base += count
-    return {"count": tally.seen, "dropped": n - tally.seen, "phases": phases}
-
-
-async def latency_producer(
-    url: str, model: str, rates: list[float], counts: list[int]
-) -> dict[str, Any]:
-    """The single-message API (one call per message), sent on a fixed schedule at each rate
-    in turn (``paced``), with a pause between rates for the consumer to catch up."""
-    app = App(url)
-
-    async def send(i: int) -> object:
-        message = body(i, time.monotonic())
-        if model == "task":
-            return await app.enqueue(QUEUE, message)
-        if model == "stream":
-            return await app.append(STREAM, message)
-        return await app.publish(CHANNEL, message)
-
-    achieved = []
-    try:
-        await app.connect()
-        base = 0
-        for rate, count in zip(rates, counts, strict=True):
-            if base:
-                await asyncio.sleep(PHASE_PAUSE)
-            achieved.append(await paced(count, rate, lambda i, b=base: send(b + i)))
-            base += count
-    finally:
-        await app.aclose()
-    return {"count": base, "rates": achieved}

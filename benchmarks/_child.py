@@ -23,11 +23,16 @@ def _job(job: dict[str, Any]) -> Any:
         from . import _webapp
 
         return _webapp.produce(impl, url, model, job["n"], job["callers"], job["pool"])
+    if role == "latency-consumer":
+        from . import _latency
+
+        return _latency.latency_consumer(url, model, job["counts"], job["timeout"])
+    if role == "latency-producer":
+        from . import _latency
+
+        return _latency.latency_producer(url, model, job["rates"], job["counts"])
     # Imported on demand: a raw baseline process never loads aioredq (nor pydantic).
-    side = importlib.import_module(
-        "._app_runs" if impl == "aioredq" or role.startswith("latency") else "._raw_runs",
-        __package__,
-    )
+    side = importlib.import_module("._app_runs" if impl == "aioredq" else "._raw_runs", __package__)
     # Features, and one enqueue per body, are the aioredq side's alone (never in a raw job).
     options = {key: job[key] for key in ("feature", "single") if job.get(key)}
     if role == "consume":
@@ -36,10 +41,6 @@ def _job(job: dict[str, Any]) -> Any:
         return side.produce(url, model, job["n"], job["batch"], **options)
     if role == "prefill":  # a feature's backlog, written through the app (impl "aioredq")
         return side.produce(url, model, job["n"], job["batch"], **options, timed=False)
-    if role == "latency-consumer":
-        return side.latency_consumer(url, model, job["counts"], job["timeout"])
-    if role == "latency-producer":
-        return side.latency_producer(url, model, job["rates"], job["counts"])
     raise SystemExit(f"unknown role {role!r}")
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -120,25 +119,3 @@ def percentiles(samples: list[float]) -> dict[str, float]:
         "p99_ms": ordered[min(n - 1, (n * 99) // 100)] * 1000,
         "max_ms": ordered[-1] * 1000,
     }
-
-
-TICK = 0.001  # the sender's clock: every millisecond, what is due
-
-
-async def paced(n: int, rate: float, send: Callable[[int], Awaitable[object]]) -> float:
-    """Call ``send(i)`` for i < n at ``rate`` per second on an absolute schedule (no drift):
-    every millisecond, the calls due so far, concurrently, as a busy web app would; a burst
-    holds at most ``TICK * 10`` seconds' worth, so a sender that falls behind stays behind
-    rather than flooding. Returns the achieved rate."""
-    most = max(1, int(rate * TICK * 10))
-    start = time.monotonic()
-    sent = 0
-    while sent < n:
-        due = min(n, sent + most, int((time.monotonic() - start) * rate) + 1)
-        if due > sent:
-            await asyncio.gather(*(send(i) for i in range(sent, due)))
-            sent = due
-        if sent < n:
-            await asyncio.sleep(max(TICK, start + sent / rate - time.monotonic()))
-    elapsed = time.monotonic() - start
-    return n / elapsed if elapsed > 0 else 0.0

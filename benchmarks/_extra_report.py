@@ -167,8 +167,8 @@ def render(report: Record) -> str:
             webapp_table,
         ),
         (
-            "latency by send rate: publish -> handler start, one enqueue/append/publish per "
-            "message sent every 1 ms in bursts of what is due; 'sent' is the rate reached",
+            "latency by send rate: produce -> handler start; every 1 ms the messages due, in "
+            "one enqueue_many/append_many/publish_many call; 'sent' is the rate reached",
             latency_table,
         ),
         (

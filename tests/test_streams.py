@@ -18,7 +18,16 @@ import pytest
 import redis.asyncio
 from pydantic import BaseModel
 
-from aioredq import App, Backoff, ConfigurationError, Message, MessageTooLarge, Reject, Retry
+from aioredq import (
+    AioredqError,
+    App,
+    Backoff,
+    ConfigurationError,
+    Message,
+    MessageTooLarge,
+    Reject,
+    Retry,
+)
 from aioredq._stream import group_lag
 from aioredq._transports.stream import RELEASED_IDLE_MS, StreamTransport
 
@@ -421,9 +430,10 @@ async def test_maxlen_trims_every_append(redis_url: str, redis_client: redis.asy
     assert all(100 <= n <= 200 for n in lengths[1:]), lengths
 
 
+@pytest.mark.parametrize("single", [False, True])
 @pytest.mark.parametrize("maxlen", [None, 10_000])
 async def test_max_age_trims_old_entries_on_every_append(
-    redis_url: str, redis_client: redis.asyncio.Redis, maxlen: int | None
+    redis_url: str, redis_client: redis.asyncio.Redis, maxlen: int | None, single: bool
 ) -> None:
     app = App(redis_url)
 
@@ -437,12 +447,36 @@ async def test_max_age_trims_old_entries_on_every_append(
     for n in range(1000):
         pipe.xadd("aged", {"n": f"old{n}"}, id=f"{old_ms}-{n}")
     await pipe.execute()
-    ids = await app.append_many("aged", [{"n": f"new{n}"} for n in range(10)])
+    bodies = [{"n": f"new{n}"} for n in range(10)]
+    if single:  # one XADD each (MINID ~ alone, or the script with both limits)
+        ids = [await app.append("aged", one) for one in bodies]
+    else:
+        ids = await app.append_many("aged", bodies)
     await app.aclose()
     kept = await redis_client.xrange("aged")
     # MINID ~ trims whole radix-tree nodes (100 entries by default): a few old ones may stay.
     assert len(kept) < 110
     assert [i.decode() for i, _ in kept[-10:]] == ids
+
+
+@pytest.mark.parametrize("memory", [False, True])
+async def test_a_single_append_refused_writes_nothing_and_says_why(
+    redis_url: str, memory: bool
+) -> None:
+    app = App("memory://" if memory else redis_url)
+    client = app.connection.command
+    try:
+        await client.set("not-a-stream", "text")
+        with pytest.raises(AioredqError, match="WRONGTYPE"):
+            await app.append("not-a-stream", {"n": "1"})
+        with pytest.raises(AioredqError, match="WRONGTYPE"):
+            await app.append("not-a-stream", {"n": "1"}, maxlen=10)
+        assert await client.get("not-a-stream") == b"text"
+        entry_id = await app.append("single", {"n": "1"}, maxlen=10)
+        assert await client.xrange("single") == [(entry_id.encode(), {b"n": b"1"})]
+    finally:
+        await client.delete("not-a-stream", "single")
+        await app.aclose()
 
 
 async def test_lag_is_available_from_the_app(

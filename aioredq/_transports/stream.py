@@ -415,6 +415,24 @@ class StreamTransport:
         ids = await self._append(keys=[self.stream], args=args)
         return [_text(i) for i in ids]
 
+    async def append_one(
+        self, fields: Mapping[str, str | bytes], maxlen: int | None, min_ms: int | None = None
+    ) -> str:
+        """``append`` of one entry as a plain XADD, atomic by itself: the same trimming, the
+        same errors (WRONGTYPE, OOM, NOPERM refuse it before anything is written), one command
+        instead of a script. With both limits the script runs: XADD takes one trim strategy."""
+        if maxlen is not None and min_ms is not None:
+            return (await self.append((fields,), maxlen, min_ms))[0]
+        if maxlen is not None:
+            args: list[Any] = ["XADD", self.stream, "MAXLEN", "~", maxlen, "*"]
+        elif min_ms is not None:
+            args = ["XADD", self.stream, "MINID", "~", f"{min_ms}-0", "*"]
+        else:
+            args = ["XADD", self.stream, "*"]
+        for pair in fields.items():
+            args += pair
+        return _text(await self.client.execute_command(*args))
+
     # groups ------------------------------------------------------------------------------
     async def create_group(self, start_id: str) -> bool:
         """Create the group (and the stream) at ``start_id``; False if it already exists."""
