@@ -211,6 +211,14 @@ class Consumer(Calls, Decider[J]):
             until=end,
             what=f"handing back {len(interrupted)} interrupted message(s)",
         )
+        # Interrupted past their call: only a throttled job waits there, on its way back
+        # uncounted.
+        throttled = self.pool.interrupted_after
+        await self._retrying(
+            lambda: self.handback(throttled, False),
+            until=end,
+            what=f"handing back {len(throttled)} throttled message(s)",
+        )
         await self._retrying(self.leave, until=end, what="deregistering")
 
     async def _fetch_loop(self) -> None:

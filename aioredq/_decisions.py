@@ -63,6 +63,12 @@ Decision = Ack | Again | Dead | Throttle
 ACK = Ack()
 
 
+async def _raising(exc: Exception) -> None:
+    """A call that raises ``exc``: what building the handler's call raised goes the way of
+    what the call raises."""
+    raise exc
+
+
 def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
@@ -130,7 +136,7 @@ class Decider(abc.ABC, Generic[J]):
             else:
                 call = handler.func(body, **{handler.message_param: self.message(job)})
         except Exception as exc:  # raised before the call's first step: its outcome all the same
-            return self.fail(job, exc, time.perf_counter())
+            return _raising(exc)
         timeout = handler.spec.timeout
         return call if timeout is None else within(call, timeout, handler.name)
 
@@ -141,9 +147,6 @@ class Decider(abc.ABC, Generic[J]):
             msg_id, attempt = job.id, job.deliveries or 1
             if msg_id in self.cancels:
                 # Cancelled, and the handler swallowed it: cancelled all the same.
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    current.uncancel()
                 return self.record(job, self._run_cancelled(msg_id, attempt, started))
         counters.latencies.append(time.perf_counter() - started)
         counters.succeeded += 1
@@ -155,11 +158,13 @@ class Decider(abc.ABC, Generic[J]):
         msg_id, attempt, max_attempts, backoff = self.delivery(job)
         decision: Decision
         if isinstance(exc, asyncio.CancelledError):
+            # The pool has taken back the cancel it made for ``app.cancel``: one still
+            # pending is the worker's own (a stop).
             current = asyncio.current_task()
-            if msg_id in self.cancels and current is not None and current.uncancel() == 0:
-                decision = self._run_cancelled(msg_id, attempt, started)
-            elif current is None or current.cancelling():
+            if current is None or current.cancelling():
                 raise exc
+            if msg_id in self.cancels:
+                decision = self._run_cancelled(msg_id, attempt, started)
             else:
                 decision = self._run_failed(msg_id, attempt, max_attempts, started, backoff, exc)
         elif isinstance(exc, RateLimited):

@@ -52,6 +52,9 @@ class Pool(Generic[J]):
         # jobs past their call whose worker awaits what ``end`` or ``fail`` returned.
         self._running: dict[asyncio.Task[None], J] = {}
         self._finishing: dict[asyncio.Task[None], J] = {}
+        self._cancelled: set[asyncio.Task[None]] = set()  # workers ``cancel_job`` cancelled
+        # Jobs ``close`` interrupted past their call (see ``close``).
+        self.interrupted_after: list[J] = []
         self._workers: list[asyncio.Task[None]] = []
         self._sleepers: deque[asyncio.Future[None]] = deque()  # idle workers, to wake
         self._waking = 0  # woken, not yet running
@@ -173,10 +176,18 @@ class Pool(Generic[J]):
         """Cancel the calls of the running jobs for which ``wanted`` is true; False if none."""
         found = False
         for task, job in self._running.items():
-            if wanted(job):
+            if wanted(job) and task not in self._cancelled:
                 task.cancel()
+                self._cancelled.add(task)
                 found = True
         return found
+
+    def _cancel_spent(self, worker: asyncio.Task[None]) -> None:
+        """The call ``cancel_job`` cancelled has ended, whatever it raised or returned: the
+        worker is no longer being cancelled on its account (a stop's cancel still counts)."""
+        if worker in self._cancelled:
+            self._cancelled.discard(worker)
+            worker.uncancel()
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
@@ -229,9 +240,13 @@ class Pool(Generic[J]):
                             value = await call
                         except (Exception, asyncio.CancelledError) as exc:
                             del running[current]
+                            if self._cancelled:
+                                self._cancel_spent(current)
                             after = fail(job, exc, started)
                         else:
                             del running[current]
+                            if self._cancelled:
+                                self._cancel_spent(current)
                             after = end(job, value, started)
                 if after is not None:
                     await self._finish(current, job, after)
@@ -279,8 +294,10 @@ class Pool(Generic[J]):
         self._workers = []
 
     async def close(self, timeout: float, grace: float | None = None) -> list[J]:
-        """Let running jobs finish within ``timeout``; cancel the rest and return their jobs,
-        waiting at most ``grace`` seconds (None: as long as it takes) for them to end.
+        """Let running jobs finish within ``timeout``; cancel the rest and return the jobs
+        whose call they interrupted, waiting at most ``grace`` seconds (None: as long as it
+        takes) for them to end. Jobs past their call (awaiting what ``end`` or ``fail``
+        returned) that were interrupted are left in ``interrupted_after``.
 
         Call ``take_unstarted`` first: workers still take queued jobs until the buffer is empty.
         """
@@ -291,8 +308,8 @@ class Pool(Generic[J]):
         if not self._workers:
             return []
         done, pending = await asyncio.wait(self._workers, timeout=timeout)
-        jobs = self._running | self._finishing
-        interrupted = [jobs[t] for t in pending if t in jobs]
+        interrupted = [self._running[t] for t in pending if t in self._running]
+        self.interrupted_after = [self._finishing[t] for t in pending if t in self._finishing]
         for task in pending:
             task.cancel()
         if pending:

@@ -19,6 +19,7 @@ class Steps:
         self.failed: list[tuple[str, str]] = []
         self.gates: dict[str, asyncio.Event] = {}
         self.after: dict[str, asyncio.Event] = {}  # jobs whose ``end`` returns a wait
+        self.cancelling: list[int] = []  # the worker's cancel requests as ``fail`` saw them
 
     def begin(self, job: str) -> Any:
         if job.startswith("skip"):
@@ -38,6 +39,9 @@ class Steps:
 
     def fail(self, job: str, exc: BaseException, started: float) -> None:
         self.failed.append((job, type(exc).__name__))
+        current = asyncio.current_task()
+        assert current is not None
+        self.cancelling.append(current.cancelling())
 
 
 def make_pool(steps: Steps, size: int = 2, capacity: int = 4) -> Pool[str]:
@@ -69,6 +73,7 @@ async def test_cancel_job_interrupts_only_a_call_in_progress() -> None:
     assert pool.running_jobs() == ["slow", "late"]
     assert pool.cancel_job(lambda job: job == "slow")
     await until(lambda: steps.failed == [("slow", "CancelledError")], "the call cancelled")
+    assert steps.cancelling == [0]  # the pool took its cancel back: the worker goes on
     steps.after["late"].set()
     await pool.wait_idle()
     assert await pool.close(1.0) == []
@@ -83,11 +88,13 @@ async def test_close_hands_back_jobs_in_their_call_and_past_it() -> None:
     pool.put_many(["stuck", "ending", "queued"])
     await until(lambda: ("ending", "ENDING") in steps.ended, "ending past its call")
     assert pool.take_unstarted() == ["queued"]
-    interrupted = await pool.close(0.05, grace=1.0)
-    assert sorted(interrupted) == ["ending", "stuck"]
-    # A cancellation of the worker itself goes to ``fail`` like any other: the decider there
-    # tells a stop from a handler's own error.
+    # Interrupted in its call (it ran, like a crash) and past it (on its way back).
+    assert await pool.close(0.05, grace=1.0) == ["stuck"]
+    assert pool.interrupted_after == ["ending"]
+    # A cancellation of the worker itself goes to ``fail`` with the request still pending:
+    # the decider there tells a stop from a handler's own error by it.
     assert steps.failed == [("stuck", "CancelledError")]
+    assert steps.cancelling == [1]
 
 
 async def test_held_outcomes_take_room_only_while_writes_fail() -> None:
