@@ -24,9 +24,11 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from itertools import repeat
+from operator import attrgetter
 from typing import Any
 
 from ._codec import DecodeError, TaskItem, parse_task_item
@@ -50,6 +52,7 @@ from ._transports.results import ResultTransport
 # Consumers back off up to 5 s between reconnect attempts; wait that long after an outage
 # before declaring anyone dead, so live consumers are not robbed for having been cut off too.
 OUTAGE_GRACE = 6.0
+_ITEM_ID = attrgetter("id")
 
 
 @dataclass(slots=True, eq=False)
@@ -88,6 +91,7 @@ class TaskConsumer(Consumer[Job]):
                 self.transport, results, spec.result_ttl, self.settle_soon
             )
         self._held: Counter[bytes] = Counter()  # what our processing list should hold
+        self._held_total = 0  # the same, counted (an item held twice counts twice)
         self._settling = asyncio.Lock()  # settle vs. reconcile: both compare list and _held
         self._reconcile_at = 0.0
         self._wait = BlockingWait(conn, self.transport, self.stop, wakeup)
@@ -162,21 +166,21 @@ class TaskConsumer(Consumer[Job]):
 
     def _adopt(self, raws: list[bytes]) -> list[Job]:
         self._held.update(raws)
-        jobs = []
-        for raw in raws:
-            self._seq += 1
-            # Never raises: an unreadable envelope is marked broken and dead-lettered, its
-            # delivery count still the one the scripts keep.
-            item = parse_task_item(raw)
-            if not item.id:  # a broken envelope: its dead letter still needs an id
-                item.id = f"{self.transport.consumer}:{self._fetches}:x{self._seq}"
-            jobs.append(Job(self._seq, item, item.id, item.attempts))
-        return jobs
+        self._held_total += len(raws)
+        # Never raises: an unreadable envelope is marked broken and dead-lettered, its
+        # delivery count still the one the scripts keep.
+        items = list(map(parse_task_item, raws))
+        seq, self._seq = self._seq, self._seq + len(items)
+        if not all(map(_ITEM_ID, items)):
+            for k, item in enumerate(items, seq + 1):
+                if not item.id:  # a broken envelope: its dead letter still needs an id
+                    item.id = f"{self.transport.consumer}:{self._fetches}:x{k}"
+        return [Job(k, item, item.id, item.attempts) for k, item in enumerate(items, seq + 1)]
 
     async def _reconcile(self) -> list[bytes]:
         """Items in our processing list that we do not know about (see the module doc)."""
         async with self._settling:
-            if await self.transport.held_count() <= self._held.total():
+            if await self.transport.held_count() <= self._held_total:
                 return []
             strays = list((Counter(await self.transport.held()) - self._held).elements())
         if strays:
@@ -293,8 +297,15 @@ class TaskConsumer(Consumer[Job]):
 
     def _release(self, raws: list[bytes]) -> None:
         held = self._held
+        before = len(held)
+        if self._held_total == before:  # each held once: forgotten in one C-level pass
+            deque(map(held.pop, raws, repeat(None)), maxlen=0)
+            self._held_total -= before - len(held)
+            return
         for raw in raws:
             left = held.get(raw, 0) - 1
+            if left >= 0:
+                self._held_total -= 1
             if left > 0:
                 held[raw] = left
             else:
