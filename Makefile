@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest browser bench soak clean
+.PHONY: demo test lint typecheck pytest browser bench bench-quick soak clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -43,8 +43,12 @@ test: lint typecheck pytest
 soak: $(STAMP)
 	AIOREDQ_SOAK=1 $(BIN)/pytest -m slow
 
+# make bench ARGS="--quick" (or any options of python -m benchmarks); make bench-quick
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks $(ARGS)
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m benchmarks --quick $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

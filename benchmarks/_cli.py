@@ -83,7 +83,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="tiny sizes, one repetition unless --reps says otherwise (a smoke run)",
+        help="tiny sizes, one repetition and asyncio only unless --reps or --loops say "
+        "otherwise (a smoke run)",
     )
     parser.add_argument("--reps", type=int, help="repetitions (default 3; 1 with --quick)")
     parser.add_argument(
@@ -95,8 +96,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--loops",
         type=lambda t: _names(t, LOOPS, "--loops"),
-        default=list(LOOPS),
-        help="event loops to run under: asyncio,uvloop (default both)",
+        default=None,
+        help="event loops to run under: asyncio,uvloop (default both; asyncio with --quick)",
     )
     parser.add_argument(
         "--parts",
@@ -124,6 +125,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.reps is None:
         args.reps = 1 if args.quick else 3
+    if args.loops is None:
+        args.loops = ["asyncio"] if args.quick else list(LOOPS)
     if args.reps < 1:
         parser.error("--reps must be >= 1")
     return args

@@ -30,7 +30,11 @@ def quick_run(
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not done_file.exists():
             # The feature rows have a run of their own below: this one keeps its size.
-            done = _bench("--quick --reps 1 --features none --json", str(out), timeout=240)
+            done = _bench(
+                "--quick --reps 1 --loops asyncio,uvloop --features none --json",
+                str(out),
+                timeout=240,
+            )
             result = {"rc": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
             done_file.write_text(json.dumps(result))
     result = json.loads(done_file.read_text())
