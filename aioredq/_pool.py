@@ -89,6 +89,8 @@ class Pool(Generic[J]):
     def writes_ok(self, ok: bool) -> None:
         """Whether outcomes are being written: if not, each held one takes room."""
         self.unsettled_free = self.capacity if ok else 0
+        if self._wanted and self.room >= self._wanted:
+            self._room.set()
 
     def hold(self, count: int = 1) -> None:
         """``count`` finished jobs wait to be settled: beyond ``unsettled_free`` they keep
