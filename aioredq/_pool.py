@@ -208,9 +208,8 @@ class Pool(Generic[J]):
         clock = time.perf_counter
         while True:
             if self._busy + len(self._queued) <= self._busy_at_most:
-                # The feeder waits for this much room: let it send its next read before more
-                # work is taken, so the round trip overlaps the jobs still queued (handlers
-                # that never suspend would otherwise drain the whole buffer first).
+                # The feeder waits for this room: let it send its next read first, so the round
+                # trip overlaps the queued jobs (a handler that never waits would drain them).
                 self._room.set()
                 await asyncio.sleep(0)
                 continue
