@@ -3,8 +3,10 @@
 Acks go in one ``XACK`` per write; dead letters one script call each. A dead letter Redis
 refuses (a wrong-typed dead stream, an ACL, maxmemory) stays here, its entry still pending and
 the consumer's own, and is tried again with backoff while acks go on; the refusal is logged
-once per spell. Until its write succeeds an outcome counts against the consumer's room, so
-refused writes cannot make memory grow.
+once per spell. Once a write fails or is refused, every outcome waiting counts against the
+consumer's room until the writes go through again (before that, up to a capacity's worth wait
+freely, so the next read does not wait for the previous write): refused writes cannot make
+memory grow.
 """
 
 from __future__ import annotations
