@@ -41,10 +41,7 @@ async def test_one_job_per_key_until_it_finishes(url_kind: str, redis_url: str) 
         assert await app.enqueue("dd", "d", key="k") == first  # running: still held
         release.set()
         # Finished: the key is free again.
-        second = await app.enqueue("dd", "e", key="k")
-        while second == first:
-            await asyncio.sleep(0.02)
-            second = await app.enqueue("dd", "e", key="k")
+        await _enqueue_until_new(app, "e", "k", first)
         await until(lambda: runs == ["a", "e"], "the second keyed job running")
 
         # key_ttl holds the key after the job finished.
@@ -59,10 +56,7 @@ async def test_one_job_per_key_until_it_finishes(url_kind: str, redis_url: str) 
         await until(lambda: runs.count("fail") >= 1, "the failing job's first run")
         assert await app.enqueue("dd", "h", key="x") in (failing,)
         await until(lambda: runs.count("fail") == 2, "the failing job's last run")
-        again = failing
-        while again == failing:
-            await asyncio.sleep(0.02)
-            again = await app.enqueue("dd", "fail2", key="x")
+        await _enqueue_until_new(app, "fail2", "x", failing)
     assert "b" not in runs and "c" not in runs and "d" not in runs and "g" not in runs
 
 
@@ -142,3 +136,16 @@ async def test_a_late_ack_from_a_worker_taken_for_dead_keeps_the_key_of_the_reco
 async def _counting_down(app: App, key: str) -> bool:
     """``key`` exists with a time to live (what settling a job with key_ttl leaves)."""
     return int(await app.connection.command.pttl(key)) > 0
+
+
+async def _enqueue_until_new(app: App, body: str, key: str, holder: str) -> str:
+    """Enqueue ``body`` with ``key`` until it is added (the key's holder ``holder`` has
+    settled and freed it); the new job's id."""
+    ids: list[str] = []
+
+    async def added() -> bool:
+        ids.append(await app.enqueue("dd", body, key=key))
+        return ids[-1] != holder
+
+    await until_redis(added, True, f"key {key!r} freed")
+    return ids[-1]

@@ -3,13 +3,12 @@ of a queue in its slot, on three queues spread over the masters."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 
 import pytest
 from _servers import LocalCluster
+from _waiting import until
 from redis.asyncio.cluster import RedisCluster
 
 from aioredq import App
@@ -25,13 +24,6 @@ async def cluster_client(redis_cluster: LocalCluster) -> AsyncIterator[RedisClus
     await client.flushall(target_nodes=RedisCluster.PRIMARIES)
     yield client
     await client.aclose()
-
-
-async def until(check, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + 30
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 async def test_flow_features_on_a_cluster(
