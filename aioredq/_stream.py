@@ -208,6 +208,7 @@ class GroupConsumer(_StreamBase):
             f"stream {handler.key!r} group {self.spec.group!r}",
             log,
             self._in_flight,
+            self.pool.settled,
         )
         self._claims = AbandonedClaims(
             self.transport, f"stream {handler.key!r} group {self.spec.group!r}", self._in_flight
@@ -265,18 +266,6 @@ class GroupConsumer(_StreamBase):
             return []
 
     async def _fetch(self, room: int) -> list[Entry]:
-        # Finished entries whose ack or dead letter is not written yet take room like queued
-        # ones beyond those the pool lets wait (none while writes fail or are refused), so
-        # memory stays bounded by twice the pool's capacity.
-        held = self._outcomes.count - self.pool.unsettled_free
-        if held > 0:
-            room -= held
-        if room < self.min_room:
-            written = self._outcomes.written
-            written.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(written.wait(), BLOCK_SECONDS)
-            return []
         if await self._pause_wait():
             await self._hand_back_unstarted()
             return []
@@ -361,7 +350,8 @@ class GroupConsumer(_StreamBase):
             if _addressed(entry, self.spec.group):
                 ours.append(entry)
             else:
-                self._outcomes.ack(entry.id)  # addressed to another group: not ours to run
+                self._outcomes.acks.append(entry.id)  # addressed to another group: not ours
+                self.pool.hold()
                 self.settle_soon()
         return ours
 
@@ -376,6 +366,7 @@ class GroupConsumer(_StreamBase):
         entry_id = entry.id
         if isinstance(decision, Ack):
             self._outcomes.acks.append(entry_id)
+            self.pool.unsettled += 1  # hold(), inlined
             if not self.settle_asked:
                 self.settle_soon()
         elif isinstance(decision, Again):
@@ -383,7 +374,8 @@ class GroupConsumer(_StreamBase):
             heapq.heappush(self._retry_heap, (time.monotonic() + decision.delay, entry_id))
         elif isinstance(decision, Dead):
             attempt = max(entry.deliveries, 1)
-            self._outcomes.dead_letter(_letter(entry, decision.error, attempt, self._max_size))
+            self._outcomes.dead.append(_letter(entry, decision.error, attempt, self._max_size))
+            self.pool.hold()
             self.settle_soon()
         elif isinstance(decision, Throttle):
             return self._throttled(entry, decision)
@@ -403,10 +395,6 @@ class GroupConsumer(_StreamBase):
 
     def refusing(self) -> bool:
         return self._outcomes.refusing
-
-    def request_stop(self) -> None:
-        super().request_stop()
-        self._outcomes.written.set()  # a fetch waiting for room sees the stop at once
 
     async def settle(self) -> None:
         await self._outcomes.write()

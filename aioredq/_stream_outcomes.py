@@ -11,12 +11,11 @@ memory grow.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from itertools import repeat
 
 from ._connection import is_connection_error
@@ -33,32 +32,25 @@ class Outcomes:
         what: str,
         log: logging.Logger,
         held: dict[str, int],
+        settled: Callable[[int], None],
     ) -> None:
         self.transport = transport
         self._what = what
         self._log = log
         self._held = held  # the consumer's entries: each leaves once its outcome is written
+        self._settled = settled  # told how many outcomes were written (the pool's room)
         self.acks: list[str] = []
         self.dead: list[DeadLetter] = []
         self._writing: list[list[str]] = []  # the ids of each write under way
-        self.written = asyncio.Event()
         self._dead_retry_at = 0.0
         self._dead_failures = 0
         self._refused_since: float | None = None
 
     # recording -----------------------------------------------------------------------------
-    def ack(self, entry_id: str) -> None:
-        self.acks.append(entry_id)
-
-    def dead_letter(self, letter: DeadLetter) -> None:
-        self.dead.append(letter)
+    # The consumer appends to ``acks`` and ``dead`` and holds a place in its pool for each:
+    # the place is given back (``settled``) once the outcome is written.
 
     # state ---------------------------------------------------------------------------------
-    @property
-    def count(self) -> int:
-        """Outcomes not yet written (they take room like unfinished entries)."""
-        return len(self.acks) + len(self.dead) + sum(map(len, self._writing))
-
     def holds(self, entry_id: str) -> bool:
         """Whether ``entry_id`` is finished here and its outcome not yet written (a linear
         search: for the rare entry upkeep finds is no longer ours)."""
@@ -126,7 +118,7 @@ class Outcomes:
         finally:
             self._writing = [batch for batch in self._writing if batch is not ids]
         deque(map(self._held.pop, ids, repeat(None)), maxlen=0)  # each forgotten
-        self.written.set()
+        self._settled(len(ids))
 
     def _refused(self, exc: Exception) -> None:
         self._dead_failures += 1
