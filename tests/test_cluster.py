@@ -297,15 +297,18 @@ async def test_sigkill_of_a_worker_on_a_cluster_loses_nothing(
     redis_cluster: LocalCluster, cluster_client: RedisCluster
 ) -> None:
     assert len(masters(redis_cluster, SCALE_QUEUES + SCALE_STREAMS)) == 3
-    total = 600
+    # Several times what two workers hold at once (16 + 2 x 100 per handler): the one killed
+    # is still holding work when it dies, whichever started first.
+    total = 3000
     await _produce_scale_work(redis_cluster.url, total)
     workers = [_start(redis_cluster.url, lease=1.5, sleep=0.01) for _ in range(2)]
     try:
 
-        async def some_done() -> bool:
-            return int(await cluster_client.llen("{scale-a}:done")) > 50
+        async def some_done_and_held() -> bool:
+            done = int(await cluster_client.llen("{scale-a}:done")) > 50
+            return done and await _in_flight(cluster_client, workers[0].pid) > 0
 
-        await wait_until(some_done, "the workers to get going")
+        await wait_until(some_done_and_held, "the workers to get going")
         workers[0].send_signal(signal.SIGKILL)
         workers[0].wait()
         # The killed worker held work: it must be taken over, not lost.
